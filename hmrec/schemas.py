@@ -1,0 +1,207 @@
+"""Every input file's and every table's schema, in one place.
+
+CSV inputs are read with an all-string schema built from the column lists
+below (so a bad value becomes a reject with a reason instead of a silent
+null), then cast to the typed bronze schema. Nothing is ever inferred.
+"""
+from __future__ import annotations
+
+from pyspark.sql.types import (
+    ArrayType,
+    DateType,
+    DoubleType,
+    FloatType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+S, I, L, D, F = StringType(), IntegerType(), LongType(), DoubleType(), FloatType()
+
+
+def _struct(cols: list[tuple[str, object]], nullable: bool = True) -> StructType:
+    return StructType([StructField(n, t, nullable) for n, t in cols])
+
+
+# ---- input files (column order is the Kaggle files' order) -----------------
+
+ARTICLE_COLUMNS: list[tuple[str, object]] = [
+    ("article_id", S),
+    ("product_code", I),
+    ("prod_name", S),
+    ("product_type_no", I),
+    ("product_type_name", S),
+    ("product_group_name", S),
+    ("graphical_appearance_no", I),
+    ("graphical_appearance_name", S),
+    ("colour_group_code", I),
+    ("colour_group_name", S),
+    ("perceived_colour_value_id", I),
+    ("perceived_colour_value_name", S),
+    ("perceived_colour_master_id", I),
+    ("perceived_colour_master_name", S),
+    ("department_no", I),
+    ("department_name", S),
+    ("index_code", S),
+    ("index_name", S),
+    ("index_group_no", I),
+    ("index_group_name", S),
+    ("section_no", I),
+    ("section_name", S),
+    ("garment_group_no", I),
+    ("garment_group_name", S),
+    ("detail_desc", S),
+]
+
+CUSTOMER_COLUMNS: list[tuple[str, object]] = [
+    ("customer_id", S),
+    ("FN", D),  # 1.0 or empty, as in the Kaggle file
+    ("Active", D),  # 1.0 or empty
+    ("club_member_status", S),  # ACTIVE | PRE-CREATE | LEFT CLUB | empty
+    ("fashion_news_frequency", S),  # Regularly | Monthly | NONE | None | empty
+    ("age", I),
+    ("postal_code", S),
+]
+
+TRANSACTION_COLUMNS: list[tuple[str, object]] = [
+    ("t_dat", DateType()),  # YYYY-MM-DD
+    ("customer_id", S),
+    ("article_id", S),  # 10 digits, zero-padded
+    ("price", D),
+    ("sales_channel_id", I),  # 1 or 2
+]
+
+INPUT_FILES = {
+    "articles": ("articles.csv", ARTICLE_COLUMNS),
+    "customers": ("customers.csv", CUSTOMER_COLUMNS),
+    "transactions": ("transactions_train.csv", TRANSACTION_COLUMNS),
+}
+
+
+def raw_schema(cols: list[tuple[str, object]]) -> StructType:
+    """All-string schema for reading a CSV, plus Spark's corrupt-record column."""
+    return _struct([(n, S) for n, _ in cols] + [("_corrupt_record", S)])
+
+
+# ---- bronze ------------------------------------------------------------------
+
+ARTICLES = _struct(ARTICLE_COLUMNS)
+CUSTOMERS = _struct(CUSTOMER_COLUMNS)
+TRANSACTIONS = _struct(TRANSACTION_COLUMNS)
+REJECTS = _struct(
+    [
+        ("source", S),  # file path the row came from
+        ("raw", S),  # the row's text (fields joined by commas)
+        ("reason", S),  # names the column and the bad value
+        ("ingested_at", TimestampType()),
+    ]
+)
+
+# ---- silver -------------------------------------------------------------------
+
+CUSTOMER_INDEX = _struct([("customer_id", S), ("customer_idx", I)])
+ARTICLE_INDEX = _struct([("article_id", S), ("article_idx", I)])
+INTERACTIONS = _struct(TRANSACTION_COLUMNS + [("customer_idx", I), ("article_idx", I)])
+
+# ---- gold (every gold table but recommendations is partitioned by as_of) ------
+
+# Categorical article attributes, each turned into a dense code (1..n, 0 = unknown)
+# named <attribute>_code in gold/item_features. Order matters to the item tower.
+ITEM_CATEGORICALS: list[str] = [
+    "product_type_no",
+    "product_group_name",
+    "graphical_appearance_no",
+    "colour_group_code",
+    "perceived_colour_value_id",
+    "perceived_colour_master_id",
+    "department_no",
+    "index_code",
+    "index_group_no",
+    "section_no",
+    "garment_group_no",
+]
+ITEM_NUMERICS: list[str] = [
+    "sales_7d",
+    "sales_28d",
+    "sales_total",
+    "price_mean",
+    "price_std",
+    "days_since_first_sale",
+]
+ITEM_FEATURES = _struct(
+    [("as_of", DateType()), ("article_id", S), ("article_idx", I)]
+    + [(f"{c}_code", I) for c in ITEM_CATEGORICALS]
+    + [(c, F) for c in ITEM_NUMERICS]
+)
+
+# Profile attributes as small codes (0 = unknown) for the user tower.
+USER_CATEGORICALS: list[str] = ["age_bucket", "club_status_code", "news_freq_code", "fn", "active"]
+USER_NUMERICS: list[str] = [
+    "n_purchases_log",
+    "days_since_last_log",
+    "mean_price",
+    "online_share",
+    "n_distinct_articles_log",
+    "repeat_share",
+]
+USER_FEATURES = _struct(
+    [("as_of", DateType()), ("customer_id", S), ("customer_idx", I), ("n_purchases", L), ("age", I)]
+    + [(c, I) for c in USER_CATEGORICALS]
+    + [(c, F) for c in USER_NUMERICS]
+    + [
+        # share of the customer's purchases per product_group_name code
+        # (index = code, length = number of codes + 1)
+        ("category_shares", ArrayType(F)),
+        # article_idx of the last N purchases, most recent first (may be empty)
+        ("last_articles", ArrayType(I)),
+    ]
+)
+
+SPLIT_ROWS = _struct(TRANSACTION_COLUMNS + [("customer_idx", I), ("article_idx", I), ("as_of", DateType())])
+
+POPULARITY = _struct(
+    [
+        ("as_of", DateType()),
+        ("segment", S),  # 'global' or an age segment label such as 'age_25_34'
+        ("rank", I),  # 1 = most popular
+        ("article_id", S),
+        ("article_idx", I),
+        ("score", D),  # purchases in the window
+    ]
+)
+
+ITEM_EMBEDDINGS = _struct(
+    [
+        ("as_of", DateType()),
+        ("model_version", S),
+        ("article_id", S),
+        ("article_idx", I),
+        ("embedding", ArrayType(F)),
+    ]
+)
+
+RECOMMENDATIONS = _struct(
+    [
+        ("customer_id", S),
+        ("article_id", S),
+        ("rank", I),  # 1..K
+        ("score", D),
+        ("source", S),  # model | repurchase | popular
+        ("model_version", S),
+        ("as_of", DateType()),
+    ]
+)
+
+EVAL_METRICS = _struct(
+    [
+        ("as_of", DateType()),
+        ("model_version", S),
+        ("method", S),  # model | popularity | repurchase | ...
+        ("segment", S),  # all | cold | lapsed | active
+        ("metric", S),  # recall@12, ndcg@12, map@12, hitrate@12, coverage, users
+        ("value", D),
+    ]
+)

@@ -1,0 +1,35 @@
+"""hmrec: two-tower fashion recommendations as Spark batch jobs over Delta tables."""
+from setuptools import find_packages, setup
+
+setup(
+    name="hmrec",
+    version="0.1.0",
+    description="Recommendation pipeline for fashion retail: Spark + Delta ETL, "
+    "Petastorm-fed PyTorch two-tower model, FAISS batch scoring.",
+    packages=find_packages(include=["hmrec", "hmrec.*"]),
+    package_data={"hmrec": ["conf/*.yaml"]},
+    python_requires=">=3.10,<3.13",
+    install_requires=[
+        # petastorm 0.13.1 imports pyarrow.filesystem and the legacy
+        # ParquetDataset, both removed in pyarrow 15; numpy and pandas follow
+        # what pyarrow 14 was built against.
+        "pyspark>=4.0,<4.1",
+        "delta-spark>=4.0,<4.1",
+        "petastorm==0.13.1",
+        "pyarrow==14.0.2",
+        "numpy<2",
+        "pandas<2.3",
+        "torch>=2.4",
+        "faiss-cpu>=1.8",
+        "mlflow>=2.16",
+        "pyyaml>=6",
+        "psutil>=5.9",
+        "matplotlib>=3.7",
+        # Reads Delta tables without a JVM, so `hmrec recommend` answers fast.
+        "deltalake>=1.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2.3", "nbformat>=5", "nbclient>=0.10", "ipykernel>=6"],
+    },
+    entry_points={"console_scripts": ["hmrec=hmrec.cli:main"]},
+)

@@ -1,0 +1,61 @@
+"""Shared fixtures: one Spark session for the whole run, tiny generated data."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+
+import pytest
+
+from hmrec.config import Config, load_config
+
+# Spark, torch and FAISS each start a thread pool per core; two cores are shared
+# by all of them in the test run.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+TEST_SPARK = [
+    "spark.master=local[2]",
+    "spark.driver_memory=4g",
+    "spark.conf.spark.sql.shuffle.partitions=2",
+    "spark.conf.spark.default.parallelism=2",
+    "spark.conf.spark.ui.enabled=false",
+    "spark.conf.spark.sql.adaptive.enabled=false",
+]
+
+# Last day of the tiny generated data set's history and the as-of used by tests.
+TINY_AS_OF = dt.date(2020, 9, 16)
+
+
+def make_cfg(lakehouse: Path | str, *overrides: str) -> Config:
+    """A config whose lakehouse is ``lakehouse``, with test Spark settings."""
+    return load_config(
+        None,
+        [f"paths.lakehouse={lakehouse}", *TEST_SPARK, *overrides],
+    )
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    from hmrec.spark import get_spark
+
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    cfg = make_cfg(tmp_path_factory.mktemp("lake"), f"spark.conf.spark.sql.warehouse.dir={warehouse}")
+    session = get_spark(cfg)
+    yield session
+    session.stop()
+
+
+@pytest.fixture()
+def cfg(tmp_path) -> Config:
+    """A fresh lakehouse per test."""
+    return make_cfg(tmp_path / "lake")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A tiny H&M-schema data set written by the generator (same for the whole run)."""
+    from hmrec.generate import generate
+
+    out = tmp_path_factory.mktemp("tiny_data")
+    generate(make_cfg(out / "unused"), out=str(out), scale=0.001, seed=3)
+    return out
