@@ -205,3 +205,16 @@ EVAL_METRICS = _struct(
         ("value", D),
     ]
 )
+
+# ---- meta ----------------------------------------------------------------------
+
+# One row per finished stage of `hmrec run`, so a rerun skips what is done.
+STAGE_RUNS = _struct(
+    [
+        ("as_of", DateType()),
+        ("stage", S),
+        ("bronze_version", L),  # Delta version of bronze/transactions the stage built on
+        ("finished_at", TimestampType()),
+        ("summary", S),  # the stage's summary as JSON
+    ]
+)
