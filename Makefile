@@ -9,7 +9,7 @@ DEMO_DIR   ?= data/demo
 DEMO_AS_OF ?= 2020-09-16
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-slow test-cluster demo bench-etl bench-train bench-score bench clean
+.PHONY: setup test test-slow test-cluster demo cluster-demo bench-etl bench-train bench-score bench clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ demo: setup
 	$(HMREC) generate --out $(DEMO_DIR) --scale $(DEMO_SCALE) --seed 42
 	$(HMREC) run --data $(DEMO_DIR) --as-of $(DEMO_AS_OF) --set paths.lakehouse=./lakehouse/demo
 
+cluster-demo: setup
+	scripts/cluster_demo.sh
+
 bench-etl: setup
 	$(PY) -m hmrec.bench etl --scale $(SCALE)
 
@@ -41,5 +44,8 @@ bench-train: setup
 bench-score: setup
 	$(PY) -m hmrec.bench score --scale $(SCALE)
 
+bench: setup
+	$(PY) -m hmrec.bench all --scale $(SCALE)
+
 clean:
-	rm -rf lakehouse data bench/out spark-warehouse
+	rm -rf lakehouse data bench/out spark-warehouse dist .cluster
