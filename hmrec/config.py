@@ -49,11 +49,19 @@ class GenerateConfig:
     start_date: str
     end_date: str
     chunk_rows: int
+    min_articles: int
+    min_customers: int
+    repeat_share: float
+    explore_share: float
+    never_buy_share: float
 
 
 @dataclass(frozen=True)
 class IngestConfig:
     max_price: float
+    min_date: str
+    persist_level: str
+    broadcast_max_customers: int
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ class FeaturesConfig:
     last_n: int
     recent_days: list
     age_buckets: list
+    broadcast_max_customers: int
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,7 @@ class TrainConfig:
     val_k: int
     loader_workers: int
     max_steps: int
+    dist_timeout_s: int
 
 
 @dataclass(frozen=True)

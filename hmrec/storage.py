@@ -126,3 +126,13 @@ def last_metadata(spark: SparkSession, cfg: Config, name: str) -> dict | None:
         return json.loads(row[0])
     except ValueError:
         return None
+
+
+def last_operation_metrics(spark: SparkSession, cfg: Config, name: str) -> dict[str, int]:
+    """operationMetrics of the table's latest commit (e.g. ``numOutputRows``) as ints.
+
+    Lets a job report how many rows it wrote without counting them again.
+    """
+    row = DeltaTable.forPath(spark, path(cfg, name)).history(1).select("operationMetrics").first()
+    metrics = (row[0] if row is not None else None) or {}
+    return {k: int(v) for k, v in metrics.items() if str(v).lstrip("-").isdigit()}

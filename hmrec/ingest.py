@@ -1,0 +1,571 @@
+"""Ingest: the three H&M CSV files into bronze Delta tables, bad rows into bronze/rejects.
+
+    hmrec ingest --data DIR
+    spark-submit jobs/ingest.py --data DIR      (with the Delta --packages shown in jobs/ingest.py)
+
+The job, in order:
+
+1. Every input file must exist and its header must name exactly the expected
+   columns (any order); otherwise an :class:`InputError` names the file and the
+   column, before anything is written.
+2. A fingerprint of the inputs (path, size, modification time of each file,
+   plus the settings that decide what is rejected) is compared with the one
+   stored in the last ingest's commits; if it matches, nothing is written.
+3. Each CSV is parsed once with an all-string schema and checked in pure
+   ``DataFrame -> DataFrame`` transforms (:func:`check_articles`,
+   :func:`check_customers`, :func:`check_transactions`) that mark a failing
+   row with the rule it broke and a reason naming the column and the value.
+   :func:`split_checked` turns a checked frame into typed good rows and reject
+   rows; the ``validate_*`` functions chain the two for callers and tests.
+4. The checked rows are persisted, so one action runs every check of every
+   row (counting the rejects by rule) before the first write, and the writes
+   read the cache instead of parsing the CSV again. Then each table is
+   replaced by one atomic Delta overwrite whose commit carries the
+   fingerprint; rows written come from the commit's operationMetrics.
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
+
+from hmrec import schemas, storage
+from hmrec.config import Config, ConfigError
+from hmrec.errors import InputError
+from hmrec.progress import log, stage
+
+STAGE = "ingest"
+CORRUPT = "_corrupt_record"
+REJECT = "_reject"  # struct<rule, reason>; null for a row that passes every check
+
+TABLES = {
+    "articles": "bronze/articles",
+    "customers": "bronze/customers",
+    "transactions": "bronze/transactions",
+}
+REJECTS_TABLE = "bronze/rejects"
+BRONZE_SCHEMAS = {
+    "articles": schemas.ARTICLES,
+    "customers": schemas.CUSTOMERS,
+    "transactions": schemas.TRANSACTIONS,
+}
+
+# What must never enter bronze, whatever writes to it.
+CONSTRAINTS: dict[str, dict[str, str]] = {
+    "bronze/transactions": {
+        "price_non_negative": "price >= 0",
+        "sales_channel_known": "sales_channel_id IN (1, 2)",
+        "article_id_length": "length(article_id) = 10",
+        "customer_id_length": "length(customer_id) = 64",
+        "t_dat_present": "t_dat IS NOT NULL",
+    },
+    "bronze/articles": {"article_id_length": "length(article_id) = 10"},
+    "bronze/customers": {"customer_id_length": "length(customer_id) = 64"},
+}
+
+ARTICLE_ID_RE = r"^[0-9]{10}$"
+CUSTOMER_ID_RE = r"^[0-9a-f]{64}$"
+DATE_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+INTEGER_RE = r"^-?[0-9]+$"
+NUMBER_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+# A comma outside double quotes: counts the fields of a malformed line.
+FIELD_SEPARATOR_RE = r',(?=(?:[^"]*"[^"]*")*[^"]*$)'
+SHOWN_VALUE_CHARS = 100  # long enough for a whole customer_id
+
+Check = tuple[str, Column, Column]  # (rule, condition that fails the row, reason)
+
+
+# ---- files and headers ---------------------------------------------------------
+
+
+def input_uris(data_dir: str) -> dict[str, str]:
+    """Location of each input file (key as in ``schemas.INPUT_FILES``) under ``data_dir``."""
+    base = data_dir.rstrip("/")
+    return {key: f"{base}/{name}" for key, (name, _) in schemas.INPUT_FILES.items()}
+
+
+def stat_inputs(spark: SparkSession, data_dir: str) -> dict[str, dict]:
+    """Qualified path, size and modification time of every input file.
+
+    Asks the Hadoop FileSystem of each path, so a local directory, HDFS or an
+    object store all work. A missing file is an :class:`InputError`.
+    """
+    jvm = spark.sparkContext._jvm
+    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
+    found: dict[str, dict] = {}
+    missing: list[str] = []
+    for key, uri in input_uris(data_dir).items():
+        p = jvm.org.apache.hadoop.fs.Path(uri)
+        fs = p.getFileSystem(hadoop_conf)
+        if not fs.exists(p) or not fs.getFileStatus(p).isFile():
+            missing.append(schemas.INPUT_FILES[key][0])
+            continue
+        status = fs.getFileStatus(p)
+        found[key] = {
+            "path": fs.makeQualified(p).toString(),
+            "size": int(status.getLen()),
+            "mtime": int(status.getModificationTime()),
+        }
+    if missing:
+        raise InputError(
+            f"{', '.join(missing)} not found in {data_dir}; --data must be the directory holding "
+            f"{', '.join(name for name, _ in schemas.INPUT_FILES.values())} "
+            f"(make one with `hmrec generate --out DIR`)"
+        )
+    return found
+
+
+def read_header(spark: SparkSession, uri: str) -> list[str]:
+    """Column names on the first line of a CSV file, read through Spark."""
+    rows = spark.read.text(uri).limit(1).collect()
+    if not rows or rows[0][0] is None or not rows[0][0].strip():
+        raise InputError(f"{uri}: the first line is empty; the file must start with its header line")
+    line = rows[0][0].lstrip("\ufeff")
+    return next(csv.reader([line]))
+
+
+def check_header(file_name: str, found: list[str], expected: list[str]) -> None:
+    """Raise :class:`InputError` unless ``found`` holds each expected column exactly once."""
+    shown = ", ".join(found)
+    duplicated = sorted({c for c in found if found.count(c) > 1})
+    if duplicated:
+        raise InputError(
+            f"{file_name}: column '{duplicated[0]}' appears more than once in the header "
+            f"(found: {shown}); each column must appear once"
+        )
+    missing = [c for c in expected if c not in found]
+    if missing:
+        what = (
+            f"column '{missing[0]}' is missing"
+            if len(missing) == 1
+            else "columns " + ", ".join(f"'{c}'" for c in missing) + " are missing"
+        )
+        raise InputError(
+            f"{file_name}: {what} (found: {shown}); fix the header line, it must name the columns "
+            f"{', '.join(expected)}"
+        )
+    extra = [c for c in found if c not in expected]
+    if extra:
+        raise InputError(
+            f"{file_name}: unexpected column '{extra[0]}' (found: {shown}); remove it, the file must "
+            f"hold exactly the columns {', '.join(expected)}"
+        )
+
+
+def read_csv(spark: SparkSession, uri: str, header: list[str]) -> DataFrame:
+    """Parse a CSV file whose header is ``header``: every column a string, plus ``_corrupt_record``.
+
+    ``_corrupt_record`` holds the line when it has too few or too many fields.
+    Column pruning is off so that check holds whatever columns a query uses.
+    """
+    return (
+        spark.read.schema(schemas.raw_schema([(c, None) for c in header]))
+        .option("header", True)
+        .option("enforceSchema", True)  # the header was checked by name already
+        .option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", CORRUPT)
+        .option("columnPruning", False)
+        .option("multiLine", False)
+        .option("quote", '"')
+        .option("escape", '"')
+        .option("encoding", "UTF-8")
+        .csv(uri)
+    )
+
+
+# ---- checks (pure transforms) ----------------------------------------------------
+
+
+def _blanks_to_nulls(raw: DataFrame, columns: list[str]) -> DataFrame:
+    """An empty field is a missing value, whether Spark already made it null or not."""
+    return raw.select(*[F.nullif(F.col(c), F.lit("")).alias(c) if c in columns else F.col(c) for c in raw.columns])
+
+
+def _shown(c: Column) -> Column:
+    cut = F.concat(F.substring(c, 1, SHOWN_VALUE_CHARS), F.lit("..."))
+    return F.when(F.length(c) > SHOWN_VALUE_CHARS, cut).otherwise(c)
+
+
+def _reason(column: str, problem: str) -> Column:
+    """``<column> '<value>' <problem>``, or ``<column> is empty`` for a missing value."""
+    c = F.col(column)
+    problem = problem.replace("%", "%%")
+    return F.when(c.isNull(), F.lit(f"{column} is empty")).otherwise(
+        F.format_string(f"{column} '%s' {problem}", _shown(c))
+    )
+
+
+def _reject(rule: str, reason: Column) -> Column:
+    return F.struct(F.lit(rule).alias("rule"), reason.alias("reason"))
+
+
+def _first_failure(checks: list[Check]) -> Column:
+    """The first failing check of a row as struct<rule, reason>, null when all pass."""
+    expr = None
+    for rule, failed, reason in checks:
+        value = _reject(rule, reason)
+        expr = F.when(failed, value) if expr is None else expr.when(failed, value)
+    return expr
+
+
+def _field_count_check(columns: list[str]) -> Check:
+    corrupt = F.col(CORRUPT)
+    fields = F.regexp_count(corrupt, F.lit(FIELD_SEPARATOR_RE)) + 1
+    reason = F.format_string(
+        f"wrong number of fields: %d (expected {len(columns)}: {', '.join(columns)})", fields
+    )
+    return ("field_count", corrupt.isNotNull(), reason)
+
+
+def _article_id_check() -> Check:
+    c = F.col("article_id")
+    return ("article_id_format", c.isNull() | ~c.rlike(ARTICLE_ID_RE), _reason("article_id", "is not 10 digits"))
+
+
+def _customer_id_check() -> Check:
+    c = F.col("customer_id")
+    return (
+        "customer_id_format",
+        c.isNull() | ~c.rlike(CUSTOMER_ID_RE),
+        _reason("customer_id", "is not 64 lowercase hex characters"),
+    )
+
+
+def _reject_duplicates(checked: DataFrame, key: str, source_name: str) -> DataFrame:
+    """Mark every valid row whose ``key`` an earlier valid row already has (column ``_row`` is the order)."""
+    valid = F.col(REJECT).isNull()
+    rank = F.row_number().over(Window.partitionBy(F.col(key), valid).orderBy(F.col("_row")))
+    duplicate = _reject(
+        f"duplicate_{key}",
+        F.format_string(f"{key} '%s' appears more than once in {source_name} (the first row is kept)", F.col(key)),
+    )
+    return checked.withColumn(REJECT, F.when(valid & (rank > 1), duplicate).otherwise(F.col(REJECT))).drop("_row")
+
+
+def _with_checks(raw: DataFrame, columns: list[str], checks: list[Check]) -> DataFrame:
+    missing = [c for c in columns + [CORRUPT] if c not in raw.columns]
+    if missing:
+        raise ValueError(f"raw frame lacks columns {missing}; read it with read_csv")
+    return _blanks_to_nulls(raw, columns).withColumn(REJECT, _first_failure([_field_count_check(columns)] + checks))
+
+
+def check_articles(raw: DataFrame) -> DataFrame:
+    """Mark each bad row of a raw articles frame in ``_reject`` (struct<rule, reason>).
+
+    Rules: field count, article_id of 10 digits, integer codes (empty allowed),
+    and a repeated article_id (the first row in the input's order is kept).
+    """
+    columns = [c for c, _ in schemas.ARTICLE_COLUMNS]
+    integer_columns = [c for c, t in schemas.ARTICLE_COLUMNS if t == schemas.I]
+    checks: list[Check] = [_article_id_check()]
+    for name in integer_columns:
+        c = F.col(name)
+        checks.append(
+            (
+                f"{name}_not_integer",
+                c.isNotNull() & (~c.rlike(INTEGER_RE) | c.try_cast("int").isNull()),
+                _reason(name, "is not an integer"),
+            )
+        )
+    # The row order is taken straight from the file scan, before any shuffle.
+    ordered = raw.withColumn("_row", F.monotonically_increasing_id())
+    return _reject_duplicates(_with_checks(ordered, columns, checks), "article_id", "articles.csv")
+
+
+def check_customers(raw: DataFrame) -> DataFrame:
+    """Mark each bad row of a raw customers frame in ``_reject`` (struct<rule, reason>).
+
+    Rules: field count, customer_id of 64 lowercase hex characters, FN and
+    Active 1, 1.0 or empty, age an integer in 0..120 or empty, and a repeated
+    customer_id (the first row in the input's order is kept).
+    """
+    columns = [c for c, _ in schemas.CUSTOMER_COLUMNS]
+    age = F.col("age")
+    checks: list[Check] = [_customer_id_check()]
+    for flag in ("FN", "Active"):
+        c = F.col(flag)
+        checks.append(
+            (f"{flag.lower()}_invalid", c.isNotNull() & ~c.isin("1", "1.0"), _reason(flag, "is not 1, 1.0 or empty"))
+        )
+    checks.append(
+        (
+            "age_invalid",
+            age.isNotNull() & (~age.rlike(r"^[0-9]+$") | age.try_cast("int").isNull() | (age.try_cast("int") > 120)),
+            _reason("age", "is not an integer in 0..120"),
+        )
+    )
+    ordered = raw.withColumn("_row", F.monotonically_increasing_id())
+    return _reject_duplicates(_with_checks(ordered, columns, checks), "customer_id", "customers.csv")
+
+
+def check_transactions(
+    raw: DataFrame,
+    articles: DataFrame,
+    customers: DataFrame,
+    max_price: float,
+    min_date: dt.date,
+    broadcast_customers: bool = False,
+) -> DataFrame:
+    """Mark each bad row of a raw transactions frame in ``_reject`` (struct<rule, reason>).
+
+    Rules: field count; t_dat strictly yyyy-MM-dd between ``min_date`` and
+    today; customer_id and article_id format; price a number in
+    0..``max_price``; sales_channel_id 1 or 2; then article_id in
+    ``articles`` and customer_id in ``customers`` (the valid catalogues; only
+    their id column is used). Identical rows are all kept: they are repeat
+    purchases. The articles are broadcast; the customers too when
+    ``broadcast_customers``, else joined by a shuffle (sort-merge join).
+    """
+    columns = [c for c, _ in schemas.TRANSACTION_COLUMNS]
+    t_dat, price, channel = F.col("t_dat"), F.col("price"), F.col("sales_channel_id")
+    day = t_dat.try_cast("date")
+    amount = price.try_cast("double")
+    earliest = F.lit(min_date)
+    checks: list[Check] = [
+        (
+            "t_dat_format",
+            t_dat.isNull() | ~t_dat.rlike(DATE_RE) | day.isNull(),
+            _reason("t_dat", "is not a date of the form yyyy-MM-dd"),
+        ),
+        (
+            "t_dat_range",
+            (day < earliest) | (day > F.current_date()),
+            F.when(day < earliest, _reason("t_dat", f"is before {min_date.isoformat()}")).otherwise(
+                _reason("t_dat", "is in the future")
+            ),
+        ),
+        _customer_id_check(),
+        _article_id_check(),
+        (
+            "price_not_numeric",
+            price.isNull() | ~price.rlike(NUMBER_RE) | amount.isNull(),
+            _reason("price", "is not a number"),
+        ),
+        ("price_negative", amount < 0, _reason("price", "is negative")),
+        (
+            "price_above_max",
+            amount > F.lit(float(max_price)),
+            _reason("price", f"is above ingest.max_price = {max_price}"),
+        ),
+        (
+            "sales_channel_unknown",
+            channel.isNull() | ~channel.isin("1", "2"),
+            _reason("sales_channel_id", "is not 1 or 2"),
+        ),
+    ]
+    checked = _with_checks(raw, columns, checks)
+
+    # Distinct ids: a repeated catalogue id must never multiply a purchase.
+    known_articles = F.broadcast(articles.select("article_id").distinct().withColumn("_known_article", F.lit(True)))
+    known_customers = customers.select("customer_id").distinct().withColumn("_known_customer", F.lit(True))
+    # Either way is chosen here, not by Spark's size estimate of a CSV-derived plan.
+    known_customers = F.broadcast(known_customers) if broadcast_customers else known_customers.hint("merge")
+    joined = checked.join(known_articles, "article_id", "left").join(known_customers, "customer_id", "left")
+    catalogue = F.coalesce(
+        F.col(REJECT),
+        F.when(
+            F.col("_known_article").isNull(),
+            _reject("unknown_article", _reason("article_id", "is not in articles.csv")),
+        ),
+        F.when(
+            F.col("_known_customer").isNull(),
+            _reject("unknown_customer", _reason("customer_id", "is not in customers.csv")),
+        ),
+    )
+    return joined.select(*[c for c in raw.columns], catalogue.alias(REJECT))
+
+
+def _csv_field(name: str) -> Column:
+    value = F.coalesce(F.col(name), F.lit(""))
+    quoted = F.concat(F.lit('"'), F.regexp_replace(value, '"', '""'), F.lit('"'))
+    return F.when(value.rlike('[",\r\n]'), quoted).otherwise(value)
+
+
+def split_checked(
+    checked: DataFrame, schema: StructType, source: str, ingested_at: dt.datetime
+) -> tuple[DataFrame, DataFrame]:
+    """Good rows cast to ``schema``, and reject rows (``schemas.REJECTS`` columns plus ``rule``).
+
+    A reject's ``raw`` is the line as read when Spark flagged its field count,
+    else its fields joined by commas (quoted where needed) in the file's order.
+    """
+    ok = F.col(REJECT).isNull()
+    # Every value of a good row passed its check, so each cast succeeds.
+    typed = [F.col(f.name) if f.dataType == schemas.S else F.col(f.name).try_cast(f.dataType) for f in schema.fields]
+    good = checked.where(ok).select(*[c.alias(f.name) for c, f in zip(typed, schema.fields)])
+    data_columns = [c for c in checked.columns if c not in (CORRUPT, REJECT)]
+    raw_text = F.coalesce(F.col(CORRUPT), F.concat_ws(",", *[_csv_field(c) for c in data_columns]))
+    rejects = checked.where(~ok).select(
+        F.lit(source).alias("source"),
+        raw_text.alias("raw"),
+        F.col(f"{REJECT}.reason").alias("reason"),
+        F.lit(ingested_at).cast("timestamp").alias("ingested_at"),
+        F.col(f"{REJECT}.rule").alias("rule"),
+    )
+    return good, rejects
+
+
+def validate_articles(raw: DataFrame, source: str, ingested_at: dt.datetime) -> tuple[DataFrame, DataFrame]:
+    """Raw articles frame -> (typed ``schemas.ARTICLES`` rows, reject rows)."""
+    return split_checked(check_articles(raw), schemas.ARTICLES, source, ingested_at)
+
+
+def validate_customers(raw: DataFrame, source: str, ingested_at: dt.datetime) -> tuple[DataFrame, DataFrame]:
+    """Raw customers frame -> (typed ``schemas.CUSTOMERS`` rows, reject rows)."""
+    return split_checked(check_customers(raw), schemas.CUSTOMERS, source, ingested_at)
+
+
+def validate_transactions(
+    raw: DataFrame,
+    articles: DataFrame,
+    customers: DataFrame,
+    source: str,
+    ingested_at: dt.datetime,
+    max_price: float,
+    min_date: dt.date,
+    broadcast_customers: bool = False,
+) -> tuple[DataFrame, DataFrame]:
+    """Raw transactions frame -> (typed ``schemas.TRANSACTIONS`` rows, reject rows); see :func:`check_transactions`."""
+    checked = check_transactions(raw, articles, customers, max_price, min_date, broadcast_customers)
+    return split_checked(checked, schemas.TRANSACTIONS, source, ingested_at)
+
+
+# ---- the job -------------------------------------------------------------------------
+
+
+def fingerprint(cfg: Config, inputs: dict[str, dict]) -> dict:
+    """What decides the bronze tables' content: the input files and the rejection settings."""
+    return {
+        "files": {key: inputs[key] for key in sorted(inputs)},
+        "max_price": float(cfg.ingest.max_price),
+        "min_date": cfg.ingest.min_date,
+    }
+
+
+def _last_ingests(spark: SparkSession, cfg: Config) -> dict[str, dict | None]:
+    """Commit metadata of each table's latest version (None: missing or not written by ingest)."""
+    out: dict[str, dict | None] = {}
+    for name in [*TABLES.values(), REJECTS_TABLE]:
+        meta = storage.last_metadata(spark, cfg, name)
+        out[name] = meta if meta and meta.get("stage") == STAGE else None
+    return out
+
+
+def _settings(cfg: Config) -> tuple[dt.date, StorageLevel]:
+    try:
+        min_date = dt.date.fromisoformat(cfg.ingest.min_date)
+    except ValueError:
+        raise ConfigError(f"ingest.min_date '{cfg.ingest.min_date}' is not a date of the form YYYY-MM-DD") from None
+    level = getattr(StorageLevel, cfg.ingest.persist_level, None)
+    if not isinstance(level, StorageLevel):
+        raise ConfigError(
+            f"ingest.persist_level '{cfg.ingest.persist_level}' is not a Spark storage level; "
+            f"use e.g. MEMORY_AND_DISK or DISK_ONLY"
+        )
+    return min_date, level
+
+
+def ingest(cfg: Config, spark: SparkSession, data_dir: str) -> dict:
+    """Load the three CSV files of ``data_dir`` into the bronze tables; return the summary.
+
+    The summary holds ``skipped`` (inputs unchanged since the last ingest),
+    ``<file>_read`` / ``_written`` / ``_rejected`` per input (articles,
+    customers, transactions), ``rejects_written``, ``seconds`` and
+    ``rejected_by_reason`` ({file name: {rule: rows}}).
+    """
+    min_date, level = _settings(cfg)
+    by_reason: dict[str, dict[str, int]] = {}
+    with stage(STAGE) as summary:
+        inputs = stat_inputs(spark, data_dir)
+        fp = fingerprint(cfg, inputs)
+        previous = _last_ingests(spark, cfg)
+        if all(meta is not None and meta.get("fingerprint") == fp for meta in previous.values()):
+            summary["skipped"] = True
+            log(STAGE, f"input files in {data_dir} unchanged since the last ingest; nothing written")
+        else:
+            summary["skipped"] = False
+            headers = {}
+            for key, (name, cols) in schemas.INPUT_FILES.items():
+                found = read_header(spark, inputs[key]["path"])
+                check_header(name, found, [c for c, _ in cols])
+                headers[key] = found
+            # A table whose last commit is an ingest's already has its constraints.
+            to_create = [name for name, meta in previous.items() if meta is None]
+            _load(cfg, spark, inputs, headers, fp, min_date, level, to_create, summary, by_reason)
+    return {**summary, "rejected_by_reason": by_reason}
+
+
+def _load(
+    cfg: Config,
+    spark: SparkSession,
+    inputs: dict[str, dict],
+    headers: dict[str, list[str]],
+    fp: dict,
+    min_date: dt.date,
+    level: StorageLevel,
+    to_create: list[str],
+    summary: dict,
+    by_reason: dict[str, dict[str, int]],
+) -> None:
+    ingested_at = dt.datetime.now(dt.timezone.utc)
+    sources = {key: inputs[key]["path"] for key in TABLES}
+    raw = {key: read_csv(spark, sources[key], headers[key]) for key in TABLES}
+    persisted: list[DataFrame] = []
+
+    def keep(df: DataFrame) -> DataFrame:
+        persisted.append(df.persist(level))
+        return df
+
+    try:
+        good: dict[str, DataFrame] = {}
+        rejected: list[DataFrame] = []
+        for key, check in (("articles", check_articles), ("customers", check_customers)):
+            good[key], rej = split_checked(keep(check(raw[key])), BRONZE_SCHEMAS[key], sources[key], ingested_at)
+            rejected.append(rej)
+        valid_customers = good["customers"].count()
+        broadcast_customers = valid_customers <= cfg.ingest.broadcast_max_customers
+        log(
+            STAGE,
+            f"checking transactions against {valid_customers} valid customers "
+            f"({'broadcast' if broadcast_customers else 'shuffle join'})",
+        )
+        checked = keep(
+            check_transactions(
+                raw["transactions"], good["articles"], good["customers"],
+                cfg.ingest.max_price, min_date, broadcast_customers,
+            )
+        )
+        good["transactions"], rej = split_checked(checked, schemas.TRANSACTIONS, sources["transactions"], ingested_at)
+        rejected.append(rej)
+        rejects = keep(rejected[0].unionByName(rejected[1]).unionByName(rejected[2]))
+
+        # This one action runs every check of every row (and fills the caches the
+        # writes read from), so a failure here leaves every table untouched.
+        names = {sources[key]: schemas.INPUT_FILES[key][0] for key in TABLES}
+        for row in rejects.groupBy("source", "rule").count().collect():
+            by_reason.setdefault(names[row["source"]], {})[row["rule"]] = int(row["count"])
+
+        table_schemas = {**{TABLES[key]: BRONZE_SCHEMAS[key] for key in TABLES}, REJECTS_TABLE: schemas.REJECTS}
+        for name in to_create:
+            storage.ensure_table(spark, cfg, name, table_schemas[name], constraints=CONSTRAINTS.get(name))
+        meta = {"stage": STAGE, "fingerprint": fp}
+        for key, table in TABLES.items():
+            storage.write(good[key], cfg, table, metadata=meta)
+            written = storage.last_operation_metrics(spark, cfg, table).get("numOutputRows", 0)
+            file_name = schemas.INPUT_FILES[key][0]
+            n_rejected = sum(by_reason.get(file_name, {}).values())
+            summary[f"{key}_read"] = written + n_rejected
+            summary[f"{key}_written"] = written
+            summary[f"{key}_rejected"] = n_rejected
+            detail = ", ".join(f"{rule}={n}" for rule, n in sorted(by_reason.get(file_name, {}).items()))
+            detail = f" ({detail})" if detail else ""
+            log(STAGE, f"{file_name}: wrote {written} rows to {table}, rejected {n_rejected}{detail}")
+        storage.write(rejects.select(*schemas.REJECTS.fieldNames()), cfg, REJECTS_TABLE, metadata=meta)
+        summary["rejects_written"] = storage.last_operation_metrics(spark, cfg, REJECTS_TABLE).get("numOutputRows", 0)
+    finally:
+        for df in persisted:
+            df.unpersist()
