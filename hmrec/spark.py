@@ -7,6 +7,7 @@ spark-defaults.conf) already set: a cluster's settings win.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from pyspark import SparkConf, SparkContext
@@ -46,6 +47,9 @@ def spark_settings(cfg: Config) -> dict[str, str]:
         "spark.sql.catalog.spark_catalog": DELTA_CATALOG,
         "spark.jars.packages": delta_package(cfg),
         "spark.jars.ivy": ivy,
+        # Python workers run the driver's interpreter (its venv has torch,
+        # FAISS, pandas), unless spark-submit names another one.
+        "spark.pyspark.python": sys.executable,
         # Petastorm and Spark's Arrow paths both want this on.
         "spark.sql.execution.arrow.pyspark.enabled": "true",
     }
