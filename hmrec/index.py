@@ -1,0 +1,498 @@
+"""Item embeddings and the FAISS index that the scoring job searches.
+
+The model is reached through the :class:`Embedder` protocol so that the jobs
+can be exercised with a hand-made embedder whose right answers are known, and
+so that the two-tower code is imported only when a real model is used.
+
+Every index holds L2-normalised item vectors and searches by inner product
+(cosine); ids stored in the index are ``article_idx`` values, so a search
+answers in the same dense ids as ``gold/user_features.last_articles`` and
+``gold/popularity``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+
+import faiss
+import numpy as np
+import pandas as pd
+
+from hmrec.config import Config, IndexConfig
+from hmrec.errors import HmrecError
+from hmrec.progress import log, stage
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+KINDS = ("flat", "hnsw", "ivf")
+INDEX_FILE = "items.faiss"
+META_FILE = "meta.json"
+
+# Rebuilt models and deserialised indexes, per Python process. Spark reuses its
+# Python workers, so each is built once per worker rather than once per task.
+_WORKER_CACHE: dict[str, Any] = {}
+
+
+# ---- embedders -----------------------------------------------------------------
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """What the index, score and evaluate jobs need from a model.
+
+    Implementations must be picklable with the standard pickle module (Spark
+    ships them to its Python workers) and cheap to pickle: keep weights as
+    bytes and rebuild lazily, cached by ``version``.
+    """
+
+    version: str
+
+    def embed_users(self, pdf: pd.DataFrame) -> np.ndarray:
+        """(B, D) float32 vectors for rows of gold/user_features."""
+        ...
+
+    def embed_items(self, pdf: pd.DataFrame) -> np.ndarray:
+        """(N, D) float32 vectors for rows of gold/item_features."""
+        ...
+
+
+class LookupEmbedder:
+    """Embeddings read from fixed tables indexed by ``customer_idx`` / ``article_idx``.
+
+    Used to replay precomputed embeddings (benchmarks time FAISS and the
+    scoring job without a model) and, in tests, to plant vectors whose nearest
+    neighbours are known. An index outside a table is an error naming it.
+    """
+
+    def __init__(self, version: str, user_vectors: np.ndarray, item_vectors: np.ndarray) -> None:
+        self.version = version
+        self.user_vectors = np.ascontiguousarray(user_vectors, dtype=np.float32)
+        self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+
+    @staticmethod
+    def _take(table: np.ndarray, idx: pd.Series, column: str) -> np.ndarray:
+        ids = idx.to_numpy(dtype=np.int64, na_value=-1)
+        bad = (ids < 0) | (ids >= len(table))
+        if bad.any():
+            raise HmrecError(
+                f"{column} {ids[bad][:5].tolist()} outside the embedding table of {len(table)} rows; "
+                f"rebuild the embeddings for the current silver/ index tables"
+            )
+        return table[ids]
+
+    def embed_users(self, pdf: pd.DataFrame) -> np.ndarray:
+        """Rows of the user table at ``pdf.customer_idx``."""
+        return self._take(self.user_vectors, pdf["customer_idx"], "customer_idx")
+
+    def embed_items(self, pdf: pd.DataFrame) -> np.ndarray:
+        """Rows of the item table at ``pdf.article_idx``."""
+        return self._take(self.item_vectors, pdf["article_idx"], "article_idx")
+
+
+class ModelEmbedder:
+    """Adapter from a registered two-tower model to :class:`Embedder`.
+
+    Pickles as the state_dict bytes plus the model's arguments; a Spark worker
+    rebuilds the model on first use and keeps it in a per-process cache keyed
+    by version. ``threads`` caps torch's intra-op threads in that worker so a
+    task uses the cores Spark gave it and no more.
+    """
+
+    def __init__(self, version: str, model_args: dict, state: bytes, threads: int = 1) -> None:
+        self.version = version
+        self.model_args = dict(model_args)
+        self.state = state
+        self.threads = threads
+
+    @classmethod
+    def from_loaded(cls, loaded: Any, threads: int = 1) -> "ModelEmbedder":
+        """Build from a ``registry.LoadedModel``; the driver keeps using the loaded model itself."""
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(loaded.model.state_dict(), buf)
+        emb = cls(str(loaded.version), loaded.model.model_args, buf.getvalue(), threads)
+        _WORKER_CACHE[emb._cache_key()] = loaded.model
+        return emb
+
+    def _cache_key(self) -> str:
+        return f"model:{self.version}"
+
+    def _model(self) -> Any:
+        key = self._cache_key()
+        model = _WORKER_CACHE.get(key)
+        if model is None:
+            import torch
+
+            from hmrec import two_tower
+
+            torch.set_num_threads(max(1, self.threads))
+            model = two_tower.build_model(self.model_args, device="cpu")
+            state = torch.load(io.BytesIO(self.state), map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+            model.eval()
+            _WORKER_CACHE[key] = model
+        return model
+
+    def embed_users(self, pdf: pd.DataFrame) -> np.ndarray:
+        """User tower on rows of gold/user_features, (B, D) float32."""
+        import torch
+
+        from hmrec import two_tower
+
+        model = self._model()
+        with torch.inference_mode():
+            out = model.user_tower(two_tower.user_inputs(pdf))  # (B, D)
+        return out.detach().to(torch.float32).cpu().numpy()
+
+    def embed_items(self, pdf: pd.DataFrame) -> np.ndarray:
+        """Item tower on rows of gold/item_features, (N, D) float32."""
+        import torch
+
+        from hmrec import two_tower
+
+        model = self._model()
+        with torch.inference_mode():
+            out = model.item_tower(two_tower.item_inputs(pdf))  # (N, D)
+        return out.detach().to(torch.float32).cpu().numpy()
+
+
+def embed_in_batches(fn: Callable[[pd.DataFrame], np.ndarray], pdf: pd.DataFrame, batch_size: int) -> np.ndarray:
+    """Apply an embed function to ``pdf`` in slices of ``batch_size`` rows, (N, D) float32."""
+    parts = [np.asarray(fn(pdf.iloc[i : i + batch_size]), dtype=np.float32) for i in range(0, len(pdf), batch_size)]
+    if not parts:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.concatenate(parts, axis=0)
+
+
+def check_embeddings(emb: np.ndarray, ids: np.ndarray | pd.Series, what: str, dim: int | None = None) -> np.ndarray:
+    """Refuse embeddings that are not a finite (N, dim) matrix; errors name the offending ids.
+
+    ``what`` names the rows, e.g. ``"article_id"``; returns ``emb`` as contiguous float32.
+    """
+    ids = np.asarray(ids)
+    emb = np.asarray(emb)
+    if emb.ndim != 2 or emb.shape[0] != len(ids):
+        raise HmrecError(
+            f"embedder returned shape {emb.shape} for {len(ids)} {what}s (first: {ids[:3].tolist()}); "
+            f"expected ({len(ids)}, D): check the model's towers"
+        )
+    if dim is not None and emb.shape[1] != dim:
+        raise HmrecError(
+            f"embeddings of {what} {ids[:5].tolist()} have dimension {emb.shape[1]}, the index expects {dim}: "
+            f"rebuild the index with `hmrec index` for this model version"
+        )
+    bad = ~np.isfinite(emb).all(axis=1)
+    if bad.any():
+        raise HmrecError(
+            f"{int(bad.sum())} embeddings contain NaN or inf, {what} {ids[bad][:10].tolist()}: "
+            f"the model is broken (retrain it) or its input features hold NaN (rerun features)"
+        )
+    return np.ascontiguousarray(emb, dtype=np.float32)
+
+
+# ---- index factory ----------------------------------------------------------------
+
+
+def ivf_nlist(n_items: int, index_cfg: IndexConfig) -> int:
+    """IVF list count: the configured one, capped so each list trains on ≥ 39 items (FAISS's floor)."""
+    return max(1, min(index_cfg.ivf_nlist, n_items // 39))
+
+
+def build_params(kind: str, n_items: int, index_cfg: IndexConfig) -> dict:
+    """The parameters an index of ``kind`` is built and searched with."""
+    if kind == "flat":
+        return {}
+    if kind == "hnsw":
+        return {"M": index_cfg.hnsw_m, "efConstruction": index_cfg.hnsw_ef_construction, "efSearch": index_cfg.hnsw_ef_search}
+    if kind == "ivf":
+        nlist = ivf_nlist(n_items, index_cfg)
+        return {"nlist": nlist, "nprobe": max(1, min(index_cfg.ivf_nprobe, nlist))}
+    raise HmrecError(f"index.kind '{kind}' is not one of {', '.join(KINDS)}: set --set index.kind=flat|hnsw|ivf")
+
+
+def make_index(kind: str, embeddings: np.ndarray, index_cfg: IndexConfig, ids: np.ndarray | None = None) -> faiss.Index:
+    """An inner-product index of ``kind`` (flat | hnsw | ivf) holding ``embeddings``.
+
+    With ``ids`` the index is wrapped in an ID map and searches answer those
+    ids (``article_idx``); without, the row positions. Refuses NaN/inf rows.
+    """
+    emb = check_embeddings(embeddings, ids if ids is not None else np.arange(len(embeddings)), "article_idx")
+    n, dim = emb.shape
+    if n == 0:
+        raise HmrecError("no item embeddings to index: gold/item_features is empty for this as-of; rerun features")
+    params = build_params(kind, n, index_cfg)
+    if kind == "flat":
+        base = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        base = faiss.IndexHNSWFlat(dim, params["M"], faiss.METRIC_INNER_PRODUCT)
+        base.hnsw.efConstruction = params["efConstruction"]
+        base.hnsw.efSearch = params["efSearch"]
+    else:
+        quantizer = faiss.IndexFlatIP(dim)
+        base = faiss.IndexIVFFlat(quantizer, dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
+        base.train(emb)
+        base.nprobe = params["nprobe"]
+    if ids is None:
+        base.add(emb)
+        return base
+    wrapped = faiss.IndexIDMap2(base)
+    wrapped.add_with_ids(emb, np.asarray(ids, dtype=np.int64))
+    return wrapped
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (B, k) float32, ids (B, k) int64); ids are -1 where fewer than k were found."""
+    k = min(k, index.ntotal)
+    if len(queries) == 0 or k <= 0:
+        return np.zeros((len(queries), max(k, 0)), np.float32), np.full((len(queries), max(k, 0)), -1, np.int64)
+    scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    return scores, ids
+
+
+def recall_vs_exact(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
+    """Mean share of the exact top-k ids that the approximate search also returned."""
+    if exact_ids.size == 0:
+        return 1.0
+    hits = 0
+    total = 0
+    for a, e in zip(approx_ids, exact_ids):
+        e = e[e >= 0]
+        hits += np.isin(e, a[a >= 0]).sum()
+        total += len(e)
+    return float(hits / total) if total else 1.0
+
+
+def measure_recall(index: faiss.Index, embeddings: np.ndarray, queries: np.ndarray, ks: list[int],
+                   ids: np.ndarray | None = None) -> dict[int, float]:
+    """Recall@k of ``index`` against an exact inner-product search over the same items, for each k."""
+    exact = make_index("flat", embeddings, _EXACT_CFG, ids=ids)
+    _, exact_ids = search(exact, queries, max(ks))
+    out = {}
+    for k in ks:
+        # Searched at each k: an HNSW search widens its beam to k, so a slice of a deeper search would flatter it.
+        _, approx_ids = search(index, queries, k)
+        out[k] = recall_vs_exact(approx_ids, exact_ids[:, :k])
+    return out
+
+
+# A flat index ignores every tuning field; this only satisfies make_index's signature.
+_EXACT_CFG = IndexConfig(kind="flat", hnsw_m=32, hnsw_ef_search=64, hnsw_ef_construction=80,
+                         ivf_nlist=1, ivf_nprobe=1, recall_sample=0, candidates=1)
+
+
+def index_dim(index: faiss.Index) -> int:
+    """Vector dimension of an index."""
+    return int(index.d)
+
+
+# ---- shipping an index to Spark workers -------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShippedIndex:
+    """A serialised index sent once to Spark workers and deserialised once per Python worker."""
+
+    key: str
+    data: bytes
+
+    @classmethod
+    def of(cls, index: faiss.Index, label: str) -> "ShippedIndex":
+        """Serialise ``index``; ``label`` (e.g. the model version) plus a digest make the cache key."""
+        data = faiss.serialize_index(index).tobytes()
+        digest = hashlib.blake2b(data, digest_size=8).hexdigest()
+        return cls(key=f"index:{label}:{digest}", data=data)
+
+    def get(self) -> faiss.Index:
+        """The deserialised index, cached in this process."""
+        index = _WORKER_CACHE.get(self.key)
+        if index is None:
+            index = faiss.deserialize_index(np.frombuffer(self.data, dtype=np.uint8))
+            _WORKER_CACHE[self.key] = index
+        return index
+
+
+# ---- index files --------------------------------------------------------------------
+
+
+def index_dir(cfg: Config, model_version: str) -> Path:
+    """``<lakehouse>/indexes/<model_version>/``."""
+    return Path(cfg.lakehouse) / "indexes" / str(model_version)
+
+
+def save_index(index: faiss.Index, directory: Path, meta: dict) -> Path:
+    """Write the index file and then meta.json (each renamed into place, so a reader sees whole files)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, writer in ((INDEX_FILE, lambda p: faiss.write_index(index, p)),
+                         (META_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str)))):
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
+        os.close(fd)
+        writer(tmp)
+        os.replace(tmp, directory / name)
+    return directory
+
+
+def load_index(cfg: Config, model_version: str, as_of: dt.date | None = None) -> tuple[faiss.Index, dict]:
+    """The saved index of a model version and its meta.json; checks it was built for ``as_of``."""
+    directory = index_dir(cfg, model_version)
+    meta_path = directory / META_FILE
+    if not meta_path.exists() or not (directory / INDEX_FILE).exists():
+        raise HmrecError(
+            f"no FAISS index for model version {model_version} under {directory}; "
+            f"run `hmrec index --as-of {as_of or 'YYYY-MM-DD'} --model-version {model_version}`"
+        )
+    meta = json.loads(meta_path.read_text())
+    if as_of is not None and meta.get("as_of") != as_of.isoformat():
+        raise HmrecError(
+            f"the index in {directory} was built for as_of {meta.get('as_of')}, not {as_of}; "
+            f"run `hmrec index --as-of {as_of}` first"
+        )
+    return faiss.read_index(str(directory / INDEX_FILE)), meta
+
+
+# ---- the index job ------------------------------------------------------------------
+
+
+def _sample_user_queries(cfg: Config, spark: "SparkSession", as_of: dt.date, embedder: Embedder) -> tuple[np.ndarray, str]:
+    """Up to ``index.recall_sample`` user embeddings of customers with history; items stand in when there are none."""
+    from pyspark.sql import functions as F
+
+    from hmrec import storage
+
+    n = cfg.index.recall_sample
+    if n <= 0 or not storage.exists(spark, cfg, "gold/user_features"):
+        return np.zeros((0, 0), np.float32), "none"
+    users = storage.read_as_of(spark, cfg, "gold/user_features", as_of).where(F.col("n_purchases") >= max(1, cfg.score.min_history))
+    # A hash of the id is a fixed pseudo-random order: the same sample on every rebuild.
+    pdf = users.orderBy(F.xxhash64("customer_id")).limit(n).toPandas()
+    if pdf.empty:
+        return np.zeros((0, 0), np.float32), "none"
+    emb = embed_in_batches(embedder.embed_users, pdf, cfg.score.batch_size)
+    return check_embeddings(emb, pdf["customer_id"], "customer_id"), "users"
+
+
+def index_items(
+    cfg: Config,
+    spark: "SparkSession",
+    as_of: dt.date,
+    embedder: Embedder,
+    publish: Callable[[str], None] | None = None,
+    kind: str | None = None,
+) -> dict:
+    """Embed every article of gold/item_features, write gold/item_embeddings and the FAISS index.
+
+    ``publish(local_dir)`` attaches the index directory to the model version
+    (the registry); the returned summary holds counts, timings and recall.
+    """
+    from pyspark.sql import functions as F
+
+    from hmrec import schemas, storage
+
+    kind = kind or cfg.index.kind
+    version = str(embedder.version)
+    with stage("index") as summary:
+        summary["model_version"] = version
+        summary["kind"] = kind
+        items = storage.read_as_of(spark, cfg, "gold/item_features", as_of).toPandas()
+        if items.empty:
+            raise HmrecError(f"gold/item_features has no rows for as_of {as_of}; run `hmrec features --as-of {as_of}`")
+        if items["article_idx"].isna().any():
+            bad = items.loc[items["article_idx"].isna(), "article_id"].head(5).tolist()
+            raise HmrecError(f"gold/item_features: article_idx is null for article_id {bad}; rerun features")
+        if items["article_id"].duplicated().any():
+            bad = items.loc[items["article_id"].duplicated(), "article_id"].head(5).tolist()
+            raise HmrecError(f"gold/item_features holds article_id {bad} more than once for as_of {as_of}; rerun features")
+        items = items.sort_values("article_idx", kind="stable").reset_index(drop=True)
+        t0 = time.perf_counter()
+        emb = embed_in_batches(embedder.embed_items, items, cfg.score.batch_size)
+        emb = check_embeddings(emb, items["article_id"], "article_id")
+        summary["items"] = len(items)
+        summary["dim"] = emb.shape[1]
+        summary["items_per_s"] = round(len(items) / max(time.perf_counter() - t0, 1e-9))
+        ids = items["article_idx"].to_numpy(dtype=np.int64)
+
+        t0 = time.perf_counter()
+        index = make_index(kind, emb, cfg.index, ids=ids)
+        build_seconds = time.perf_counter() - t0
+        summary["build_s"] = round(build_seconds, 2)
+
+        recall: dict[str, Any] = {}
+        if kind != "flat":
+            queries, source = _sample_user_queries(cfg, spark, as_of, embedder)
+            if len(queries) == 0:
+                rng = np.random.default_rng(0)
+                queries = emb[rng.choice(len(emb), size=min(len(emb), max(cfg.index.recall_sample, 1)), replace=False)]
+                source = "items"
+            measured = measure_recall(index, emb, queries, sorted({cfg.score.k, cfg.index.candidates}), ids=ids)
+            recall.update({f"recall@{k}": round(v, 4) for k, v in measured.items()})
+            recall["queries"] = int(len(queries))
+            recall["query_source"] = source
+            summary.update({key: v for key, v in recall.items() if key.startswith("recall@")})
+            log("index", f"{kind} recall vs exact on {len(queries)} {source} queries: "
+                + ", ".join(f"{key}={v}" for key, v in recall.items() if key.startswith("recall@")))
+
+        emb_pdf = pd.DataFrame(
+            {
+                "as_of": as_of,
+                "model_version": version,
+                "article_id": items["article_id"].astype(str),
+                "article_idx": items["article_idx"].astype("int32"),
+                "embedding": list(emb),
+            }
+        )
+        emb_df = spark.createDataFrame(emb_pdf, schema=schemas.ITEM_EMBEDDINGS)
+        quoted = version.replace("'", "''")
+        storage.write(
+            emb_df.select([F.col(f.name) for f in schemas.ITEM_EMBEDDINGS.fields]),
+            cfg,
+            "gold/item_embeddings",
+            mode="overwrite",
+            replace_where=f"as_of = '{as_of.isoformat()}' AND model_version = '{quoted}'",
+            partition_by=["as_of"],
+            metadata={"as_of": as_of.isoformat(), "model_version": version, "items": len(items)},
+        )
+
+        meta = {
+            "faiss_version": faiss.__version__,
+            "kind": kind,
+            "metric": "inner_product",
+            "ids": "article_idx",
+            "dim": int(emb.shape[1]),
+            "count": int(index.ntotal),
+            "as_of": as_of.isoformat(),
+            "model_version": version,
+            "params": build_params(kind, len(items), cfg.index),
+            "build_seconds": round(build_seconds, 3),
+            "recall": recall or {"exact": True},
+            "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "file": INDEX_FILE,
+        }
+        directory = save_index(index, index_dir(cfg, version), meta)
+        summary["path"] = str(directory)
+        if publish is not None:
+            publish(str(directory))
+    return dict(summary)
+
+
+def build_index(cfg: Config, spark: "SparkSession", as_of: dt.date, model_version: str | None = None) -> dict:
+    """The ``hmrec index`` stage: embed items with the registered model and index them."""
+    from hmrec import registry
+
+    loaded = registry.load_model(cfg, model_version=model_version, as_of=as_of)
+    embedder = ModelEmbedder.from_loaded(loaded)
+    return index_items(
+        cfg,
+        spark,
+        as_of,
+        embedder,
+        publish=lambda local_dir: registry.log_artifacts(cfg, str(loaded.version), local_dir, "index"),
+    )

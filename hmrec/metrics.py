@@ -1,0 +1,152 @@
+"""Offline ranking metrics, in plain Python and numpy.
+
+Conventions, shared by every function here:
+
+- ``actual`` is what a customer bought in the holdout week; only its distinct
+  items count. Customers whose ``actual`` is empty are left out of every mean
+  (Kaggle's H&M evaluation does the same).
+- ``predicted`` is a ranked list; only its first ``k`` entries count, and an
+  item repeated in them counts once, at its first position (later copies are
+  misses), so a list cannot score by repeating a hit.
+- MAP@12 is Kaggle's H&M metric: AP@k = sum over positions i ≤ k of
+  P(i)·rel(i), divided by min(number of distinct actual items, k).
+"""
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+
+
+def _hits(actual: Sequence[Hashable], predicted: Sequence[Hashable], k: int) -> tuple[np.ndarray, int]:
+    """rel(i) for the first k predictions (repeats count 0) and the distinct actual count."""
+    truth = set(actual)
+    seen: set = set()
+    rel = np.zeros(min(k, len(predicted)), dtype=np.float64)
+    for i, p in enumerate(predicted[:k]):
+        if p in truth and p not in seen:
+            rel[i] = 1.0
+        seen.add(p)
+    return rel, len(truth)
+
+
+def average_precision(actual: Sequence[Hashable], predicted: Sequence[Hashable], k: int = 12) -> float:
+    """AP@k of one customer as Kaggle's H&M competition defines it (0.0 when nothing was bought)."""
+    rel, n_true = _hits(actual, predicted, k)
+    if n_true == 0:
+        return 0.0
+    precision_at_i = np.cumsum(rel) / np.arange(1, len(rel) + 1)
+    return float((precision_at_i * rel).sum() / min(n_true, k))
+
+
+def recall(actual: Sequence[Hashable], predicted: Sequence[Hashable], k: int) -> float:
+    """Share of the distinct actual items found in the first k predictions."""
+    rel, n_true = _hits(actual, predicted, k)
+    return float(rel.sum() / n_true) if n_true else 0.0
+
+
+def ndcg(actual: Sequence[Hashable], predicted: Sequence[Hashable], k: int) -> float:
+    """Binary-relevance NDCG@k; the ideal list puts min(#actual, k) hits first."""
+    rel, n_true = _hits(actual, predicted, k)
+    if n_true == 0:
+        return 0.0
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    dcg = float((rel * discounts[: len(rel)]).sum())
+    idcg = float(discounts[: min(n_true, k)].sum())
+    return dcg / idcg
+
+
+def hit(actual: Sequence[Hashable], predicted: Sequence[Hashable], k: int) -> float:
+    """1.0 when any of the first k predictions was bought, else 0.0."""
+    rel, _ = _hits(actual, predicted, k)
+    return float(rel.any())
+
+
+def _mean_over_buyers(fn, actuals: Sequence[Sequence[Hashable]], predictions: Sequence[Sequence[Hashable]], k: int) -> float:
+    if len(actuals) != len(predictions):
+        raise ValueError(f"{len(actuals)} actual lists but {len(predictions)} prediction lists")
+    values = [fn(a, p, k) for a, p in zip(actuals, predictions) if len(a) > 0]
+    return float(np.mean(values)) if values else 0.0
+
+
+def map_at_k(actuals: Sequence[Sequence[Hashable]], predictions: Sequence[Sequence[Hashable]], k: int = 12) -> float:
+    """Mean AP@k over customers who bought something (Kaggle's MAP@12 for k=12)."""
+    return _mean_over_buyers(average_precision, actuals, predictions, k)
+
+
+def recall_at_k(actuals: Sequence[Sequence[Hashable]], predictions: Sequence[Sequence[Hashable]], k: int) -> float:
+    """Mean Recall@k over customers who bought something."""
+    return _mean_over_buyers(recall, actuals, predictions, k)
+
+
+def ndcg_at_k(actuals: Sequence[Sequence[Hashable]], predictions: Sequence[Sequence[Hashable]], k: int) -> float:
+    """Mean NDCG@k over customers who bought something."""
+    return _mean_over_buyers(ndcg, actuals, predictions, k)
+
+
+def hitrate_at_k(actuals: Sequence[Sequence[Hashable]], predictions: Sequence[Sequence[Hashable]], k: int) -> float:
+    """Share of customers who bought something with at least one hit in the first k."""
+    return _mean_over_buyers(hit, actuals, predictions, k)
+
+
+def coverage(predictions: Sequence[Sequence[Hashable]], catalogue_size: int, k: int | None = None) -> float:
+    """Distinct items in the (first k of the) lists over the catalogue size."""
+    if catalogue_size <= 0:
+        raise ValueError(f"catalogue size must be positive, got {catalogue_size}")
+    distinct = set()
+    for p in predictions:
+        distinct.update(p[:k] if k is not None else p)
+    return len(distinct) / catalogue_size
+
+
+def recall_curve(actuals: Sequence[Sequence[Hashable]], predictions: Sequence[Sequence[Hashable]], max_k: int) -> np.ndarray:
+    """Mean Recall@K for K = 1..max_k in one pass, shape (max_k,).
+
+    A list shorter than K counts what it has, so the curve is flat past the
+    longest list.
+    """
+    total = np.zeros(max_k, dtype=np.float64)
+    n = 0
+    for a, p in zip(actuals, predictions):
+        rel, n_true = _hits(a, p, max_k)
+        if n_true == 0:
+            continue
+        found = np.zeros(max_k, dtype=np.float64)
+        found[: len(rel)] = np.cumsum(rel)
+        if len(rel) < max_k:
+            found[len(rel):] = found[len(rel) - 1] if len(rel) else 0.0
+        total += found / n_true
+        n += 1
+    return total / n if n else total
+
+
+def metric_names(k: int) -> list[str]:
+    """The metric names of one method's report, in report order."""
+    return [f"recall@{k}", f"ndcg@{k}", f"map@{k}", f"hitrate@{k}", "coverage"]
+
+
+def all_metrics(
+    actuals: Sequence[Sequence[Hashable]],
+    predictions: Sequence[Sequence[Hashable]],
+    k: int,
+    catalogue_size: int,
+) -> dict[str, float]:
+    """Recall, NDCG, MAP, HitRate at k and coverage of one method on one group of customers."""
+    if len(actuals) != len(predictions):
+        raise ValueError(f"{len(actuals)} actual lists but {len(predictions)} prediction lists")
+    r, nd, ap, h = [], [], [], []
+    for a, p in zip(actuals, predictions):
+        if len(a) == 0:
+            continue
+        r.append(recall(a, p, k))
+        nd.append(ndcg(a, p, k))
+        ap.append(average_precision(a, p, k))
+        h.append(hit(a, p, k))
+    mean = (lambda xs: float(np.mean(xs)) if xs else 0.0)
+    return {
+        f"recall@{k}": mean(r),
+        f"ndcg@{k}": mean(nd),
+        f"map@{k}": mean(ap),
+        f"hitrate@{k}": mean(h),
+        "coverage": coverage(predictions, catalogue_size, k),
+    }

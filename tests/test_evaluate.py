@@ -1,0 +1,134 @@
+"""The evaluation job on a hand-made lakehouse whose metrics were worked out by hand.
+
+K = 2, catalogue of 10 articles a0..a9; global popularity a9, a8, a7, a6, a5;
+age_25_34 popularity a1, a2. Holdout customers:
+
+- c0, active (bought a3 5 days and a4 10 days before), age 25-34, holdout {a3, a9}, served [a3, a0]
+- c1, lapsed (bought a5 100 days before), age unknown, holdout {a1}, served [a2, a1]
+- c2, cold (no history), age 25-34, holdout {a1, a8}, served [a9, a8]
+- c3 has a list but bought nothing in the holdout week: not evaluated.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from hmrec import schemas, storage
+from hmrec.errors import HmrecError
+from hmrec.evaluate import customer_segments, fill_list, run_evaluation
+
+AS_OF = dt.date(2020, 9, 16)
+L3 = 1 / math.log2(3)
+
+
+def cid(i: int) -> str:
+    return hashlib.sha256(f"customer-{i}".encode()).hexdigest()
+
+
+def a(i: int) -> str:
+    return f"{500000000 + i:010d}"
+
+
+def test_customer_segments_and_fill_list():
+    last = pd.Series([None, AS_OF - dt.timedelta(days=30), AS_OF - dt.timedelta(days=31), AS_OF - dt.timedelta(days=1)])
+    assert customer_segments(last, AS_OF, 30).tolist() == ["cold", "active", "lapsed", "active"]
+    assert fill_list(["x", "y", "x"], ["y", "z", "w"], 3) == ["x", "y", "z"]
+    assert fill_list(None, ["y", "z"], 5) == ["y", "z"]
+
+
+def _write_lake(spark, cfg) -> None:
+    user = []
+    for i, bucket in [(0, 2), (1, 0), (2, 2), (3, 2)]:
+        row = {f.name: None for f in schemas.USER_FEATURES.fields}
+        row.update(as_of=AS_OF, customer_id=cid(i), customer_idx=i, n_purchases=0, age_bucket=bucket)
+        user.append(row)
+    storage.write_as_of(spark.createDataFrame(user, schemas.USER_FEATURES), cfg, "gold/user_features", AS_OF)
+
+    def split_rows(items):
+        return [(d, cid(c), a(x), 0.01, 1, c, x, AS_OF) for c, x, d in items]
+
+    train = [(0, 3, AS_OF - dt.timedelta(days=5)), (0, 4, AS_OF - dt.timedelta(days=10)), (1, 5, AS_OF - dt.timedelta(days=100))]
+    storage.write_as_of(spark.createDataFrame(split_rows(train), schemas.SPLIT_ROWS), cfg, "gold/train", AS_OF)
+    day = AS_OF + dt.timedelta(days=1)
+    holdout = [(0, 3, day), (0, 9, day), (0, 3, day), (1, 1, day), (2, 1, day), (2, 8, day)]
+    storage.write_as_of(spark.createDataFrame(split_rows(holdout), schemas.SPLIT_ROWS), cfg, "gold/holdout", AS_OF)
+
+    served = {0: [3, 0], 1: [2, 1], 2: [9, 8], 3: [7, 6]}
+    recs = [(cid(c), a(x), r + 1, 1.0, "model", "v1", AS_OF) for c, xs in served.items() for r, x in enumerate(xs)]
+    storage.write(spark.createDataFrame(recs, schemas.RECOMMENDATIONS), cfg, "gold/recommendations")
+
+    pop = [(AS_OF, "global", r + 1, a(x), x, 10.0 - r) for r, x in enumerate([9, 8, 7, 6, 5])]
+    pop += [(AS_OF, "age_25_34", r + 1, a(x), x, 5.0 - r) for r, x in enumerate([1, 2])]
+    storage.write_as_of(spark.createDataFrame(pop, schemas.POPULARITY), cfg, "gold/popularity", AS_OF)
+
+    arts = []
+    for i in range(10):
+        row = {n: None for n, _ in schemas.ARTICLE_COLUMNS}
+        row["article_id"] = a(i)
+        arts.append(tuple(row[n] for n, _ in schemas.ARTICLE_COLUMNS))
+    storage.write(spark.createDataFrame(arts, schemas.ARTICLES), cfg, "bronze/articles")
+
+
+def test_evaluation_job_metrics_files_and_mlflow_sink(spark, tmp_path):
+    from conftest import make_cfg
+
+    cfg = make_cfg(tmp_path / "lake", "evaluate.k=2", "evaluate.curve_max_k=4", "evaluate.lapsed_days=30")
+    _write_lake(spark, cfg)
+    logged = []
+
+    out = run_evaluation(cfg, spark, AS_OF, log_metrics=lambda v, m: logged.append((v, m)))
+    doc = out["metrics"]
+
+    ndcg_first_of_two = 1 / (1 + L3)
+    model = doc["methods"]["model"]
+    assert model["map@2"] == pytest.approx((0.5 + 0.5 + 0.25) / 3, abs=1e-6)
+    assert model["recall@2"] == pytest.approx((0.5 + 1.0 + 0.5) / 3, abs=1e-6)
+    assert model["ndcg@2"] == pytest.approx((ndcg_first_of_two + L3 + L3 / (1 + L3)) / 3, abs=1e-6)
+    assert model["hitrate@2"] == pytest.approx(1.0)
+    assert model["coverage"] == pytest.approx(6 / 10)
+    pop = doc["methods"]["popularity"]
+    assert pop["map@2"] == pytest.approx((0.5 + 0 + 0.25) / 3, abs=1e-6)
+    assert pop["hitrate@2"] == pytest.approx(2 / 3, abs=1e-6)
+    assert pop["coverage"] == pytest.approx(2 / 10)
+    assert doc["methods"]["popularity_segment"]["map@2"] == pytest.approx(0.5 / 3, abs=1e-6)
+    assert doc["methods"]["repurchase"]["map@2"] == pytest.approx((0.5 + 0 + 0.25) / 3, abs=1e-6)
+    assert doc["methods"]["repurchase"]["recall@2"] == pytest.approx(1 / 3, abs=1e-6)
+
+    assert doc["users"] == {"all": 3, "cold": 1, "lapsed": 1, "active": 1}
+    assert doc["segments"]["cold"]["model"]["map@2"] == pytest.approx(0.25)
+    assert doc["segments"]["lapsed"]["model"]["map@2"] == pytest.approx(0.5)
+    assert doc["segments"]["active"]["repurchase"]["map@2"] == pytest.approx(0.5)
+    assert doc["segments"]["lapsed"]["repurchase"]["recall@2"] == 0.0
+
+    # Repurchase lists run to curve_max_k = 4: c0 [a3 a4 a9 a8], c1 [a5 a9 a8 a7], c2 [a9 a8 a7 a6].
+    assert doc["recall_curve"]["repurchase"] == pytest.approx([1 / 6, 1 / 3, 1 / 2, 1 / 2], abs=1e-6)
+    assert doc["recall_curve"]["model"] == pytest.approx([1 / 6, 2 / 3], abs=1e-6)
+
+    report = tmp_path / "lake" / "reports" / "2020-09-16"
+    on_disk = json.loads((report / "metrics.json").read_text())
+    assert on_disk["as_of"] == "2020-09-16" and on_disk["k"] == 2
+    assert on_disk["methods"]["model"] == model
+    for name in ["recall_at_k.png", "segments.png"]:
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (report / "report.html").read_text()
+    assert "recall_at_k.png" in page and "popularity_segment" in page
+
+    rows = storage.read_as_of(spark, cfg, "gold/eval_metrics", AS_OF).toPandas()
+    assert set(rows["model_version"]) == {"v1"}
+    got = rows.set_index(["method", "segment", "metric"])["value"]
+    assert got[("model", "all", "map@2")] == pytest.approx(model["map@2"])
+    assert got[("repurchase", "cold", "users")] == 1.0
+    assert len(rows) == 4 * 4 * 6  # methods x (all + 3 segments) x (5 metrics + users)
+
+    (version, flat), = logged
+    assert version == "v1"
+    assert flat["eval.model.all.map@2"] == pytest.approx(model["map@2"])
+    assert not any(key.endswith(".users") for key in flat)
+
+    with pytest.raises(HmrecError, match="scored with model version v1, not v9"):
+        run_evaluation(cfg, spark, AS_OF, model_version="v9")

@@ -1,0 +1,80 @@
+"""`hmrec recommend` reads the current gold/recommendations without Spark."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+
+import pytest
+
+from hmrec import schemas, storage
+from hmrec.cli import main
+from hmrec.errors import HmrecError
+from hmrec.recommend import recommend
+
+AS_OF = dt.date(2020, 9, 16)
+
+
+def cid(i: int) -> str:
+    return hashlib.sha256(f"customer-{i}".encode()).hexdigest()
+
+
+def article(i: int, name: str, kind: str) -> tuple:
+    row = {n: None for n, _ in schemas.ARTICLE_COLUMNS}
+    row.update(article_id=f"{108775000 + i:010d}", prod_name=name, product_type_name=kind)
+    return tuple(row[n] for n, _ in schemas.ARTICLE_COLUMNS)
+
+
+def write_recs(spark, cfg, lists: dict[int, list[tuple[int, str]]], version: str) -> None:
+    rows = [
+        (cid(c), f"{108775000 + a:010d}", rank, 1.0 / rank, source, version, AS_OF)
+        for c, items in lists.items()
+        for rank, (a, source) in enumerate(items, start=1)
+    ]
+    storage.write(spark.createDataFrame(rows, schemas.RECOMMENDATIONS), cfg, "gold/recommendations")
+
+
+@pytest.fixture(scope="module")
+def lake(spark, tmp_path_factory):
+    from conftest import make_cfg
+
+    cfg = make_cfg(tmp_path_factory.mktemp("recommend") / "lake")
+    arts = [article(1, "Strap top", "Vest top"), article(2, "Jade HW Skinny", "Trousers"), article(3, "Tilly", "Sweater")]
+    storage.write(spark.createDataFrame(arts, schemas.ARTICLES), cfg, "bronze/articles")
+    write_recs(spark, cfg, {0: [(3, "model"), (1, "model"), (2, "popular")], 1: [(1, "popular")] * 1}, "v1")
+    # A later refresh replaces the whole table: the reader must see only the current version.
+    write_recs(spark, cfg, {0: [(2, "repurchase"), (3, "model"), (1, "popular")], 1: [(2, "popular")]}, "v2")
+    return cfg
+
+
+def test_prints_and_returns_the_current_list_with_article_names(lake):
+    out = io.StringIO()
+    rows = recommend(lake, cid(0).upper(), out=out)
+    assert [r["rank"] for r in rows] == [1, 2, 3]
+    assert [r["article_id"] for r in rows] == ["0108775002", "0108775003", "0108775001"]
+    assert [r["prod_name"] for r in rows] == ["Jade HW Skinny", "Tilly", "Strap top"]
+    assert [r["product_type_name"] for r in rows] == ["Trousers", "Sweater", "Vest top"]
+    assert [r["source"] for r in rows] == ["repurchase", "model", "popular"]
+    assert rows[1]["score"] == pytest.approx(0.5)
+    text = out.getvalue()
+    assert "model version v2" in text and "Jade HW Skinny" in text and "2020-09-16" in text
+    assert [r["article_id"] for r in recommend(lake, cid(0), k=2, out=io.StringIO())] == ["0108775002", "0108775003"]
+
+
+def test_bad_ids_and_missing_tables_are_one_line_errors(lake, tmp_path, capsys):
+    with pytest.raises(HmrecError, match="expected 64 hexadecimal characters"):
+        recommend(lake, "not-a-customer")
+    with pytest.raises(HmrecError, match="no recommendations"):
+        recommend(lake, cid(99))
+    with pytest.raises(HmrecError, match="positive"):
+        recommend(lake, cid(0), k=0)
+    from conftest import make_cfg
+
+    empty = make_cfg(tmp_path / "empty")
+    with pytest.raises(HmrecError, match="gold/recommendations does not exist.*hmrec score"):
+        recommend(empty, cid(0))
+
+    code = main(["recommend", "--customer-id", "xyz", "--set", f"paths.lakehouse={lake.lakehouse}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "hmrec recommend: error: customer id 'xyz'" in err
