@@ -164,9 +164,163 @@ def bench_etl(scale: float, seed: int, overrides: list[str]) -> None:
     report("etl", scale, rows)
 
 
+def prepared(scale: float, seed: int, overrides: list[str], rows: list[dict]):
+    """(cfg, spark) with ingest → popularity done for AS_OF on this scale's data (reused when present)."""
+    from hmrec import storage
+    from hmrec.features import build_features
+    from hmrec.ingest import ingest
+    from hmrec.popularity import popularity
+    from hmrec.spark import get_spark
+    from hmrec.split import split
+
+    cfg = bench_cfg(scale, overrides)
+    data = data_dir(cfg, scale, seed, rows)
+    spark = get_spark(cfg)
+    if not storage.has_as_of(spark, cfg, "gold/popularity", AS_OF):
+        with timed(rows, "etl (ingest..popularity)"):
+            ingest(cfg, spark, data_dir=data)
+            build_features(cfg, spark, as_of=AS_OF)
+            split(cfg, spark, as_of=AS_OF)
+            popularity(cfg, spark, as_of=AS_OF)
+    return cfg, spark
+
+
+def bench_train(scale: float, seed: int, overrides: list[str]) -> None:
+    from hmrec import storage
+    from hmrec.train import loader_throughput, synthetic_model_args, train, trainer_throughput
+
+    rows: list[dict] = []
+    cfg, spark = prepared(scale, seed, ["train.epochs=1", *overrides], rows)
+    n_train = storage.read_as_of(spark, cfg, "gold/train", AS_OF).count()
+    n_users = storage.read_as_of(spark, cfg, "gold/user_features", AS_OF).count()
+    n_items = storage.read_as_of(spark, cfg, "gold/item_features", AS_OF).count()
+    with timed(rows, "petastorm loader alone") as row:
+        row["per_s"] = round(loader_throughput(cfg, spark, AS_OF, max_batches=10**9), 1)
+    with timed(rows, "trainer from memory") as row:
+        args = synthetic_model_args(cfg, n_users, n_items)
+        row["per_s"] = round(trainer_throughput(args, n_steps=200, batch_size=cfg.train.batch_size, cfg=cfg), 1)
+        row["n"] = 200 * cfg.train.batch_size
+    with timed(rows, "train job, 1 epoch (loader + trainer + registry)") as row:
+        row["model_version"] = train(cfg, spark, as_of=AS_OF)
+        row["n"] = n_train
+    loader, trainer = rows[-3]["per_s"], rows[-2]["per_s"]
+    report("train", scale, rows, {"train_rows": n_train, "users": n_users, "items": n_items,
+                                  "loader_over_trainer": round(loader / trainer, 1)})
+
+
+def trained(cfg, spark, rows: list[dict]) -> str:
+    """The latest model version for AS_OF, training one epoch first if there is none."""
+    from hmrec.registry import latest_version
+    from hmrec.train import train
+
+    version = latest_version(cfg, AS_OF)
+    if version is None:
+        with timed(rows, "train (1 epoch)"):
+            version = train(cfg, spark, as_of=AS_OF)
+    return version
+
+
+def bench_score(scale: float, seed: int, overrides: list[str]) -> None:
+    import numpy as np
+
+    from hmrec import storage
+    from hmrec.index import ModelEmbedder, build_index
+    from hmrec.registry import load_model
+    from hmrec.score import embed_throughput, score, search_throughput
+
+    rows: list[dict] = []
+    cfg, spark = prepared(scale, seed, ["train.epochs=1", *overrides], rows)
+    version = trained(cfg, spark, rows)
+    embedder = ModelEmbedder.from_loaded(load_model(cfg, version))
+    users = storage.read_as_of(spark, cfg, "gold/user_features", AS_OF).where("n_purchases > 0")
+    sample = users.limit(200_000).toPandas()
+    items = storage.read_as_of(spark, cfg, "gold/item_features", AS_OF).toPandas()
+    with timed(rows, "user embedding (1 process)") as row:
+        res = embed_throughput(embedder, sample, cfg.score.batch_size)
+        row["n"], row["per_s"] = res["users"], res["users_per_s"]
+    user_emb = np.concatenate([embedder.embed_users(sample.iloc[i:i + 8192]) for i in range(0, len(sample), 8192)])
+    item_emb = embedder.embed_items(items)
+    search = search_throughput(item_emb, user_emb, ["flat", "hnsw", "ivf"], cfg.score.k, cfg.index)
+    for kind, res in search.items():
+        rows.append({"stage": f"faiss {kind} search", "n": len(user_emb), "seconds": res["search_s"],
+                     "per_s": res["queries_per_s"], f"recall@{cfg.score.k}": res[f"recall@{cfg.score.k}"],
+                     "build_s": res["build_s"]})
+        print(f"[bench] {rows[-1]}", flush=True)
+    n_customers = storage.read(spark, cfg, "bronze/customers").count()
+    for kind in ["hnsw", "flat"]:
+        kcfg = bench_cfg(scale, ["train.epochs=1", f"index.kind={kind}", *overrides])
+        with timed(rows, f"index job ({kind})"):
+            build_index(kcfg, spark, as_of=AS_OF, model_version=version)
+        with timed(rows, f"score job, every customer ({kind})") as row:
+            score(kcfg, spark, as_of=AS_OF, model_version=version)
+            row["n"] = n_customers
+    report("score", scale, rows, {"model_version": version, "customers": n_customers})
+
+
+def bench_all(scale: float, seed: int, overrides: list[str]) -> None:
+    """hmrec (exact and HNSW) against Spark ALS, popularity and repurchase on one split."""
+    import shutil
+
+    from pyspark.sql import functions as F
+
+    from hmrec import storage
+    from hmrec.als import als_top_k, train_als
+    from hmrec.evaluate import METHODS, _gather, baseline_lists, compute_metrics, customer_segments, fill_list
+    from hmrec.index import build_index
+    from hmrec.score import score
+    from hmrec.train import train
+
+    rows: list[dict] = []
+    cfg = bench_cfg(scale, overrides)
+    shutil.rmtree(cfg.lakehouse, ignore_errors=True)
+    k = cfg.score.k
+    run_start = time.perf_counter()
+    cfg, spark = prepared(scale, seed, overrides, rows)
+    with timed(rows, "hmrec train") as row:
+        version = train(cfg, spark, as_of=AS_OF)
+    lists: dict[str, dict] = {}
+    for kind in ["flat", "hnsw"]:
+        kcfg = bench_cfg(scale, [f"index.kind={kind}", *overrides])
+        with timed(rows, f"hmrec index+score ({kind})"):
+            build_index(kcfg, spark, as_of=AS_OF, model_version=version)
+            score(kcfg, spark, as_of=AS_OF, model_version=version)
+        frame, _, popularity, catalogue = _gather(kcfg, spark, AS_OF, max(k, cfg.evaluate.curve_max_k), version)
+        lists[f"hmrec_{kind}"] = dict(zip(frame["customer_id"], frame["model"]))
+    rows.append({"stage": "hmrec run, ingest to scoring", "seconds": round(time.perf_counter() - run_start, 2)})
+
+    with timed(rows, "als train (implicit, rank = embedding_dim)") as row:
+        model = train_als(cfg, spark, AS_OF)
+    out = f"{cfg.lakehouse}/bench/als_recommendations"
+    with timed(rows, "als recommendForAllUsers") as row:
+        recs = als_top_k(model, k)
+        recs.write.mode("overwrite").parquet(out)
+        row["n"] = spark.read.parquet(out).select("customer_idx").distinct().count()
+    ids = storage.read(spark, cfg, "silver/customer_index")
+    arts = storage.read(spark, cfg, "silver/article_index")
+    holdout_ids = F.broadcast(spark.createDataFrame(frame[["customer_id"]]))
+    als = (spark.read.parquet(out).join(ids, "customer_idx").join(holdout_ids, "customer_id")
+           .join(arts, "article_idx").groupBy("customer_id")
+           .agg(F.transform(F.sort_array(F.collect_list(F.struct("rank", "article_id"))), lambda s: s["article_id"]).alias("als"))
+           .toPandas())
+    als_lists = dict(zip(als["customer_id"], als["als"]))
+
+    frame["segment"] = customer_segments(frame["last_purchase"], AS_OF, cfg.evaluate.lapsed_days)
+    frame = baseline_lists(frame, popularity, k)
+    glob = popularity["global"]
+    for name, by_customer in lists.items():
+        frame[name] = [list(by_customer.get(c, [])) for c in frame["customer_id"]]
+    # Customers ALS cannot score get the same fallback as hmrec's: popularity.
+    frame["als"] = [fill_list(als_lists.get(c), glob, k) for c in frame["customer_id"]]
+    methods = ["hmrec_flat", "hmrec_hnsw", "als"] + [m for m in METHODS if m != "model"]
+    results = compute_metrics(frame, methods, k, catalogue)["all"]
+    quality = [{"method": m, **{key: round(v, 5) for key, v in results[m].items()}} for m in methods]
+    print("\n" + markdown([{"stage": q["method"], **{x: y for x, y in q.items() if x != "method"}} for q in quality]))
+    report("all", scale, rows, {"quality": quality, "model_version": version})
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m hmrec.bench", description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["etl", "train", "score"])
+    p.add_argument("what", choices=["etl", "train", "score", "all"])
     p.add_argument("--scale", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -175,8 +329,10 @@ def main(argv: list[str] | None = None) -> None:
         bench_etl(args.scale, args.seed, args.overrides)
     elif args.what == "train":
         bench_train(args.scale, args.seed, args.overrides)
-    else:
+    elif args.what == "score":
         bench_score(args.scale, args.seed, args.overrides)
+    else:
+        bench_all(args.scale, args.seed, args.overrides)
 
 
 if __name__ == "__main__":
