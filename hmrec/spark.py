@@ -63,6 +63,10 @@ def get_spark(cfg: Config) -> SparkSession:
     if active is not None:
         return active
     submitted = _submitted_conf()
+    if submitted is None:
+        # pyspark starts its Python workers with $PYSPARK_PYTHON (default:
+        # python3 on PATH); they need this interpreter's packages.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder
     for key, value in spark_settings(cfg).items():
         if submitted is not None and submitted.contains(key):
