@@ -1,0 +1,423 @@
+"""The features job: stable id maps, indexed interactions, user and item features.
+
+    hmrec features [--as-of YYYY-MM-DD]
+
+writes ``silver/customer_index`` and ``silver/article_index`` (dense ints from
+0, appended to and never renumbered), ``silver/interactions`` (every bronze
+transaction with both indices) and, for one as-of date, ``gold/user_features``
+and ``gold/item_features``. Features see only interactions strictly before the
+as-of date, so the week after it can serve as an honest holdout.
+
+Each grain is aggregated in one pass: a customer's whole purchase history is
+collected as one array of (date, article, product group) structs, from which
+the last N purchases, the distinct-article count and the category shares are
+read with array functions. Measured on 1.2M generated transactions of 20k
+customers (Spark CPU seconds, best of three): the last N alone cost 1.2 s as
+a sorted array and 2.3 s as a ``row_number`` window; all user aggregates 2.4 s
+in the one pass, against 5.9 s for the window plus the second aggregation
+(with ``countDistinct`` and a pivot for the shares) that it would need.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructType
+
+from hmrec import schemas, storage
+from hmrec.config import Config
+from hmrec.errors import HmrecError
+from hmrec.progress import log, stage
+
+CUSTOMER_INDEX = "silver/customer_index"
+ARTICLE_INDEX = "silver/article_index"
+INTERACTIONS = "silver/interactions"
+USER_FEATURES = "gold/user_features"
+ITEM_FEATURES = "gold/item_features"
+
+# Days since the last purchase of a customer who never bought (about ten years):
+# far beyond any real gap, so the feature still orders customers by recency.
+NEVER_BOUGHT_DAYS = 3650
+
+# Profile vocabularies of the customer file; any other value (and empty) is 0.
+# Fixed rather than learnt from the data so a code means the same thing at every as-of.
+CLUB_STATUS_CODES = {"ACTIVE": 1, "PRE-CREATE": 2, "LEFT CLUB": 3}
+NEWS_FREQ_CODES = {"NONE": 1, "MONTHLY": 2, "REGULARLY": 3}
+
+UNKNOWN_SEGMENT = "age_unknown"
+
+
+# ---- age buckets and segment labels (the one definition every stage uses) ---
+
+
+def _check_buckets(buckets: list[int]) -> None:
+    if len(buckets) < 2 or any(lo >= hi for lo, hi in zip(buckets, buckets[1:])):
+        raise HmrecError(
+            f"config key features.age_buckets must be at least two increasing ages, got {buckets!r}; "
+            "fix it in your config file or with --set features.age_buckets=[0,25,35,45,55,65,200]"
+        )
+
+
+def age_bucket(age_col: Column, buckets: list[int]) -> Column:
+    """Bucket code of an age: i (1..len(buckets)-1) when buckets[i-1] <= age < buckets[i], else 0."""
+    _check_buckets(buckets)
+    expr = None
+    for i in range(1, len(buckets)):
+        cond = (age_col >= F.lit(buckets[i - 1])) & (age_col < F.lit(buckets[i]))
+        expr = F.when(cond, F.lit(i)) if expr is None else expr.when(cond, F.lit(i))
+    # A null age makes every condition null, which falls through to 0 (unknown).
+    return expr.otherwise(F.lit(0)).cast("int")
+
+
+def segment_labels(buckets: list[int]) -> list[str]:
+    """Segment label of every age bucket code, indexed by code: ['age_unknown', 'age_0_24', ...]."""
+    _check_buckets(buckets)
+    return [UNKNOWN_SEGMENT] + [f"age_{lo}_{hi - 1}" for lo, hi in zip(buckets, buckets[1:])]
+
+
+def age_segment(age_bucket_col: Column, buckets: list[int]) -> Column:
+    """Label of an age bucket code: 'age_<lo>_<hi-1>' for codes 1..n, 'age_unknown' for 0 (or any other)."""
+    labels = segment_labels(buckets)
+    expr = None
+    for code in range(1, len(labels)):
+        cond = age_bucket_col == F.lit(code)
+        expr = F.when(cond, F.lit(labels[code])) if expr is None else expr.when(cond, F.lit(labels[code]))
+    return expr.otherwise(F.lit(UNKNOWN_SEGMENT))
+
+
+# ---- id maps ------------------------------------------------------------------
+
+
+def new_index_entries(ids: DataFrame, existing: DataFrame, id_col: str, idx_col: str) -> DataFrame:
+    """Ids of ``ids`` missing from ``existing``, numbered after its max index in id order.
+
+    ``existing`` holds (id_col, idx_col); the result has the same two columns and
+    only new rows, so appending it never renumbers or drops an old id.
+    """
+    new_ids = (
+        ids.select(id_col)
+        .where(F.col(id_col).isNotNull())
+        .distinct()
+        .join(existing.select(id_col), on=id_col, how="left_anti")
+    )
+    start = existing.agg(F.coalesce(F.max(idx_col) + 1, F.lit(0)).alias("_start"))
+    # One global ordering is what makes the numbering deterministic, and a single
+    # partition of new ids is a few tens of MB even at full size. Partitioning by
+    # a constant says so explicitly (Spark warns about an unpartitioned window).
+    order = Window.partitionBy(F.lit(0)).orderBy(id_col)
+    return new_ids.crossJoin(start).select(
+        id_col, (F.col("_start") + F.row_number().over(order) - 1).cast("int").alias(idx_col)
+    )
+
+
+def index_interactions(
+    transactions: DataFrame, customer_index: DataFrame, article_index: DataFrame, broadcast_customers: bool
+) -> DataFrame:
+    """Transactions with customer_idx and article_idx (schemas.INTERACTIONS); unknown ids are dropped."""
+    customers = F.broadcast(customer_index) if broadcast_customers else customer_index
+    out = transactions.join(customers.select("customer_id", "customer_idx"), "customer_id").join(
+        F.broadcast(article_index.select("article_id", "article_idx")), "article_id"
+    )
+    return conform(out, schemas.INTERACTIONS)
+
+
+def conform(df: DataFrame, schema: StructType) -> DataFrame:
+    """Exactly the columns of ``schema``, in its order, cast to its types."""
+    return df.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
+
+
+# ---- item features ------------------------------------------------------------
+
+
+def _normalised(articles: DataFrame, attr: str) -> Column:
+    col = F.col(attr)
+    if isinstance(articles.schema[attr].dataType, StringType):
+        # An empty or blank name is as unknown as a missing one.
+        return F.when(F.trim(col) == "", F.lit(None)).otherwise(col)
+    return col
+
+
+def categorical_vocab(articles: DataFrame) -> dict[str, list]:
+    """Distinct non-null values of every ITEM_CATEGORICALS attribute, sorted; one pass over articles.
+
+    Value at position i gets code i + 1, so the mapping depends only on the catalogue.
+    """
+    row = articles.agg(
+        *[F.collect_set(_normalised(articles, a)).alias(a) for a in schemas.ITEM_CATEGORICALS]
+    ).first()
+    return {a: sorted(row[a]) for a in schemas.ITEM_CATEGORICALS}
+
+
+def _code(value: Column, values: list) -> Column:
+    if not values:
+        return F.lit(0)
+    pairs = F.create_map(*[F.lit(x) for i, v in enumerate(values) for x in (v, i + 1)])
+    return F.coalesce(F.try_element_at(pairs, value), F.lit(0)).cast("int")
+
+
+def item_codes(articles: DataFrame, article_index: DataFrame, vocab: dict[str, list]) -> DataFrame:
+    """article_id, article_idx and every ``<attr>_code`` (1..n by sorted value, 0 = null)."""
+    coded = articles.select(
+        "article_id",
+        *[_code(_normalised(articles, a), vocab[a]).alias(f"{a}_code") for a in schemas.ITEM_CATEGORICALS],
+    ).dropDuplicates(["article_id"])
+    return coded.join(F.broadcast(article_index.select("article_id", "article_idx")), "article_id")
+
+
+def _before(interactions: DataFrame, as_of: dt.date) -> DataFrame:
+    return interactions.where(F.col("t_dat") < F.lit(as_of))
+
+
+def _check_recent_days(recent_days: list[int]) -> tuple[int, int]:
+    if len(recent_days) != 2 or any(not isinstance(d, int) or d <= 0 for d in recent_days):
+        raise HmrecError(
+            f"config key features.recent_days must be two positive day counts (for sales_7d and "
+            f"sales_28d), got {recent_days!r}; e.g. --set features.recent_days=[7,28]"
+        )
+    return recent_days[0], recent_days[1]
+
+
+def item_features(codes: DataFrame, interactions: DataFrame, as_of: dt.date, recent_days: list[int]) -> DataFrame:
+    """One row per article of ``codes`` (schemas.ITEM_FEATURES) from interactions before ``as_of``."""
+    short, long = _check_recent_days(recent_days)
+    t = F.col("t_dat")
+    sales = (
+        _before(interactions, as_of)
+        .groupBy("article_idx")
+        .agg(
+            F.sum(F.when(t >= F.date_sub(F.lit(as_of), short), 1).otherwise(0)).alias("sales_7d"),
+            F.sum(F.when(t >= F.date_sub(F.lit(as_of), long), 1).otherwise(0)).alias("sales_28d"),
+            F.count(F.lit(1)).alias("sales_total"),
+            F.avg("price").alias("price_mean"),
+            F.stddev_samp("price").alias("price_std"),
+            F.min(t).alias("first_sale"),
+        )
+    )
+    out = codes.join(sales, "article_idx", "left").select(
+        F.lit(as_of).alias("as_of"),
+        "article_id",
+        "article_idx",
+        *[f"{a}_code" for a in schemas.ITEM_CATEGORICALS],
+        F.coalesce("sales_7d", F.lit(0)).alias("sales_7d"),
+        F.coalesce("sales_28d", F.lit(0)).alias("sales_28d"),
+        F.coalesce("sales_total", F.lit(0)).alias("sales_total"),
+        F.coalesce("price_mean", F.lit(0.0)).alias("price_mean"),
+        # stddev_samp is null for one sale and NaN never arises here; both mean "no spread".
+        F.coalesce("price_std", F.lit(0.0)).alias("price_std"),
+        F.coalesce(F.datediff(F.lit(as_of), F.col("first_sale")), F.lit(-1)).alias("days_since_first_sale"),
+    )
+    return conform(out, schemas.ITEM_FEATURES)
+
+
+# ---- user features ------------------------------------------------------------
+
+
+def _vocab_code(col: Column, vocab: dict[str, int]) -> Column:
+    norm = F.upper(F.trim(col))
+    expr = None
+    for value, code in vocab.items():
+        expr = F.when(norm == value, F.lit(code)) if expr is None else expr.when(norm == value, F.lit(code))
+    return expr.otherwise(F.lit(0)).cast("int")
+
+
+def customer_profile(customers: DataFrame, customer_index: DataFrame, age_buckets: list[int]) -> DataFrame:
+    """customer_id, customer_idx, age and the profile codes of USER_CATEGORICALS."""
+    return (
+        customers.dropDuplicates(["customer_id"])
+        .join(customer_index.select("customer_id", "customer_idx"), "customer_id")
+        .select(
+            "customer_id",
+            "customer_idx",
+            F.col("age").cast("int").alias("age"),
+            age_bucket(F.col("age"), age_buckets).alias("age_bucket"),
+            _vocab_code(F.col("club_member_status"), CLUB_STATUS_CODES).alias("club_status_code"),
+            _vocab_code(F.col("fashion_news_frequency"), NEWS_FREQ_CODES).alias("news_freq_code"),
+            F.when(F.col("FN") == 1.0, 1).otherwise(0).alias("fn"),
+            F.when(F.col("Active") == 1.0, 1).otherwise(0).alias("active"),
+        )
+    )
+
+
+def user_features(
+    customers: DataFrame,
+    customer_index: DataFrame,
+    interactions: DataFrame,
+    codes: DataFrame,
+    as_of: dt.date,
+    n_groups: int,
+    last_n: int,
+    age_buckets: list[int],
+) -> DataFrame:
+    """One row per customer of ``customers`` (schemas.USER_FEATURES) from interactions before ``as_of``.
+
+    ``codes`` maps article_idx to product_group_name_code (0..n_groups); a
+    customer's category_shares has n_groups + 1 entries indexed by that code.
+    """
+    if last_n <= 0:
+        raise HmrecError(f"config key features.last_n must be positive, got {last_n}; e.g. --set features.last_n=12")
+    groups = F.broadcast(codes.select("article_idx", F.col("product_group_name_code").alias("pg")))
+    bought = _before(interactions, as_of).join(groups, "article_idx", "left")
+    n = F.count(F.lit(1))
+    stats = bought.groupBy("customer_idx").agg(
+        n.alias("n"),
+        F.max("t_dat").alias("last_date"),
+        (F.sum("price") / n).alias("mean_price"),
+        (F.sum(F.when(F.col("sales_channel_id") == 2, 1).otherwise(0)) / n).alias("online_share"),
+        # Sorting (date, article) descending puts the latest first and orders a
+        # day's purchases by article_idx, so ties always come out the same way.
+        F.sort_array(
+            F.collect_list(F.struct("t_dat", "article_idx", F.coalesce("pg", F.lit(0)).alias("pg"))), asc=False
+        ).alias("hist"),
+    )
+    hist = F.col("hist")
+    n_distinct = F.size(F.array_distinct(F.transform(hist, lambda x: x["article_idx"])))
+    shares = F.transform(
+        F.sequence(F.lit(0), F.lit(n_groups)),
+        lambda c: F.size(F.filter(hist, lambda x: x["pg"] == c)) / F.col("n"),
+    )
+    per_customer = stats.select(
+        "customer_idx",
+        "n",
+        "last_date",
+        "mean_price",
+        "online_share",
+        n_distinct.alias("n_distinct"),
+        shares.cast("array<float>").alias("category_shares"),
+        F.transform(F.slice(hist, 1, last_n), lambda x: x["article_idx"]).alias("last_articles"),
+    )
+    n_purchases = F.coalesce(F.col("n"), F.lit(0)).cast("long")
+    distinct = F.coalesce(F.col("n_distinct"), F.lit(0))
+    days_since = F.coalesce(F.datediff(F.lit(as_of), F.col("last_date")), F.lit(NEVER_BOUGHT_DAYS))
+    zero_shares = F.array_repeat(F.lit(0.0).cast("float"), n_groups + 1)
+    out = customer_profile(customers, customer_index, age_buckets).join(per_customer, "customer_idx", "left").select(
+        F.lit(as_of).alias("as_of"),
+        "customer_id",
+        "customer_idx",
+        n_purchases.alias("n_purchases"),
+        "age",
+        "age_bucket",
+        "club_status_code",
+        "news_freq_code",
+        "fn",
+        "active",
+        F.log1p(n_purchases).alias("n_purchases_log"),
+        F.log1p(days_since).alias("days_since_last_log"),
+        F.coalesce("mean_price", F.lit(0.0)).alias("mean_price"),
+        F.coalesce("online_share", F.lit(0.0)).alias("online_share"),
+        F.log1p(distinct).alias("n_distinct_articles_log"),
+        F.when(n_purchases > 0, 1.0 - distinct / n_purchases).otherwise(0.0).alias("repeat_share"),
+        F.coalesce("category_shares", zero_shares).alias("category_shares"),
+        F.coalesce("last_articles", F.array().cast("array<int>")).alias("last_articles"),
+    )
+    return conform(out, schemas.USER_FEATURES)
+
+
+# ---- the job --------------------------------------------------------------------
+
+
+def default_as_of(interactions: DataFrame) -> dt.date:
+    """The day after the last transaction date."""
+    last = interactions.agg(F.max("t_dat")).first()[0]
+    if last is None:
+        raise HmrecError(
+            "bronze/transactions has no row with a t_dat, so there is no default as-of date; "
+            "ingest transactions_train.csv first or pass --as-of YYYY-MM-DD"
+        )
+    return last + dt.timedelta(days=1)
+
+
+def update_index(spark: SparkSession, cfg: Config, name: str, ids: DataFrame, id_col: str, idx_col: str,
+                 schema: StructType) -> int:
+    """Append the ids that ``name`` lacks in one commit; returns how many were added."""
+    if storage.exists(spark, cfg, name):
+        existing = storage.read(spark, cfg, name)
+    else:
+        existing = spark.createDataFrame([], schema)
+    new = new_index_entries(ids, existing, id_col, idx_col).cache()
+    try:
+        added = new.count()
+        if added:
+            storage.write(conform(new, schema), cfg, name, mode="append")
+        elif not storage.exists(spark, cfg, name):
+            storage.write(spark.createDataFrame([], schema), cfg, name, mode="append")
+    finally:
+        new.unpersist()
+    return added
+
+
+def build_features(cfg: Config, spark: SparkSession, as_of: dt.date | None) -> dict:
+    """Refresh the id maps and interactions, then write user and item features for ``as_of``.
+
+    ``as_of`` None means the day after the last transaction. Returns the stage summary.
+    """
+    fc = cfg.features
+    _check_buckets(fc.age_buckets)
+    _check_recent_days(fc.recent_days)
+    with stage("features") as summary:
+        customers = storage.read(spark, cfg, "bronze/customers")
+        articles = storage.read(spark, cfg, "bronze/articles")
+        transactions = storage.read(spark, cfg, "bronze/transactions")
+
+        summary["customers_new"] = update_index(
+            spark, cfg, CUSTOMER_INDEX, customers, "customer_id", "customer_idx", schemas.CUSTOMER_INDEX
+        )
+        summary["articles_new"] = update_index(
+            spark, cfg, ARTICLE_INDEX, articles, "article_id", "article_idx", schemas.ARTICLE_INDEX
+        )
+        customer_index = storage.read(spark, cfg, CUSTOMER_INDEX)
+        article_index = storage.read(spark, cfg, ARTICLE_INDEX)
+        n_index = customer_index.count()
+        log("features", f"id maps: {n_index} customers (+{summary['customers_new']}), "
+                        f"+{summary['articles_new']} articles")
+
+        rows_in = transactions.count()
+        summary["rows_in"] = rows_in
+        # The versions the interactions are made from: when none changed since the
+        # last run (features for another as-of on the same data), they are reused.
+        sources = {
+            "transactions_version": storage.version(spark, cfg, "bronze/transactions"),
+            "customer_index_version": storage.version(spark, cfg, CUSTOMER_INDEX),
+            "article_index_version": storage.version(spark, cfg, ARTICLE_INDEX),
+        }
+        if storage.exists(spark, cfg, INTERACTIONS) and storage.last_metadata(spark, cfg, INTERACTIONS) == sources:
+            log("features", f"{INTERACTIONS} is up to date with bronze/transactions and the id maps, reused")
+            summary["interactions_reused"] = True
+        else:
+            interactions = index_interactions(
+                transactions, customer_index, article_index,
+                broadcast_customers=n_index <= fc.broadcast_max_customers,
+            )
+            storage.write(interactions, cfg, INTERACTIONS, metadata=sources)
+            summary["interactions_reused"] = False
+        interactions = storage.read(spark, cfg, INTERACTIONS)
+        n_interactions = interactions.count()
+        summary["interactions"] = n_interactions
+        if n_interactions < rows_in:
+            log("features", f"WARNING: {rows_in - n_interactions} of {rows_in} transactions name a customer_id "
+                            "or article_id missing from bronze/customers or bronze/articles and were left out")
+
+        if as_of is None:
+            as_of = default_as_of(interactions)
+            log("features", f"as-of date not given: using {as_of}, the day after the last transaction")
+        summary["as_of"] = as_of.isoformat()
+
+        vocab = categorical_vocab(articles)
+        codes = item_codes(articles, article_index, vocab).cache()
+        try:
+            lineage = {"as_of": as_of.isoformat()}
+            items = item_features(codes, interactions, as_of, fc.recent_days)
+            storage.write_as_of(items, cfg, ITEM_FEATURES, as_of, metadata=lineage)
+            users = user_features(
+                customers, customer_index, interactions, codes, as_of,
+                n_groups=len(vocab["product_group_name"]), last_n=fc.last_n, age_buckets=fc.age_buckets,
+            )
+            storage.write_as_of(users, cfg, USER_FEATURES, as_of, metadata=lineage)
+        finally:
+            codes.unpersist()
+        summary["item_rows"] = storage.read_as_of(spark, cfg, ITEM_FEATURES, as_of).count()
+        summary["user_rows"] = storage.read_as_of(spark, cfg, USER_FEATURES, as_of).count()
+        summary["rows_written"] = (0 if summary["interactions_reused"] else n_interactions) + (
+            summary["item_rows"] + summary["user_rows"])
+    return dict(summary)
+

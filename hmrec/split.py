@@ -1,0 +1,86 @@
+"""The split job: training rows before the as-of date, holdout rows in the days after it.
+
+    hmrec split --as-of YYYY-MM-DD
+
+reads ``silver/interactions`` and writes the as-of partition of ``gold/train``
+(t_dat < as_of, and within the last ``split.train_days`` days when that is
+positive) and of ``gold/holdout`` (as_of <= t_dat < as_of + ``split.holdout_days``).
+The two windows never overlap, so nothing the model learns from is evaluated.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from hmrec import schemas, storage
+from hmrec.config import Config
+from hmrec.errors import HmrecError
+from hmrec.features import INTERACTIONS, conform
+from hmrec.progress import log, stage
+
+TRAIN = "gold/train"
+HOLDOUT = "gold/holdout"
+
+
+def train_rows(interactions: DataFrame, as_of: dt.date, train_days: int) -> DataFrame:
+    """Interactions before ``as_of`` (the last ``train_days`` days of them when > 0), as SPLIT_ROWS."""
+    t = F.col("t_dat")
+    cond = t < F.lit(as_of)
+    if train_days > 0:
+        cond = cond & (t >= F.lit(as_of - dt.timedelta(days=train_days)))
+    return conform(interactions.where(cond).withColumn("as_of", F.lit(as_of)), schemas.SPLIT_ROWS)
+
+
+def holdout_rows(interactions: DataFrame, as_of: dt.date, holdout_days: int) -> DataFrame:
+    """Interactions with as_of <= t_dat < as_of + ``holdout_days``, as SPLIT_ROWS."""
+    t = F.col("t_dat")
+    cond = (t >= F.lit(as_of)) & (t < F.lit(as_of + dt.timedelta(days=holdout_days)))
+    return conform(interactions.where(cond).withColumn("as_of", F.lit(as_of)), schemas.SPLIT_ROWS)
+
+
+def _check(cfg: Config) -> None:
+    if cfg.split.train_days < 0:
+        raise HmrecError(
+            f"config key split.train_days must be 0 (all history) or a positive day count, "
+            f"got {cfg.split.train_days}"
+        )
+    if cfg.split.holdout_days <= 0:
+        raise HmrecError(f"config key split.holdout_days must be positive, got {cfg.split.holdout_days}")
+
+
+def split(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
+    """Write the ``as_of`` partitions of gold/train and gold/holdout; returns the stage summary."""
+    _check(cfg)
+    with stage("split") as summary:
+        interactions = storage.read(spark, cfg, INTERACTIONS)
+        span = interactions.agg(F.min("t_dat"), F.max("t_dat"), F.count(F.lit(1))).first()
+        first, last, rows_in = span[0], span[1], span[2]
+        summary["rows_in"] = rows_in
+        summary["as_of"] = as_of.isoformat()
+        if first is None:
+            raise HmrecError(
+                f"{INTERACTIONS} is empty, so there is nothing to split; check bronze/transactions "
+                "and run `hmrec features` again"
+            )
+        if as_of <= first:
+            raise HmrecError(
+                f"as-of date {as_of} is not after the first transaction: {INTERACTIONS} covers "
+                f"t_dat {first} .. {last}; choose an --as-of between {first + dt.timedelta(days=1)} and "
+                f"{last + dt.timedelta(days=1)}"
+            )
+        lineage = {"as_of": as_of.isoformat()}
+        storage.write_as_of(train_rows(interactions, as_of, cfg.split.train_days), cfg, TRAIN, as_of,
+                            metadata=lineage)
+        storage.write_as_of(holdout_rows(interactions, as_of, cfg.split.holdout_days), cfg, HOLDOUT, as_of,
+                            metadata=lineage)
+        summary["train_rows"] = storage.read_as_of(spark, cfg, TRAIN, as_of).count()
+        summary["holdout_rows"] = storage.read_as_of(spark, cfg, HOLDOUT, as_of).count()
+        summary["rows_written"] = summary["train_rows"] + summary["holdout_rows"]
+        if summary["holdout_rows"] == 0:
+            end = as_of + dt.timedelta(days=cfg.split.holdout_days)
+            log("split", f"WARNING: no transaction in the holdout window {as_of} .. {end - dt.timedelta(days=1)} "
+                         f"({INTERACTIONS} covers {first} .. {last}); the evaluation of this as-of will have "
+                         f"nothing to measure. Choose an --as-of on or before {last} to evaluate.")
+    return dict(summary)
