@@ -455,6 +455,10 @@ def _last_ingests(spark: SparkSession, cfg: Config) -> dict[str, dict | None]:
     return out
 
 
+def _empty(spark: SparkSession, cfg: Config, name: str) -> bool:
+    return storage.exists(spark, cfg, name) and storage.read(spark, cfg, name).limit(1).count() == 0
+
+
 def _settings(cfg: Config) -> tuple[dt.date, StorageLevel]:
     try:
         min_date = dt.date.fromisoformat(cfg.ingest.min_date)
@@ -483,7 +487,13 @@ def ingest(cfg: Config, spark: SparkSession, data_dir: str) -> dict:
         inputs = stat_inputs(spark, data_dir)
         fp = fingerprint(cfg, inputs)
         previous = _last_ingests(spark, cfg)
-        if all(meta is not None and meta.get("fingerprint") == fp for meta in previous.values()):
+        if all(
+            (meta is not None and meta.get("fingerprint") == fp)
+            # Delta makes no commit when an empty rejects set replaces an
+            # empty table, so that table may carry no ingest metadata.
+            or (name == REJECTS_TABLE and meta is None and _empty(spark, cfg, name))
+            for name, meta in previous.items()
+        ):
             summary["skipped"] = True
             log(STAGE, f"input files in {data_dir} unchanged since the last ingest; nothing written")
         else:

@@ -382,6 +382,19 @@ def test_reingest_of_same_files_changes_nothing(spark, ingested):
     assert _state(spark, cfg) == before
 
 
+def test_reingest_of_clean_files_with_no_rejects_changes_nothing(spark, tmp_path):
+    data = tmp_path / "clean"
+    write_csv(data, "articles.csv", ARTICLE_NAMES, [line(*a) for a in ARTICLE_GOOD])
+    write_csv(data, "customers.csv", CUSTOMER_NAMES, [line(*c) for c in CUSTOMER_GOOD])
+    write_csv(data, "transactions_train.csv", TRANSACTION_NAMES, [line(*f) for f, _ in TX_GOOD])
+    cfg = make_cfg(tmp_path / "lake")
+    first = ingest.ingest(cfg, spark, data_dir=str(data))
+    assert first["skipped"] is False and first["rejects_written"] == 0
+    before = _state(spark, cfg)
+    assert ingest.ingest(cfg, spark, data_dir=str(data))["skipped"] is True
+    assert _state(spark, cfg) == before
+
+
 @pytest.mark.parametrize(
     "header, message",
     [

@@ -1,0 +1,135 @@
+"""`hmrec run` end to end on tiny generated data: contracts, quality, skip and resume.
+
+One pipeline run is shared by the module (it is the expensive part); the
+crash test runs on its own lakehouse copy so it cannot disturb the others.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from hmrec import pipeline, storage
+from tests.conftest import TINY_AS_OF, make_cfg
+
+# Small but real training: enough for the planted segments to show.
+TINY_TRAIN = ["train.epochs=3", "train.batch_size=512", "train.random_negatives=256", "train.log_every=1000",
+              "train.val_users=300"]
+
+
+@pytest.fixture(scope="module")
+def ran(spark, tiny_data, tmp_path_factory):
+    lake = tmp_path_factory.mktemp("pipeline") / "lake"
+    cfg = make_cfg(lake, *TINY_TRAIN)
+    results = pipeline.run(cfg, spark, data_dir=str(tiny_data), as_of=TINY_AS_OF)
+    return cfg, results
+
+
+def test_every_customer_gets_exactly_k_distinct_articles(spark, ran):
+    cfg, _ = ran
+    k = cfg.score.k
+    recs = storage.read(spark, cfg, "gold/recommendations")
+    customers = storage.read(spark, cfg, "bronze/customers").select("customer_id")
+    per = recs.groupBy("customer_id").agg(
+        F.count(F.lit(1)).alias("n"),
+        F.countDistinct("article_id").alias("distinct"),
+        F.min("rank").alias("lo"),
+        F.max("rank").alias("hi"),
+    )
+    assert per.count() == customers.count()
+    assert customers.join(per, "customer_id", "left_anti").count() == 0
+    bad = per.where((F.col("n") != k) | (F.col("distinct") != k) | (F.col("lo") != 1) | (F.col("hi") != k))
+    assert bad.count() == 0
+    # Kaggle identifier forms, as DESIGN.md requires.
+    assert recs.where(~F.col("article_id").rlike("^[0-9]{10}$")).count() == 0
+    assert recs.where(~F.col("customer_id").rlike("^[0-9a-f]{64}$")).count() == 0
+    assert {r[0] for r in recs.select("source").distinct().collect()} <= {"model", "repurchase", "popular"}
+    assert recs.select("as_of").distinct().collect()[0][0] == TINY_AS_OF
+
+
+def test_never_buyers_get_their_age_segments_popular_items(spark, ran):
+    cfg, _ = ran
+    users = storage.read_as_of(spark, cfg, "gold/user_features", TINY_AS_OF)
+    never = users.where("n_purchases = 0").select("customer_id")
+    recs = storage.read(spark, cfg, "gold/recommendations").join(never, "customer_id")
+    assert never.count() > 0
+    assert recs.where(F.col("source") != "popular").count() == 0
+
+
+def test_model_beats_popularity_twice_on_recall_and_ndcg(ran):
+    cfg, _ = ran
+    doc = json.loads((Path(cfg.lakehouse) / "reports" / TINY_AS_OF.isoformat() / "metrics.json").read_text())
+    assert doc["as_of"] == TINY_AS_OF.isoformat() and doc["k"] == 12
+    model, pop = doc["methods"]["model"], doc["methods"]["popularity"]
+    for metric in ("recall@12", "ndcg@12", "map@12", "coverage"):
+        assert metric in model and metric in pop
+    assert model["recall@12"] >= 2 * pop["recall@12"], doc["methods"]
+    assert model["ndcg@12"] >= 2 * pop["ndcg@12"], doc["methods"]
+
+
+def test_eval_metrics_table_and_report_files(spark, ran):
+    cfg, _ = ran
+    rows = storage.read_as_of(spark, cfg, "gold/eval_metrics", TINY_AS_OF)
+    methods = {r[0] for r in rows.select("method").distinct().collect()}
+    assert {"model", "popularity", "repurchase"} <= methods
+    report = Path(cfg.lakehouse) / "reports" / TINY_AS_OF.isoformat()
+    assert (report / "report.html").stat().st_size > 0
+    assert list(report.glob("*.png"))
+
+
+def test_rerun_skips_every_finished_stage(spark, ran, tiny_data, capsys):
+    cfg, _ = ran
+    before = storage.version(spark, cfg, "gold/recommendations")
+    results = pipeline.run(cfg, spark, data_dir=str(tiny_data), as_of=TINY_AS_OF)
+    assert set(results) == {"ingest"}  # nothing after ingest ran
+    assert storage.version(spark, cfg, "gold/recommendations") == before
+    assert "already done" in capsys.readouterr().err
+
+
+def test_a_crash_in_score_resumes_at_score(spark, ran, tiny_data, tmp_path, monkeypatch):
+    cfg0, _ = ran
+    lake = tmp_path / "lake"
+    shutil.copytree(cfg0.lakehouse, lake)
+    cfg = make_cfg(lake, *TINY_TRAIN)
+    data = str(tiny_data)
+    # As if the last refresh had stopped right after the index stage.
+    from delta.tables import DeltaTable
+
+    DeltaTable.forPath(spark, cfg.table_path(pipeline.STAGE_RUNS_TABLE)).delete("stage IN ('score', 'evaluate')")
+    before = storage.version(spark, cfg, "gold/recommendations")
+
+    import hmrec.score
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected failure in score")
+
+    monkeypatch.setattr(hmrec.score, "score", broken)
+    with pytest.raises(RuntimeError, match="injected"):
+        pipeline.run(cfg, spark, data_dir=data, as_of=TINY_AS_OF)
+    # The previous recommendations are untouched by the failed refresh.
+    assert storage.version(spark, cfg, "gold/recommendations") == before
+    monkeypatch.undo()
+
+    results = pipeline.run(cfg, spark, data_dir=data, as_of=TINY_AS_OF)
+    assert set(results) == {"ingest", "score", "evaluate"}
+    assert storage.version(spark, cfg, "gold/recommendations") == before + 1
+
+
+@pytest.mark.parametrize("name", ["01_explore.ipynb", "02_results.ipynb"])
+def test_notebooks_run_top_to_bottom_on_the_run(ran, tiny_data, name, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    cfg, _ = ran
+    monkeypatch.setenv("HMREC_DATA", str(tiny_data))
+    monkeypatch.setenv("HMREC_LAKEHOUSE", cfg.lakehouse)
+    monkeypatch.setenv("HMREC_AS_OF", TINY_AS_OF.isoformat())
+    notebooks = Path(__file__).resolve().parent.parent / "notebooks"
+    nb = nbformat.read(notebooks / name, as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(notebooks)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+    assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
