@@ -99,21 +99,42 @@ def segment_table(report: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["segment", "method"]).sort_index() if rows else pd.DataFrame()
 
 
+def _files(cfg: Config, name: str, as_of: str | None = None) -> list[str]:
+    """Parquet files of a Delta table's current snapshot (one as-of partition if given)."""
+    from deltalake import DeltaTable
+
+    filters = [("as_of", "=", as_of)] if as_of else None
+    return DeltaTable(cfg.table_path(name)).file_uris(partition_filters=filters)
+
+
+def read_table(cfg: Config, name: str, columns: list[str], as_of: str | None = None) -> pd.DataFrame:
+    """Some columns of a Delta table (one as-of partition if given), read without a JVM."""
+    import pyarrow.parquet as pq
+
+    parts = [pq.read_table(f, columns=columns).to_pandas() for f in _files(cfg, name, as_of)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+
+def holdout_customers(cfg: Config, as_of: str, n: int = 3) -> list[str]:
+    """The first ``n`` customer ids (in id order) that bought in the holdout week."""
+    ids = read_table(cfg, "gold/holdout", ["customer_id"], as_of)["customer_id"]
+    return ids.drop_duplicates().sort_values().head(n).tolist()
+
+
 def customer_story(cfg: Config, customer_id: str, history: int = 10) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One customer's last purchases and their recommendations, with article names and types.
 
     Reads the Delta tables without a JVM, like ``hmrec recommend``.
     """
-    from deltalake import DeltaTable
+    from hmrec.recommend import read_matching
 
-    def table(name: str, columns: list[str], filters: list | None = None) -> pd.DataFrame:
-        t = DeltaTable(cfg.table_path(name))
-        return pd.DataFrame(t.to_pandas(columns=columns, filters=filters))
-
-    names = table("bronze/articles", ["article_id", "prod_name", "product_type_name", "colour_group_name"])
-    tx = table("bronze/transactions", ["t_dat", "customer_id", "article_id"], [("customer_id", "=", customer_id)])
+    names = read_table(cfg, "bronze/articles", ["article_id", "prod_name", "product_type_name", "colour_group_name"])
+    tx = pd.DataFrame(read_matching(_files(cfg, "bronze/transactions"), "customer_id", {customer_id},
+                                    ["t_dat", "customer_id", "article_id"]),
+                      columns=["t_dat", "customer_id", "article_id"])
     tx = tx.sort_values("t_dat", ascending=False).head(history).merge(names, on="article_id", how="left")
-    recs = table("gold/recommendations", ["customer_id", "article_id", "rank", "source", "score"],
-                 [("customer_id", "=", customer_id)])
+    recs = pd.DataFrame(read_matching(_files(cfg, "gold/recommendations"), "customer_id", {customer_id},
+                                      ["customer_id", "article_id", "rank", "source", "score"]),
+                        columns=["customer_id", "article_id", "rank", "source", "score"])
     recs = recs.sort_values("rank").merge(names, on="article_id", how="left")
     return tx, recs
