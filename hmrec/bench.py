@@ -220,7 +220,7 @@ def trained(cfg, spark, rows: list[dict]) -> str:
     return version
 
 
-def bench_score(scale: float, seed: int, overrides: list[str]) -> None:
+def bench_score(scale: float, seed: int, overrides: list[str], job_kinds: tuple[str, ...] = ("hnsw", "flat")) -> None:
     import numpy as np
 
     from hmrec import storage
@@ -247,7 +247,7 @@ def bench_score(scale: float, seed: int, overrides: list[str]) -> None:
                      "build_s": res["build_s"]})
         print(f"[bench] {rows[-1]}", flush=True)
     n_customers = storage.read(spark, cfg, "bronze/customers").count()
-    for kind in ["hnsw", "flat"]:
+    for kind in job_kinds:
         kcfg = bench_cfg(scale, ["train.epochs=1", f"index.kind={kind}", *overrides])
         with timed(rows, f"index job ({kind})"):
             build_index(kcfg, spark, as_of=AS_OF, model_version=version)
@@ -324,13 +324,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scale", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--score-jobs", default="hnsw,flat",
+                   help="index kinds the whole scoring job is timed with (score benchmark)")
     args = p.parse_args(argv)
     if args.what == "etl":
         bench_etl(args.scale, args.seed, args.overrides)
     elif args.what == "train":
         bench_train(args.scale, args.seed, args.overrides)
     elif args.what == "score":
-        bench_score(args.scale, args.seed, args.overrides)
+        bench_score(args.scale, args.seed, args.overrides, tuple(args.score_jobs.split(",")))
     else:
         bench_all(args.scale, args.seed, args.overrides)
 

@@ -13,6 +13,7 @@ after every epoch; the driver registers the final weights in MLflow.
 from __future__ import annotations
 
 import collections
+import ctypes
 import contextlib
 import datetime as dt
 import hashlib
@@ -449,6 +450,23 @@ def _log_to_run(job: TrainJob, metrics: dict[str, float], step: int) -> None:
     registry.log_run_metrics(job.cfg, job.run_id, metrics, step=step)
 
 
+# glibc keeps the freed buffers of each step's differently sized sparse
+# gradients and row-group batches in its heap instead of returning them: the
+# process grew by ~8 MB a step (20 GB within one 3M-row epoch) although
+# nothing stays referenced. Trimming now and then keeps it flat at no
+# measurable cost; the environment setting that does the same
+# (MALLOC_MMAP_THRESHOLD_) cost 40% of the throughput.
+TRIM_EVERY = 50
+
+
+def _release_free_memory() -> None:
+    """Hand the C heap's free memory back to the system (glibc only; elsewhere a no-op)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _run_epoch(
     job: TrainJob,
     model: TwoTower,
@@ -488,6 +506,8 @@ def _run_epoch(
                 losses.append(loss)
                 samples += len(article_idx)
                 step += 1
+                if step % TRIM_EVERY == 0:
+                    _release_free_memory()
                 if rank == 0 and tc.log_every > 0 and step % tc.log_every == 0:
                     now = time.perf_counter()
                     rate = (samples - samples_logged) * world / max(now - t_logged, 1e-9)
