@@ -10,6 +10,11 @@ DATA=${1:-data/cluster-demo}
 AS_OF=${2:-2020-09-16}
 LAKE=${3:-lakehouse/cluster}
 SCALE=${SCALE:-0.002}
+# spark-submit's launcher looks for pyspark with whatever python3 is on PATH.
+export PATH="$PWD/$VENV/bin:$PATH"
+SPARK_HOME=$("$VENV/bin/python" -c 'import pyspark, os; print(os.path.dirname(pyspark.__file__))')
+export SPARK_HOME
+export PYSPARK_PYTHON="$PWD/$VENV/bin/python"
 DELTA=$("$VENV/bin/python" -c 'from importlib.metadata import version; print("io.delta:delta-spark_2.13:" + version("delta-spark"))')
 
 rm -rf dist && "$VENV/bin/pip" wheel --quiet --no-deps -w dist . >/dev/null
