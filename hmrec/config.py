@@ -299,4 +299,9 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
             data["spark"]["conf"] = {**data["spark"]["conf"], key: raw}
             continue
         _apply_set(data, assignment)
+    # Resolved here, on the driver: executors and training processes run in
+    # other working directories and must see the same root.
+    root = str(data["paths"]["lakehouse"])
+    if "://" not in root:
+        data["paths"]["lakehouse"] = str(Path(os.path.expanduser(root)).resolve())
     return _build(Config, data)

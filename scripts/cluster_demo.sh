@@ -9,8 +9,6 @@ VENV=${VENV:-.venv}
 DATA=${1:-data/cluster-demo}
 AS_OF=${2:-2020-09-16}
 LAKE=${3:-lakehouse/cluster}
-# Executors run in their own work directories: give them an absolute root.
-case "$LAKE" in /*|*://*) ;; *) LAKE="$PWD/$LAKE" ;; esac
 SCALE=${SCALE:-0.002}
 # spark-submit's launcher looks for pyspark with whatever python3 is on PATH.
 export PATH="$PWD/$VENV/bin:$PATH"
