@@ -36,6 +36,7 @@ from torch import Tensor
 
 from hmrec.config import Config, TrainConfig
 from hmrec.errors import HmrecError
+from hmrec.optim import RowAdam
 from hmrec.progress import log, stage
 from hmrec.two_tower import (
     ITEM_ID,
@@ -129,9 +130,9 @@ def flat_train_params(tc: TrainConfig) -> dict[str, object]:
 
 
 def make_optimizers(model: TwoTower, tc: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
-    """(SparseAdam over the id tables, AdamW over every dense parameter)."""
+    """(row-wise Adam over the id tables, AdamW over every dense parameter)."""
     sparse, dense = model.parameter_groups()
-    sparse_opt = torch.optim.SparseAdam(sparse, lr=tc.sparse_lr)
+    sparse_opt = RowAdam(sparse, lr=tc.sparse_lr)
     # fused: one kernel for all dense tensors instead of a dozen small ops per tensor
     dense_opt = torch.optim.AdamW(dense, lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
     return sparse_opt, dense_opt

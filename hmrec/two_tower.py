@@ -167,10 +167,30 @@ def _offsets(sizes: list[int]) -> Tensor:
     return torch.tensor([0, *sizes], dtype=torch.int64).cumsum(0)[:-1]
 
 
+class _RowGather(torch.autograd.Function):
+    """``weight[rows]`` for a small table, whose dense gradient is summed with ``index_add_``.
+
+    The same as ``F.embedding`` without padding, at less than half the cost of
+    its CPU backward (which sorts the indices first).
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, rows: Tensor) -> Tensor:
+        ctx.save_for_backward(rows)
+        ctx.num_rows = weight.shape[0]
+        return weight.index_select(0, rows)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (rows,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.num_rows, grad.shape[1]).index_add_(0, rows, grad), None
+
+
 def _attributes(table: nn.Embedding, codes: Tensor, sizes: Tensor, offsets: Tensor) -> Tensor:
     """(N, C * A) embeddings of C categorical columns; codes outside a column's vocabulary count as 0."""
     codes = torch.where((codes >= 0) & (codes < sizes), codes, torch.zeros_like(codes))  # (N, C)
-    return table(codes + offsets).flatten(1)  # (N, C * A)
+    n = codes.shape[0]
+    return _RowGather.apply(table.weight, (codes + offsets).reshape(-1)).view(n, -1)  # (N, C * A)
 
 
 def _fit_width(x: Tensor, width: int) -> Tensor:
@@ -228,7 +248,9 @@ class TwoTower(nn.Module):
         self.n_shares = int(n_shares)
 
         self.user_id = nn.Embedding(num_users + 1, id_dim, sparse=True)
-        self.user_history = nn.EmbeddingBag(num_items + 1, id_dim, mode="mean", sparse=True, padding_idx=0)
+        # the mean of the last articles' rows (padding excluded); an Embedding plus a sum rather than an
+        # EmbeddingBag, whose CPU kernels are several times slower at this shape
+        self.user_history = nn.Embedding(num_items + 1, id_dim, sparse=True, padding_idx=0)
         # all categorical columns share one table (column j starts after the codes of columns < j),
         # so a batch needs one lookup instead of one per column
         self.user_attrs = nn.Embedding(sum(user_cat_sizes), attr_dim)
@@ -273,7 +295,7 @@ class TwoTower(nn.Module):
         self.item_num_std.copy_(torch.tensor(a["item_num_std"]))
 
     def parameter_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """(sparse-gradient parameters for SparseAdam, dense parameters for AdamW)."""
+        """(sparse-gradient parameters for the row-wise Adam, dense parameters for AdamW)."""
         sparse = [self.user_id.weight, self.user_history.weight, self.item_id.weight]
         sparse_ids = {id(p) for p in sparse}
         dense = [p for p in self.parameters() if id(p) not in sparse_ids]
@@ -287,7 +309,9 @@ class TwoTower(nn.Module):
         attrs = _attributes(self.user_attrs, user["user_cat"], self.user_cat_sizes, self.user_cat_offsets)  # (B, Cu*A)
         num = torch.nan_to_num((user["user_num"] - self.user_num_mean) / self.user_num_std)  # (B, Nu)
         shares = _fit_width(user["category_shares"], self.n_shares)  # (B, S)
-        x = torch.cat([self.user_id(ids), self.user_history(history), attrs, num, shares], dim=1)
+        count = (history > 0).sum(dim=1, keepdim=True).clamp_min(1)  # (B, 1)
+        bought = self.user_history(history).sum(dim=1) / count  # (B, id_dim); no history: zeros
+        x = torch.cat([self.user_id(ids), bought, attrs, num, shares], dim=1)
         return F.normalize(self.user_mlp(x), dim=-1)  # (B, D)
 
     def item_tower(self, item: dict[str, Tensor]) -> Tensor:
@@ -337,6 +361,51 @@ def candidate_log_q(
     return torch.log(expected.clamp_min(1e-12))
 
 
+class _SampledSoftmax(torch.autograd.Function):
+    """Mean softmax cross-entropy over a (B, C) logit matrix built from two embedding matrices.
+
+    The same value as ``F.cross_entropy`` of the masked ``addmm`` logits, with a
+    hand-written backward: the forward turns the logits into probabilities in
+    place, and the backward is two matrix products (the targets are
+    subtracted from their results). Autograd would instead keep and rewrite the (B, C) matrix for
+    the mask, the log-softmax and the NLL separately; on a CPU those passes
+    cost more than the matrix products themselves.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, user_emb: Tensor, item_emb: Tensor, bias: Tensor, hits: tuple[Tensor, Tensor], temperature: float
+    ) -> Tensor:
+        logits = torch.addmm(bias.unsqueeze(0), user_emb, item_emb.T, alpha=1.0 / temperature)  # (B, C)
+        logits.index_put_(hits, logits.new_tensor(-math.inf))  # accidental hits never count
+        target = logits.diagonal().clone()  # (B,) each row's positive
+        # softmax in place; the diagonal is finite, so every row's max is too
+        row_max = logits.amax(dim=1, keepdim=True)  # (B, 1)
+        probs = logits.sub_(row_max).exp_()  # (B, C), masked entries 0
+        total = probs.sum(dim=1, keepdim=True)  # (B, 1)
+        probs.div_(total)
+        lse = (row_max + total.log()).squeeze(1)  # (B,)
+        ctx.save_for_backward(user_emb, item_emb, probs)
+        ctx.temperature = temperature
+        return (lse - target).mean()
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        user_emb, item_emb, probs = ctx.saved_tensors
+        b = user_emb.shape[0]
+        # d loss / d logits = (probs - I[positives]) / B; the identity part is
+        # applied to the products, so ``probs`` is left as it was saved
+        scale = grad_out / (b * ctx.temperature)
+        grad_user = grad_item = None
+        if ctx.needs_input_grad[0]:
+            grad_user = (probs @ item_emb).sub_(item_emb[:b]).mul_(scale)  # (B, D)
+        if ctx.needs_input_grad[1]:
+            grad_item = probs.T @ user_emb  # (C, D)
+            grad_item[:b] -= user_emb
+            grad_item.mul_(scale)
+        return grad_user, grad_item, None, None, None
+
+
 def retrieval_loss(
     user_emb: Tensor,
     item_emb: Tensor,
@@ -350,14 +419,28 @@ def retrieval_loss(
     is row i's positive and the rest are extra (random) negatives;
     ``cand_ids`` (C,) their article ids. A candidate with the same article as
     a row's positive (the same article bought twice in a batch, or drawn as a
-    random negative) is masked out of that row.
+    random negative) is masked out of that row. ``log_q`` (C,), when given, is
+    subtracted from every row's logits (the logQ correction); it gets no
+    gradient.
     """
-    b = user_emb.shape[0]
-    hits = cand_ids[:b].unsqueeze(1) == cand_ids.unsqueeze(0)  # (B, C)
-    hits.diagonal().fill_(False)  # each row's own positive
-    # The logQ correction rides along as addmm's broadcast bias and the mask is
-    # applied in place: the (B, C) matrix is written once by the matmul.
-    bias = -log_q if log_q is not None else item_emb.new_zeros(item_emb.shape[0])  # (C,)
-    logits = torch.addmm(bias.unsqueeze(0), user_emb, item_emb.T, alpha=1.0 / temperature)  # (B, C)
-    logits.masked_fill_(hits, -math.inf)
-    return F.cross_entropy(logits, torch.arange(b, device=user_emb.device))
+    hits = accidental_hits(cand_ids, user_emb.shape[0])
+    bias = -log_q.detach() if log_q is not None else item_emb.new_zeros(item_emb.shape[0])  # (C,)
+    return _SampledSoftmax.apply(user_emb, item_emb, bias, hits, float(temperature))
+
+
+def accidental_hits(cand_ids: Tensor, b: int) -> tuple[Tensor, Tensor]:
+    """(rows, cols) of the candidates that are the same article as row i's positive, i.e. ``cand_ids[i]``.
+
+    Row i's own positive (col i) is left out. Found by sorting the candidate
+    ids rather than comparing all B x C pairs: hits are few, the pairs many.
+    """
+    order = torch.argsort(cand_ids, stable=True)  # (C,)
+    sorted_ids = cand_ids[order]
+    positives = cand_ids[:b]  # (B,)
+    first = torch.searchsorted(sorted_ids, positives)  # (B,) where each positive's run of equal ids starts
+    counts = torch.searchsorted(sorted_ids, positives, right=True) - first  # (B,) >= 1: the positive itself
+    rows = torch.repeat_interleave(torch.arange(b), counts)  # (H,)
+    run_start = torch.repeat_interleave(counts.cumsum(0) - counts, counts)  # (H,)
+    cols = order[torch.repeat_interleave(first, counts) + torch.arange(rows.shape[0]) - run_start]  # (H,)
+    keep = cols != rows
+    return rows[keep], cols[keep]

@@ -8,10 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hmrec import schemas
 from hmrec.two_tower import (
     TwoTower,
+    accidental_hits,
     build_model,
     candidate_log_q,
     item_inputs,
@@ -198,6 +200,36 @@ def test_retrieval_loss_masks_accidental_hits():
     # row 0: [1, masked, 0]; row 1: [masked, 0, 1]
     expected = -(math.log(math.e / (math.e + 1)) + math.log(1 / (1 + math.e))) / 2
     assert retrieval_loss(user, item, ids, temperature=1.0).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_retrieval_loss_gradients_match_autograd_reference():
+    gen = torch.Generator().manual_seed(0)
+    user = torch.randn(5, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    item = torch.randn(9, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    ids = torch.tensor([3, 1, 3, 7, 2, 1, 8, 3, 0])  # accidental hits: 3 in rows 0/2 and candidate 7, 1 in row 1
+    log_q = torch.rand(9, dtype=torch.float64, generator=gen)
+    # the fused loss against finite differences
+    assert torch.autograd.gradcheck(lambda u, i: retrieval_loss(u, i, ids, 0.3, log_q), (user, item))
+    # and against the plain formula written with autograd ops
+    logits = (user @ item.T) / 0.3 - log_q
+    hits = ids[:5].unsqueeze(1) == ids.unsqueeze(0)
+    hits.diagonal().fill_(False)
+    reference = F.cross_entropy(logits.masked_fill(hits, -math.inf), torch.arange(5))
+    ref_grads = torch.autograd.grad(reference, (user, item))
+    loss = retrieval_loss(user, item, ids, 0.3, log_q)
+    grads = torch.autograd.grad(loss, (user, item))
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-12)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want)
+
+
+def test_accidental_hits_equal_the_pairwise_comparison():
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(6, (40,), generator=gen)  # many repeats
+    rows, cols = accidental_hits(ids, 25)
+    dense = ids[:25].unsqueeze(1) == ids.unsqueeze(0)
+    dense.diagonal().fill_(False)
+    assert sorted(zip(rows.tolist(), cols.tolist())) == sorted(map(tuple, dense.nonzero().tolist()))
 
 
 def test_candidate_log_q_is_expected_count():
