@@ -13,10 +13,15 @@ Customers are split into segments by their history in gold/train: ``cold``
 ``evaluate.lapsed_days`` before it) and ``active`` (the rest). Only customers
 with a holdout purchase are evaluated, and only their lists reach the driver.
 
-The Recall@K curve runs to ``evaluate.curve_max_k`` for the baselines, whose
-lists are that long. The model's curve comes from gold/recommendations and so
-stops at ``score.k``, the length of the served lists: it measures what
-customers see, not what FAISS could retrieve beyond it.
+- ``model_retrieval``: the two-tower model's own ranking, before the
+  repurchase blend: the exact inner-product top ``evaluate.curve_max_k`` over
+  gold/item_embeddings of the served model version for customers the scoring
+  job gives to the model (``score.min_history``), the age segment's popularity
+  list for the others (as served). Present when that version is registered.
+
+The Recall@K curve runs to ``evaluate.curve_max_k`` for every method but
+``model``, whose served lists stop at ``score.k``; ``model_retrieval`` shows
+the model beyond that.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 METHODS = ["model", "popularity", "popularity_segment", "repurchase"]
+RETRIEVAL = "model_retrieval"
 SEGMENTS = ["cold", "lapsed", "active"]
 ALL = "all"
 GLOBAL = "global"
@@ -196,7 +202,7 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:nth-child(-n+2
 <body><h1>Evaluation, as of {html.escape(doc['as_of'])}</h1>
 <p>Model version {html.escape(str(doc.get('model_version')))}; K = {k}; customers with a holdout purchase:
 {doc['users'].get(ALL, 0)}. Segments by history before the as-of date: cold (none), lapsed, active.
-The model's Recall@K curve comes from the served lists in gold/recommendations and stops at their length.</p>
+The served model lists stop at K; model_retrieval, when present, is the model's own ranking before the repurchase blend, to K = {max((len(c) for c in curves.values()), default=k)}.</p>
 <table><tr><th>segment</th><th>method</th><th>users</th>{''.join(f'<th>{html.escape(n)}</th>' for n in names)}</tr>
 {rows}</table>
 <h2>Recall@K</h2><img src="recall_at_k.png" alt="Recall@K per method">
@@ -283,6 +289,56 @@ def _gather(cfg: Config, spark: "SparkSession", as_of: dt.date, length: int,
     return frame, served_version, popularity, catalogue
 
 
+def top_articles(user_emb: np.ndarray, item_emb: np.ndarray, article_ids: np.ndarray, n: int) -> list[list[str]]:
+    """Each user's ``n`` articles of highest inner product (exact search), best first."""
+    import faiss
+
+    from hmrec.index import search
+
+    if len(user_emb) == 0:
+        return []
+    index = faiss.IndexFlatIP(item_emb.shape[1])
+    index.add(np.ascontiguousarray(item_emb, dtype=np.float32))
+    _, pos = search(index, user_emb, n)  # (U, n) rows of item_emb
+    return [article_ids[row[row >= 0]].tolist() for row in pos]
+
+
+def model_retrieval_lists(cfg: Config, spark: "SparkSession", as_of: dt.date, version: str,
+                          frame: pd.DataFrame, length: int) -> list[list[str]] | None:
+    """The ``model_retrieval`` list of every row of ``frame`` (see the module notes); None when not available."""
+    from pyspark.sql import functions as F
+
+    from hmrec import registry, storage
+    from hmrec.index import ModelEmbedder, check_embeddings, embed_in_batches
+
+    try:
+        embedder = ModelEmbedder.from_loaded(registry.load_model(cfg, version))
+    except HmrecError as exc:
+        log("evaluate", f"no {RETRIEVAL} curve: {exc}")
+        return None
+    items = (
+        storage.read_as_of(spark, cfg, "gold/item_embeddings", as_of)
+        .where(F.col("model_version") == F.lit(version))
+        .select("article_id", "embedding")
+        .toPandas()
+    )
+    if items.empty or not storage.exists(spark, cfg, "gold/user_features"):
+        log("evaluate", f"no {RETRIEVAL} curve: gold/item_embeddings has no rows for version {version}, as_of {as_of}")
+        return None
+    item_emb = check_embeddings(np.stack(items["embedding"].to_numpy()), items["article_id"], "article_id")
+    ids = F.broadcast(spark.createDataFrame(frame[["customer_id"]]))
+    users = (
+        storage.read_as_of(spark, cfg, "gold/user_features", as_of)
+        .join(ids, "customer_id")
+        .where(F.col("n_purchases") >= max(cfg.score.min_history, 1))
+        .toPandas()
+    )
+    log("evaluate", f"{RETRIEVAL}: exact top {length} of {len(items)} articles for {len(users)} holdout customers")
+    user_emb = embed_in_batches(embedder.embed_users, users, cfg.score.batch_size) if len(users) else np.zeros((0, 0))
+    ranked = dict(zip(users["customer_id"], top_articles(user_emb, item_emb, items["article_id"].to_numpy(), length)))
+    return [ranked.get(c, fallback) for c, fallback in zip(frame["customer_id"], frame["popularity_segment"])]
+
+
 def run_evaluation(
     cfg: Config,
     spark: "SparkSession",
@@ -299,8 +355,13 @@ def run_evaluation(
         frame, version, popularity, catalogue = _gather(cfg, spark, as_of, length, model_version)
         frame["segment"] = customer_segments(frame["last_purchase"], as_of, cfg.evaluate.lapsed_days)
         frame = baseline_lists(frame, popularity, length)
-        results = compute_metrics(frame, METHODS, k, catalogue)
-        curves = recall_curves(frame, METHODS, cfg.evaluate.curve_max_k)
+        methods = list(METHODS)
+        retrieval = model_retrieval_lists(cfg, spark, as_of, version, frame, length) if "," not in version else None
+        if retrieval is not None:
+            frame[RETRIEVAL] = retrieval
+            methods.append(RETRIEVAL)
+        results = compute_metrics(frame, methods, k, catalogue)
+        curves = recall_curves(frame, methods, cfg.evaluate.curve_max_k)
         doc = metrics_document(as_of, k, version, results, curves)
 
         rows = metric_rows(as_of, version, results)
