@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 from hmrec import pipeline, storage
 from tests.conftest import TINY_AS_OF, make_cfg
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(2400)]
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ["train.epochs=3", "train.batch_size=512", "train.random_negatives=256", "train.log_every=1000",
