@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from hmrec import metrics as M
-from hmrec.config import Config
+from hmrec.config import Config, IndexConfig
 from hmrec.errors import HmrecError
 from hmrec.progress import log, stage
 
@@ -289,17 +289,14 @@ def _gather(cfg: Config, spark: "SparkSession", as_of: dt.date, length: int,
     return frame, served_version, popularity, catalogue
 
 
-def top_articles(user_emb: np.ndarray, item_emb: np.ndarray, article_ids: np.ndarray, n: int) -> list[list[str]]:
+def top_articles(user_emb: np.ndarray, item_emb: np.ndarray, article_ids: np.ndarray, n: int,
+                 index_cfg: IndexConfig) -> list[list[str]]:
     """Each user's ``n`` articles of highest inner product (exact search), best first."""
-    import faiss
-
-    from hmrec.index import search
+    from hmrec.index import make_index, search
 
     if len(user_emb) == 0:
         return []
-    index = faiss.IndexFlatIP(item_emb.shape[1])
-    index.add(np.ascontiguousarray(item_emb, dtype=np.float32))
-    _, pos = search(index, user_emb, n)  # (U, n) rows of item_emb
+    _, pos = search(make_index("flat", item_emb, index_cfg), user_emb, n)  # (U, n) rows of item_emb
     return [article_ids[row[row >= 0]].tolist() for row in pos]
 
 
@@ -309,23 +306,15 @@ def model_retrieval_lists(cfg: Config, spark: "SparkSession", as_of: dt.date, ve
     from pyspark.sql import functions as F
 
     from hmrec import registry, storage
-    from hmrec.index import ModelEmbedder, check_embeddings, embed_in_batches
+    from hmrec.index import ModelEmbedder, embed_in_batches
+    from hmrec.score import _item_tables
 
     try:
         embedder = ModelEmbedder.from_loaded(registry.load_model(cfg, version))
+        items = _item_tables(spark, cfg, as_of, version, need_vectors=True)
     except HmrecError as exc:
         log("evaluate", f"no {RETRIEVAL} curve: {exc}")
         return None
-    items = (
-        storage.read_as_of(spark, cfg, "gold/item_embeddings", as_of)
-        .where(F.col("model_version") == F.lit(version))
-        .select("article_id", "embedding")
-        .toPandas()
-    )
-    if items.empty or not storage.exists(spark, cfg, "gold/user_features"):
-        log("evaluate", f"no {RETRIEVAL} curve: gold/item_embeddings has no rows for version {version}, as_of {as_of}")
-        return None
-    item_emb = check_embeddings(np.stack(items["embedding"].to_numpy()), items["article_id"], "article_id")
     ids = F.broadcast(spark.createDataFrame(frame[["customer_id"]]))
     users = (
         storage.read_as_of(spark, cfg, "gold/user_features", as_of)
@@ -335,7 +324,9 @@ def model_retrieval_lists(cfg: Config, spark: "SparkSession", as_of: dt.date, ve
     )
     log("evaluate", f"{RETRIEVAL}: exact top {length} of {len(items)} articles for {len(users)} holdout customers")
     user_emb = embed_in_batches(embedder.embed_users, users, cfg.score.batch_size) if len(users) else np.zeros((0, 0))
-    ranked = dict(zip(users["customer_id"], top_articles(user_emb, item_emb, items["article_id"].to_numpy(), length)))
+    item_emb = np.stack(items["embedding"].to_numpy())
+    top = top_articles(user_emb, item_emb, items["article_id"].to_numpy(), length, cfg.index)
+    ranked = dict(zip(users["customer_id"], top))
     return [ranked.get(c, fallback) for c, fallback in zip(frame["customer_id"], frame["popularity_segment"])]
 
 
