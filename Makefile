@@ -45,7 +45,7 @@ bench-score: setup
 	$(PY) -m hmrec.bench score --scale $(SCALE)
 
 bench: setup
-	$(PY) -m hmrec.bench all --scale $(SCALE)
+	$(PY) -m hmrec.bench all --scale $(SCALE) $(BENCH_ARGS)
 
 clean:
 	rm -rf lakehouse data bench/out spark-warehouse dist .cluster

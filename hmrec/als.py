@@ -11,7 +11,6 @@ from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from hmrec import storage
 from hmrec.config import Config
 
 
@@ -52,8 +51,14 @@ def als_top_k(model: ALSModel, k: int) -> DataFrame:
 
 def train_als(cfg: Config, spark: SparkSession, as_of: dt.date, rank: int | None = None,
               max_iter: int = 10) -> ALSModel:
-    """ALS at the two-tower model's embedding size on gold/train for ``as_of``."""
-    train = storage.read_as_of(spark, cfg, "gold/train", as_of)
+    """ALS at the two-tower model's embedding size on the two-tower model's training rows for ``as_of``.
+
+    Those are the rows of gold/train, limited to the last ``train.train_days``
+    days when that is set, so both models learn from the same window.
+    """
+    from hmrec.train import training_rows
+
+    train = training_rows(spark, cfg, as_of)
     ratings = purchase_counts(train).cache()
     try:
         return fit_als(ratings, rank or cfg.train.embedding_dim, max_iter=max_iter, seed=cfg.train.seed)

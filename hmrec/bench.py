@@ -257,8 +257,8 @@ def bench_score(scale: float, seed: int, overrides: list[str], job_kinds: tuple[
     report("score", scale, rows, {"model_version": version, "customers": n_customers})
 
 
-def bench_all(scale: float, seed: int, overrides: list[str]) -> None:
-    """hmrec (exact and HNSW) against Spark ALS, popularity and repurchase on one split."""
+def bench_all(scale: float, seed: int, overrides: list[str], kinds: tuple[str, ...] = ("flat", "hnsw")) -> None:
+    """hmrec (with each index kind in ``kinds``) against Spark ALS, popularity and repurchase on one split."""
     import shutil
 
     from pyspark.sql import functions as F
@@ -279,7 +279,7 @@ def bench_all(scale: float, seed: int, overrides: list[str]) -> None:
     with timed(rows, "hmrec train") as row:
         version = train(cfg, spark, as_of=AS_OF)
     lists: dict[str, dict] = {}
-    for kind in ["flat", "hnsw"]:
+    for kind in kinds:
         kcfg = bench_cfg(scale, [f"index.kind={kind}", *overrides])
         with timed(rows, f"hmrec index+score ({kind})"):
             build_index(kcfg, spark, as_of=AS_OF, model_version=version)
@@ -306,12 +306,12 @@ def bench_all(scale: float, seed: int, overrides: list[str]) -> None:
 
     frame["segment"] = customer_segments(frame["last_purchase"], AS_OF, cfg.evaluate.lapsed_days)
     frame = baseline_lists(frame, popularity, k)
-    glob = popularity["global"]
     for name, by_customer in lists.items():
         frame[name] = [list(by_customer.get(c, [])) for c in frame["customer_id"]]
-    # Customers ALS cannot score get the same fallback as hmrec's: popularity.
-    frame["als"] = [fill_list(als_lists.get(c), glob, k) for c in frame["customer_id"]]
-    methods = ["hmrec_flat", "hmrec_hnsw", "als"] + [m for m in METHODS if m != "model"]
+    # Customers ALS cannot score (none in its training window) get hmrec's fallback: their age
+    # segment's popularity list, then the global one.
+    frame["als"] = [fill_list(als_lists.get(c), seg, k) for c, seg in zip(frame["customer_id"], frame["popularity_segment"])]
+    methods = [f"hmrec_{kind}" for kind in kinds] + ["als"] + [m for m in METHODS if m != "model"]
     results = compute_metrics(frame, methods, k, catalogue)["all"]
     quality = [{"method": m, **{key: round(v, 5) for key, v in results[m].items()}} for m in methods]
     print("\n" + markdown([{"stage": q["method"], **{x: y for x, y in q.items() if x != "method"}} for q in quality]))
@@ -326,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--score-jobs", default="hnsw,flat",
                    help="index kinds the whole scoring job is timed with (score benchmark)")
+    p.add_argument("--index-kinds", default="flat,hnsw",
+                   help="index kinds hmrec is scored with (peer benchmark, `all`)")
     args = p.parse_args(argv)
     if args.what == "etl":
         bench_etl(args.scale, args.seed, args.overrides)
@@ -334,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "score":
         bench_score(args.scale, args.seed, args.overrides, tuple(args.score_jobs.split(",")))
     else:
-        bench_all(args.scale, args.seed, args.overrides)
+        bench_all(args.scale, args.seed, args.overrides, tuple(args.index_kinds.split(",")))
 
 
 if __name__ == "__main__":

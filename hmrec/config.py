@@ -130,6 +130,7 @@ class ScoreConfig:
     repurchase: bool
     repurchase_slots: int
     repurchase_days: int
+    repurchase_order: str
     filter_bought: bool
     batch_size: int
 

@@ -12,17 +12,21 @@ Sources, in the ``source`` column:
 
 - ``model``: a FAISS neighbour of the customer's embedding;
 - ``repurchase``: one of the customer's recent purchases (at most
-  ``score.repurchase_slots``), scored by the same model so it is ranked among
-  the model's items ("blended by score");
+  ``score.repurchase_slots``). With ``score.repurchase_order: recency`` (the
+  default) they lead the list, latest first, and the model's items follow;
+  with ``model`` they are ranked among the model's items by model score.
+  Either way their ``score`` is the model's score of the pair;
 - ``popular``: the segment's popularity list, then the global list, then the
   rest of the catalogue — for customers with fewer than ``score.min_history``
   purchases (never-bought customers always), and to fill any list the model
   leaves short. Their ``score`` is the purchase count of the popularity
   window (0 for catalogue filler): scores compare only within one source.
 
-Recent purchases are the distinct articles bought in the ``score.repurchase_days``
-before the as-of date (from gold/train, most recent first); with
-``repurchase_days: 0`` they are ``last_articles`` of gold/user_features.
+Recent purchases are the distinct articles of ``last_articles`` in
+gold/user_features (the last ``features.last_n`` bought, latest first) with
+``score.repurchase_days: 0``, the default; with a day count they are the
+distinct articles bought in that many days before the as-of date (from
+gold/train, latest first).
 ``score.filter_bought`` drops from the model's candidates everything in
 ``last_articles`` and the recent purchases (the full history is not at hand
 per batch).
@@ -57,6 +61,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 SOURCES = np.array(["model", "repurchase", "popular"], dtype=object)
+REPURCHASE_ORDERS = ("recency", "model")
 MODEL, REPURCHASE, POPULAR = 0, 1, 2
 GLOBAL = "global"
 RECENT_COLUMN = "recent_articles"
@@ -125,6 +130,7 @@ def blend_batch(
     fill_score: np.ndarray,
     k: int,
     exclude: np.ndarray | None = None,
+    repurchase_first: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each row's final K items: (article_idx (B, K), score (B, K), source code (B, K)).
 
@@ -134,6 +140,8 @@ def blend_batch(
     chosen). Model candidates equal to a repurchase or in ``exclude`` are
     dropped; the reserved purchases and the best remaining candidates, K in
     all, are sorted by score; popular items fill what is left in list order.
+    With ``repurchase_first`` the reserved purchases lead instead, in their
+    given order (most recent first), and the candidates follow by score.
     """
     b = cand_idx.shape[0]
     rep_ok = rep_idx >= 0
@@ -153,7 +161,11 @@ def blend_batch(
         score = np.pad(score, ((0, 0), (0, pad)))
         src = np.pad(src, ((0, 0), (0, pad)), constant_values=MODEL)
         ok = np.pad(ok, ((0, 0), (0, pad)), constant_values=False)
-    order = np.argsort(np.where(ok, -score, np.inf), axis=1, kind="stable")[:, :k]
+    key = np.where(ok, -score, np.inf)
+    if repurchase_first:
+        # -inf for every kept repurchase: the stable sort keeps them first, in their given order
+        key[:, : rep_idx.shape[1]] = np.where(rep_ok, -np.inf, np.inf)
+    order = np.argsort(key, axis=1, kind="stable")[:, :k]
     sel_idx = np.take_along_axis(idx, order, axis=1)
     sel_score = np.take_along_axis(score, order, axis=1)
     sel_src = np.take_along_axis(src, order, axis=1)
@@ -227,6 +239,7 @@ class ScoringContext:
     repurchase_slots: int  # 0: no repurchase
     repurchase_column: str  # recent_articles (dated, from gold/train) or last_articles
     filter_bought: bool
+    repurchase_first: bool
     batch_size: int
     item_pos: np.ndarray  # (max article_idx + 1,) row in item_vectors, -1 = not indexed
     item_vectors: np.ndarray | None  # (N, D), only for scoring recent purchases
@@ -289,7 +302,8 @@ def score_frame(pdf: pd.DataFrame, ctx: ScoringContext) -> pd.DataFrame:
     fill_row = np.fromiter((seg_row.get(s, 0) for s in segments), dtype=np.int64, count=n)
 
     out_idx, out_score, out_src = blend_batch(
-        cand_idx, cand_score, rep_idx, rep_score, ctx.fill_idx[fill_row], ctx.fill_score[fill_row], k, exclude
+        cand_idx, cand_score, rep_idx, rep_score, ctx.fill_idx[fill_row], ctx.fill_score[fill_row], k, exclude,
+        repurchase_first=ctx.repurchase_first,
     )
     short = (out_idx < 0).any(axis=1)
     if short.any():
@@ -409,6 +423,11 @@ def build_context(
     from hmrec import storage
 
     version = str(embedder.version)
+    if cfg.score.repurchase_order not in REPURCHASE_ORDERS:
+        raise HmrecError(
+            f"config key score.repurchase_order must be one of {', '.join(REPURCHASE_ORDERS)}, "
+            f"got {cfg.score.repurchase_order!r}"
+        )
     slots = min(cfg.score.repurchase_slots, cfg.score.k) if cfg.score.repurchase else 0
     items = _item_tables(spark, cfg, as_of, version, need_vectors=slots > 0)
     if len(items) != index.ntotal:
@@ -438,6 +457,7 @@ def build_context(
         repurchase_slots=slots,
         repurchase_column=repurchase_column,
         filter_bought=cfg.score.filter_bought,
+        repurchase_first=cfg.score.repurchase_order == "recency",
         batch_size=cfg.score.batch_size,
         item_pos=item_pos,
         item_vectors=vectors,

@@ -18,6 +18,7 @@ from hmrec import schemas, storage
 from hmrec.errors import HmrecError
 from hmrec.index import LookupEmbedder, ShippedIndex, make_index
 from hmrec.score import (
+    build_context,
     POPULAR,
     REPURCHASE,
     MODEL,
@@ -112,6 +113,26 @@ def test_blend_reserves_repurchase_slots_sorts_by_score_and_fills_with_popular()
     np.testing.assert_allclose(score[2], [8.0, 7.0, 6.0, 5.0])
 
 
+def test_blend_repurchase_first_keeps_purchase_order_then_candidates_by_score():
+    cand = np.array([[10, 11, 12, 13], [10, 11, 12, 13]])
+    cand_s = np.array([[0.9, 0.8, 0.7, 0.6]] * 2)
+    # Row 0: purchases in recency order 30 (low score) then 12 (also a candidate, kept once, as repurchase).
+    # Row 1: one slot unused (-1), so three candidates follow the one purchase.
+    rep = np.array([[30, 12], [31, -1]])
+    rep_s = np.array([[0.1, 0.7], [0.2, 0.0]])
+    fill = np.array([[40, 41, 42, 43, 44, 45, 46, 47]] * 2)
+    fill_s = np.arange(8, 0, -1, dtype=float)[None].repeat(2, axis=0)
+
+    idx, score, src = blend_batch(cand, cand_s, rep, rep_s, fill, fill_s, k=4, repurchase_first=True)
+
+    assert idx.tolist() == [[30, 12, 10, 11], [31, 10, 11, 12]]
+    assert src.tolist() == [[REPURCHASE, REPURCHASE, MODEL, MODEL], [REPURCHASE, MODEL, MODEL, MODEL]]
+    np.testing.assert_allclose(score, [[0.1, 0.7, 0.9, 0.8], [0.2, 0.9, 0.8, 0.7]])
+    # ranked by score instead, the same items interleave
+    by_score, _, _ = blend_batch(cand, cand_s, rep, rep_s, fill, fill_s, k=4)
+    assert by_score.tolist() == [[10, 11, 12, 30], [10, 11, 12, 31]]
+
+
 def test_fill_lists_segment_then_global_then_catalogue():
     pop = pd.DataFrame(
         {
@@ -142,7 +163,8 @@ def _context(cfg, embedder, **overrides) -> ScoringContext:
     names, f_idx, f_score = fill_lists(pop, np.arange(N_ITEMS), K)
     fields = dict(
         embedder=embedder, index=ShippedIndex.of(index, embedder.version), dim=GROUPS, k=K, n_candidates=10,
-        min_history=1, repurchase_slots=2, repurchase_column="last_articles", filter_bought=False, batch_size=8,
+        min_history=1, repurchase_slots=2, repurchase_column="last_articles", filter_bought=False, repurchase_first=False,
+        batch_size=8,
         item_pos=np.arange(N_ITEMS), item_vectors=vectors, article_ids=np.array([aid(i) for i in range(N_ITEMS)], dtype=object),
         segment_names=names, fill_idx=f_idx, fill_score=f_score, model_version=embedder.version, as_of=AS_OF,
     )
@@ -177,6 +199,23 @@ def test_score_frame_planted_lists(cfg):
     assert by[cid(3)]["article_id"].tolist() == [aid(i) for i in group_list(3)]
     assert (out["model_version"] == "v1").all() and (out["as_of"] == AS_OF).all()
     assert out.groupby("customer_id")["rank"].apply(list).map(lambda r: r == [1, 2, 3, 4]).all()
+
+
+def test_unknown_repurchase_order_is_refused(tmp_path):
+    from conftest import make_cfg
+
+    bad = make_cfg(tmp_path / "lake", "score.repurchase_order=newest")
+    vectors = item_vectors()
+    with pytest.raises(HmrecError, match="score.repurchase_order must be one of recency, model, got 'newest'"):
+        build_context(bad, None, AS_OF, planted_embedder(8), make_index("flat", vectors, bad.index), "last_articles")
+
+
+def test_score_frame_recent_purchases_first(cfg):
+    ctx = _context(cfg, planted_embedder(8), repurchase_first=True)
+    # customer 1 bought 2 (latest, twice) then 6: those two lead, the model's best two follow
+    out = score_frame(_batch([(1, 3, [2, 2, 6])]), ctx).sort_values("rank")
+    assert out["article_id"].tolist() == [aid(i) for i in [2, 6, 1, 5]]
+    assert out["source"].tolist() == ["repurchase", "repurchase", "model", "model"]
 
 
 def test_score_frame_filter_bought_and_short_model_lists_fill_with_popular(cfg):
@@ -253,7 +292,8 @@ def test_every_customer_gets_exactly_k_with_planted_answers_and_failed_refresh_k
     from conftest import make_cfg
 
     cfg = make_cfg(tmp_path / "lake", f"score.k={K}", "index.candidates=10", "score.min_history=2",
-                   "score.repurchase_slots=1", "score.repurchase_days=28", "score.batch_size=3")
+                   "score.repurchase_slots=1", "score.repurchase_days=28", "score.repurchase_order=model",
+                   "score.batch_size=3")
     n_users = 12
     specs = [(i, 5, 1, []) for i in range(8)]  # model customers, groups 0..3
     specs[1] = (1, 5, 1, [2, 6])  # bought 2 (3 days ago) and 6 (40 days ago): only 2 is recent
@@ -274,7 +314,8 @@ def test_every_customer_gets_exactly_k_with_planted_answers_and_failed_refresh_k
     lists = _lists(recs)
     for i in [0, 2, 3, 4, 5, 6, 7]:
         assert lists[cid(i)] == ([aid(a) for a in group_list(i % GROUPS)], ["model"] * K)
-    # Recent purchase 2 takes the one repurchase slot; it scores 0 for a group-1 customer, so it ranks last.
+    # Recent purchase 2 takes the one repurchase slot; it scores 0 for a group-1 customer, so ranked by model
+    # score it comes last.
     assert lists[cid(1)] == ([aid(a) for a in [1, 5, 9, 2]], ["model"] * 3 + ["repurchase"])
     age_25_34 = ([aid(a) for a in [20, 21, 22, 23]], ["popular"] * K)
     assert lists[cid(8)] == age_25_34 and lists[cid(9)] == age_25_34
