@@ -265,7 +265,15 @@ def bench_all(scale: float, seed: int, overrides: list[str], kinds: tuple[str, .
 
     from hmrec import storage
     from hmrec.als import als_top_k, train_als
-    from hmrec.evaluate import METHODS, _gather, baseline_lists, compute_metrics, customer_segments, fill_list
+    from hmrec.evaluate import (
+        METHODS,
+        _gather,
+        _lists_by_customer,
+        baseline_lists,
+        compute_metrics,
+        customer_segments,
+        fill_list,
+    )
     from hmrec.index import build_index
     from hmrec.score import score
     from hmrec.train import train
@@ -284,8 +292,15 @@ def bench_all(scale: float, seed: int, overrides: list[str], kinds: tuple[str, .
         with timed(rows, f"hmrec index+score ({kind})"):
             build_index(kcfg, spark, as_of=AS_OF, model_version=version)
             score(kcfg, spark, as_of=AS_OF, model_version=version)
-        frame, _, popularity, catalogue = _gather(kcfg, spark, AS_OF, max(k, cfg.evaluate.curve_max_k), version)
-        lists[f"hmrec_{kind}"] = dict(zip(frame["customer_id"], frame["model"]))
+        if not lists:
+            # holdout, histories and popularity once; each later kind only re-reads its served lists
+            frame, _, popularity, catalogue = _gather(kcfg, spark, AS_OF, k, version)
+            holdout_ids = F.broadcast(spark.createDataFrame(frame[["customer_id"]]))
+            served = frame
+        else:
+            recs = storage.read(spark, cfg, "gold/recommendations").where(F.col("as_of") == F.lit(AS_OF))
+            served = _lists_by_customer(recs.join(holdout_ids, "customer_id"), "rank", "article_id", "model").toPandas()
+        lists[f"hmrec_{kind}"] = dict(zip(served["customer_id"], served["model"]))
     rows.append({"stage": "hmrec run, ingest to scoring", "seconds": round(time.perf_counter() - run_start, 2)})
 
     with timed(rows, "als train (implicit, rank = embedding_dim)") as row:
@@ -297,7 +312,6 @@ def bench_all(scale: float, seed: int, overrides: list[str], kinds: tuple[str, .
         row["n"] = spark.read.parquet(out).select("customer_idx").distinct().count()
     ids = storage.read(spark, cfg, "silver/customer_index")
     arts = storage.read(spark, cfg, "silver/article_index")
-    holdout_ids = F.broadcast(spark.createDataFrame(frame[["customer_id"]]))
     als = (spark.read.parquet(out).join(ids, "customer_idx").join(holdout_ids, "customer_id")
            .join(arts, "article_idx").groupBy("customer_id")
            .agg(F.transform(F.sort_array(F.collect_list(F.struct("rank", "article_id"))), lambda s: s["article_id"]).alias("als"))
@@ -324,19 +338,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scale", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--score-jobs", default="hnsw,flat",
-                   help="index kinds the whole scoring job is timed with (score benchmark)")
-    p.add_argument("--index-kinds", default="flat,hnsw",
-                   help="index kinds hmrec is scored with (peer benchmark, `all`)")
+    p.add_argument("--index-kinds", "--score-jobs", dest="index_kinds", default=None,
+                   help="comma-separated index kinds the whole scoring job runs with "
+                        "(score: default hnsw,flat; all: default flat,hnsw)")
     args = p.parse_args(argv)
+    kinds = tuple(args.index_kinds.split(",")) if args.index_kinds else None
     if args.what == "etl":
         bench_etl(args.scale, args.seed, args.overrides)
     elif args.what == "train":
         bench_train(args.scale, args.seed, args.overrides)
     elif args.what == "score":
-        bench_score(args.scale, args.seed, args.overrides, tuple(args.score_jobs.split(",")))
+        bench_score(args.scale, args.seed, args.overrides, *([kinds] if kinds else []))
     else:
-        bench_all(args.scale, args.seed, args.overrides, tuple(args.index_kinds.split(",")))
+        bench_all(args.scale, args.seed, args.overrides, *([kinds] if kinds else []))
 
 
 if __name__ == "__main__":

@@ -307,11 +307,11 @@ def model_retrieval_lists(cfg: Config, spark: "SparkSession", as_of: dt.date, ve
 
     from hmrec import registry, storage
     from hmrec.index import ModelEmbedder, embed_in_batches
-    from hmrec.score import _item_tables
+    from hmrec.score import item_tables
 
     try:
         embedder = ModelEmbedder.from_loaded(registry.load_model(cfg, version))
-        items = _item_tables(spark, cfg, as_of, version, need_vectors=True)
+        items, item_emb = item_tables(spark, cfg, as_of, version, need_vectors=True)
     except HmrecError as exc:
         log("evaluate", f"no {RETRIEVAL} curve: {exc}")
         return None
@@ -324,7 +324,6 @@ def model_retrieval_lists(cfg: Config, spark: "SparkSession", as_of: dt.date, ve
     )
     log("evaluate", f"{RETRIEVAL}: exact top {length} of {len(items)} articles for {len(users)} holdout customers")
     user_emb = embed_in_batches(embedder.embed_users, users, cfg.score.batch_size) if len(users) else np.zeros((0, 0))
-    item_emb = np.stack(items["embedding"].to_numpy())
     top = top_articles(user_emb, item_emb, items["article_id"].to_numpy(), length, cfg.index)
     ranked = dict(zip(users["customer_id"], top))
     return [ranked.get(c, fallback) for c, fallback in zip(frame["customer_id"], frame["popularity_segment"])]

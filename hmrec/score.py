@@ -376,7 +376,14 @@ def _task_cpus(spark: "SparkSession") -> int:
     return int(spark.sparkContext.getConf().get("spark.task.cpus", "1"))
 
 
-def _item_tables(spark: "SparkSession", cfg: Config, as_of: dt.date, version: str, need_vectors: bool) -> pd.DataFrame:
+def item_tables(
+    spark: "SparkSession", cfg: Config, as_of: dt.date, version: str, need_vectors: bool, dim: int | None = None
+) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """(article_id and article_idx of gold/item_embeddings for a model version, its checked (N, D) vectors or None).
+
+    The vectors are read only with ``need_vectors`` and are refused, naming the
+    articles, when not finite or not of dimension ``dim`` (when given).
+    """
     from pyspark.sql import functions as F
 
     from hmrec import storage
@@ -393,7 +400,10 @@ def _item_tables(spark: "SparkSession", cfg: Config, as_of: dt.date, version: st
             f"gold/item_embeddings has no rows for as_of {as_of} and model version {version}; "
             f"run `hmrec index --as-of {as_of}` first"
         )
-    return items
+    if not need_vectors:
+        return items, None
+    vectors = check_embeddings(np.stack(items["embedding"].to_numpy()), items["article_id"], "article_id", dim=dim)
+    return items.drop(columns="embedding"), vectors
 
 
 def candidate_count(cfg: Config, repurchase_slots: int, n_items: int) -> int:
@@ -429,7 +439,7 @@ def build_context(
             f"got {cfg.score.repurchase_order!r}"
         )
     slots = min(cfg.score.repurchase_slots, cfg.score.k) if cfg.score.repurchase else 0
-    items = _item_tables(spark, cfg, as_of, version, need_vectors=slots > 0)
+    items, vectors = item_tables(spark, cfg, as_of, version, need_vectors=slots > 0, dim=index_dim(index))
     if len(items) != index.ntotal:
         raise HmrecError(
             f"the index holds {index.ntotal} items but gold/item_embeddings has {len(items)} for model version "
@@ -441,9 +451,6 @@ def build_context(
     item_pos[idx] = np.arange(len(idx))
     article_ids = np.empty(size, dtype=object)
     article_ids[idx] = items["article_id"].to_numpy(dtype=object)
-    vectors = None
-    if slots > 0:
-        vectors = check_embeddings(np.stack(items["embedding"].to_numpy()), items["article_id"], "article_id", dim=index_dim(index))
 
     popularity = storage.read_as_of(spark, cfg, "gold/popularity", as_of).select("segment", "rank", "article_idx", "score").toPandas()
     names, f_idx, f_score = fill_lists(popularity, idx, cfg.score.k)
