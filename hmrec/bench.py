@@ -204,8 +204,11 @@ def bench_train(scale: float, seed: int, overrides: list[str]) -> None:
         row["model_version"] = train(cfg, spark, as_of=AS_OF)
         row["n"] = n_train
     loader, trainer = rows[-3]["per_s"], rows[-2]["per_s"]
+    tc = cfg.train
     report("train", scale, rows, {"train_rows": n_train, "users": n_users, "items": n_items,
-                                  "loader_over_trainer": round(loader / trainer, 1)})
+                                  "loader_over_trainer": round(loader / trainer, 1),
+                                  "batch_size": tc.batch_size, "random_negatives": tc.random_negatives,
+                                  "compute_dtype": tc.compute_dtype, "train_days": tc.train_days})
 
 
 def trained(cfg, spark, rows: list[dict]) -> str:

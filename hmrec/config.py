@@ -109,6 +109,7 @@ class TrainConfig:
     loader_workers: int
     max_steps: int
     dist_timeout_s: int
+    compute_dtype: str
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,8 @@ from hmrec.two_tower import (
     candidate_log_q,
     item_inputs,
     model_args_from_features,
-    retrieval_loss,
+    unique_candidates,
+    unique_retrieval_loss,
     user_inputs,
 )
 
@@ -98,7 +99,8 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
 
 def take(table: dict[str, Tensor], idx: Tensor) -> dict[str, Tensor]:
     """Rows ``idx`` of every tensor of a feature lookup table."""
-    return {k: v[idx] for k, v in table.items()}
+    # index_select: about 3x faster than advanced indexing (v[idx]) on a CPU
+    return {k: v.index_select(0, idx) for k, v in table.items()}
 
 
 def lookup_table(inputs: dict[str, Tensor], id_key: str, n: int) -> dict[str, Tensor]:
@@ -167,6 +169,19 @@ def _all_reduce_gradients(model: TwoTower, world_size: int) -> None:
         p.grad = (grad / world_size).coalesce()
 
 
+COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def compute_dtype(tc: TrainConfig) -> torch.dtype:
+    """The torch type of ``train.compute_dtype``."""
+    try:
+        return COMPUTE_DTYPES[tc.compute_dtype]
+    except KeyError:
+        raise HmrecError(
+            f"config key train.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {tc.compute_dtype!r}"
+        ) from None
+
+
 def train_step(
     model: TwoTower,
     sparse_opt: torch.optim.Optimizer,
@@ -181,12 +196,16 @@ def train_step(
     world_size: int = 1,
 ) -> Tensor:
     """One optimisation step on a batch of positive pairs; returns the (detached) loss."""
-    cand = torch.cat([article_idx, negatives])  # (B + R,)
-    user_emb, item_emb = model(take(users, customer_idx), take(items, cand))  # (B, D), (B + R, D)
+    # each distinct candidate article once: popular articles recur among a batch's positives
+    articles, positives, counts = unique_candidates(torch.cat([article_idx, negatives]), len(article_idx))  # (U,)
+    dtype = compute_dtype(tc)
+    # the towers' matrix products in ``dtype`` (weights and their updates stay float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        user_emb, item_emb = model(take(users, customer_idx), take(items, articles))  # (B, D), (U, D) float32
     log_q = None
     if tc.logq_correction:
-        log_q = candidate_log_q(cand, item_prob, len(article_idx), len(negatives), model.num_items)  # (B + R,)
-    loss = retrieval_loss(user_emb, item_emb, cand, tc.temperature, log_q)
+        log_q = candidate_log_q(articles, item_prob, len(article_idx), len(negatives), model.num_items)  # (U,)
+    loss = unique_retrieval_loss(user_emb, item_emb, positives, counts, tc.temperature, log_q, dtype=dtype)
     sparse_opt.zero_grad(set_to_none=True)
     dense_opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -801,6 +820,7 @@ def _check_train_config(tc: TrainConfig) -> None:
         )
     if tc.temperature <= 0:
         raise HmrecError(f"config key train.temperature must be positive, got {tc.temperature}")
+    compute_dtype(tc)
 
 
 def _resume_state(path: str, model_args: dict, cfg: Config) -> dict | None:

@@ -134,6 +134,34 @@ def test_lookup_table_places_rows_by_id():
     assert bool(table["user_num"][[1, 2, 4]].isnan().all())  # the towers read NaN as the mean
 
 
+def test_unknown_compute_dtype_is_refused_before_any_work(tmp_path):
+    cfg = make_cfg(tmp_path, "train.compute_dtype=float16")
+    with pytest.raises(HmrecError, match=r"train\.compute_dtype must be one of bfloat16, float32, got 'float16'"):
+        train_mod._check_train_config(cfg.train)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_train_step_lowers_the_loss_in_both_compute_types(dtype, tmp_path):
+    cfg = make_cfg(tmp_path, f"train.compute_dtype={dtype}", "train.random_negatives=32", "train.warmup_steps=0")
+    args = train_mod.synthetic_model_args(cfg, num_users=64, num_items=40)
+    gen = torch.Generator().manual_seed(0)
+    users, items = train_mod.synthetic_tables(args, gen)
+    model = train_mod.build_model(args, seed=0)
+    sparse_opt, dense_opt = train_mod.make_optimizers(model, cfg.train)
+    customers = torch.arange(64)
+    articles = customers % 40  # a fixed pairing to learn
+    negatives = torch.randint(40, (32,), generator=gen)
+    prob = torch.full((40,), 1 / 40)
+    losses = [
+        train_mod.train_step(model, sparse_opt, dense_opt, users, items, customers, articles, negatives, prob, cfg.train)
+        for _ in range(30)
+    ]
+    assert all(loss.dtype == torch.float32 for loss in losses)
+    assert float(losses[-1]) < float(losses[0]) - 0.5, [round(float(v), 3) for v in losses]
+    for p in model.parameters():  # the weights and their updates stay float32
+        assert p.dtype == torch.float32
+
+
 def test_read_ahead_keeps_order_and_reraises():
     assert list(train_mod.read_ahead(iter(range(50)), 1)) == list(range(50))
     assert list(train_mod.read_ahead(iter(range(5)), 0)) == list(range(5))
@@ -246,7 +274,8 @@ def test_users_score_their_own_group_first(first_run, spark):
 
 
 def test_ten_steps_lower_the_loss(spark, lake):
-    cfg = train_cfg(lake, "train.epochs=1", "train.max_steps=10", "train.log_every=1")
+    # through the read-ahead thread (the default reads in the training loop)
+    cfg = train_cfg(lake, "train.epochs=1", "train.max_steps=10", "train.log_every=1", "train.loader_workers=1")
     version = train_mod.train(cfg, spark, AS_OF)
     run_id = registry.load_model(cfg, version).meta["run_id"]
     losses = _metric_history(cfg, run_id, "train_loss_step")

@@ -19,6 +19,8 @@ from hmrec.two_tower import (
     item_inputs,
     model_args_from_features,
     retrieval_loss,
+    unique_candidates,
+    unique_retrieval_loss,
     user_inputs,
 )
 
@@ -221,6 +223,52 @@ def test_retrieval_loss_gradients_match_autograd_reference():
     assert loss.item() == pytest.approx(reference.item(), rel=1e-12)
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want)
+
+
+def test_bfloat16_loss_and_gradients_stay_close_to_float32():
+    """The bfloat16 logits path agrees with the float32 one to bfloat16's precision, with float32 outputs."""
+    gen = torch.Generator().manual_seed(4)
+    user = F.normalize(torch.randn(64, 16, generator=gen), dim=-1).requires_grad_()
+    item = F.normalize(torch.randn(160, 16, generator=gen), dim=-1).requires_grad_()
+    ids = torch.randint(100, (160,), generator=gen)  # repeats: accidental hits are masked in both
+    log_q = torch.rand(160, generator=gen)
+    want = retrieval_loss(user, item, ids, 0.05, log_q)
+    want_grads = torch.autograd.grad(want, (user, item))
+    got = retrieval_loss(user, item, ids, 0.05, log_q, dtype=torch.bfloat16)
+    got_grads = torch.autograd.grad(got, (user, item))
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(want.item(), rel=1e-2)
+    for g, w in zip(got_grads, want_grads):
+        assert g.dtype == torch.float32
+        assert ((g - w).norm() / w.norm()).item() < 2e-2
+
+
+@pytest.mark.parametrize("with_log_q", [False, True])
+def test_unique_candidates_loss_equals_the_full_candidate_list(with_log_q):
+    """Each distinct article embedded once gives the full list's loss, and its gradient is the copies' sum."""
+    gen = torch.Generator().manual_seed(5)
+    cand = torch.tensor([4, 7, 4, 2, 9, 7, 7, 1, 4, 3, 2])  # 5 positives (4 and 7 twice), 6 negatives
+    b = 5
+    user = torch.randn(b, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    table = torch.randn(10, 6, dtype=torch.float64, generator=gen, requires_grad=True)  # an article's one vector
+    prob = torch.rand(10, dtype=torch.float64, generator=gen)
+    log_q = (lambda ids: candidate_log_q(ids, prob, b, 6, 10)) if with_log_q else (lambda ids: None)
+
+    full = retrieval_loss(user, table[cand], cand, 0.3, log_q(cand))
+    full_grads = torch.autograd.grad(full, (user, table))
+    articles, positives, counts = unique_candidates(cand, b)
+    assert articles.tolist() == [1, 2, 3, 4, 7, 9]
+    assert counts.tolist() == [1, 2, 1, 3, 3, 1]
+    assert articles[positives].tolist() == cand[:b].tolist()
+    got = unique_retrieval_loss(user, table[articles], positives, counts, 0.3, log_q(articles))
+    got_grads = torch.autograd.grad(got, (user, table))
+    assert got.item() == pytest.approx(full.item(), rel=1e-12)
+    for g, w in zip(got_grads, full_grads):
+        torch.testing.assert_close(g, w)
+    # and against finite differences
+    assert torch.autograd.gradcheck(
+        lambda u, t: unique_retrieval_loss(u, t, positives, counts, 0.3, log_q(articles)), (user, table[articles].detach().requires_grad_())
+    )
 
 
 def test_accidental_hits_equal_the_pairwise_comparison():
