@@ -17,6 +17,25 @@ import torch
 from torch import Tensor
 
 
+# Up to this many table rows per looked-up id, unique ids are found with a dense mark over the table.
+DENSE_UNIQUE_RATIO = 32
+
+
+def unique_rows(idx: Tensor, num_rows: int) -> tuple[Tensor, Tensor]:
+    """``torch.unique(idx, return_inverse=True)`` for ids in [0, num_rows).
+
+    When the ids are many for the table's size (a purchase-history bag's
+    ~25k lookups into 105k articles), marking them in a dense (num_rows,)
+    mask takes about a third of the time of the sort inside ``torch.unique``.
+    """
+    if num_rows > DENSE_UNIQUE_RATIO * idx.shape[0]:
+        return torch.unique(idx, return_inverse=True)
+    present = torch.zeros(num_rows, dtype=torch.bool).index_fill_(0, idx, True)
+    rows = present.nonzero().squeeze(1)  # (R,) ascending
+    position = torch.empty(num_rows, dtype=torch.int64).index_copy_(0, rows, torch.arange(rows.shape[0]))
+    return rows, position.index_select(0, idx)
+
+
 class RowAdam(torch.optim.Optimizer):
     """Adam over the rows of 2-D parameters that receive sparse (COO) gradients."""
 
@@ -64,7 +83,7 @@ class RowAdam(torch.optim.Optimizer):
                     rows, values = grad.indices()[0], grad.values()
                 else:
                     idx, vals = grad._indices()[0], grad._values()
-                    rows, inverse = torch.unique(idx, return_inverse=True)  # sorted, so updates are deterministic
+                    rows, inverse = unique_rows(idx, p.shape[0])  # sorted, so updates are deterministic
                     values = torch.zeros((rows.shape[0], p.shape[1]), dtype=vals.dtype).index_add_(0, inverse, vals)
                 # rows are unique: gather with index_select, write back with index_copy_
                 # (both much faster on a CPU than advanced indexing or index_add_ into the table)

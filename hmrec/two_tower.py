@@ -375,10 +375,10 @@ class _SampledSoftmax(torch.autograd.Function):
     separately; on a CPU those passes cost more than the matrix products
     themselves.
 
-    ``dtype`` is the type of the (B, C) matrix and its products. With
-    ``torch.bfloat16`` they run at about twice the float32 speed on CPUs with
-    bfloat16 instructions and move half the memory; the row sums, the loss
-    and the returned gradients stay in the inputs' type.
+    ``dtype`` is the type of the (B, C) matrix, its products and its row
+    sums. With ``torch.bfloat16`` they run at about twice the float32 speed on
+    CPUs with bfloat16 instructions and move half the memory; the loss and
+    the returned gradients are in the inputs' type.
     """
 
     @staticmethod
@@ -406,7 +406,9 @@ class _SampledSoftmax(torch.autograd.Function):
         # exp(logits - row max) in place; the target is finite, so every row's max is too
         row_max = logits.amax(dim=1, keepdim=True)  # (B, 1)
         weights = logits.sub_(row_max).exp_()  # (B, C), masked entries 0
-        total = weights.sum(dim=1, keepdim=True, dtype=user_emb.dtype)  # (B, 1)
+        # summed in ``dtype`` (accumulated in float32, rounded once): asking for a float32 result
+        # would first convert the whole (B, C) matrix
+        total = weights.sum(dim=1, keepdim=True).to(user_emb.dtype)  # (B, 1)
         lse = (row_max.to(user_emb.dtype) + total.log()).squeeze(1)  # (B,)
         ctx.save_for_backward(user_emb, item_emb, user, item, weights, total.reciprocal(), pos)
         ctx.temperature = temperature
@@ -424,7 +426,8 @@ class _SampledSoftmax(torch.autograd.Function):
             grad_user = (weights @ item).to(user_emb.dtype).mul_(inv_total)  # (B, D)
             grad_user.sub_(item_emb.index_select(0, pos)).mul_(scale)
         if ctx.needs_input_grad[1]:
-            grad_item = (weights.T @ (user_emb * inv_total).to(weights.dtype)).to(item_emb.dtype)  # (C, D)
+            # (D, B) @ (B, C), then transposed: a product with ``weights.T`` would first copy the (B, C) matrix
+            grad_item = ((user_emb * inv_total).to(weights.dtype).T @ weights).T.to(item_emb.dtype)  # (C, D)
             grad_item.index_add_(0, pos, user_emb, alpha=-1.0)
             grad_item.mul_(scale)
         return grad_user, grad_item, None, None, None, None, None, None

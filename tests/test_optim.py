@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from hmrec.optim import RowAdam
+from hmrec.optim import RowAdam, unique_rows
 
 
 def _run(opt_cls, batches, **kw):
@@ -58,3 +58,13 @@ def test_row_adam_refuses_dense_gradients():
     emb(torch.tensor([1])).sum().backward()
     with pytest.raises(RuntimeError, match="sparse gradients"):
         opt.step()
+
+
+@pytest.mark.parametrize("n_ids", [3, 40, 5000])  # few ids for the table (torch.unique) and many (dense mark)
+def test_unique_rows_equal_torch_unique(n_ids):
+    gen = torch.Generator().manual_seed(n_ids)
+    idx = torch.randint(1000, (n_ids,), generator=gen)
+    rows, inverse = unique_rows(idx, 1000)
+    want_rows, want_inverse = torch.unique(idx, return_inverse=True)
+    assert torch.equal(rows, want_rows)
+    assert torch.equal(inverse, want_inverse)
