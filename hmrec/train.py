@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import functools
 import contextlib
 import datetime as dt
 import hashlib
@@ -26,7 +27,7 @@ import re
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -172,13 +173,26 @@ def _all_reduce_gradients(model: TwoTower, world_size: int) -> None:
 COMPUTE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
+def has_native_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 dot-product instructions (AVX512-BF16 or AMX)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+@functools.cache
+def _auto_dtype() -> torch.dtype:
+    return torch.bfloat16 if has_native_bfloat16() else torch.float32
+
+
 def compute_dtype(tc: TrainConfig) -> torch.dtype:
-    """The torch type of ``train.compute_dtype``."""
+    """The torch type of ``train.compute_dtype``; ``auto`` is bfloat16 where the CPU has bfloat16 instructions."""
+    if tc.compute_dtype == "auto":
+        return _auto_dtype()
     try:
         return COMPUTE_DTYPES[tc.compute_dtype]
     except KeyError:
         raise HmrecError(
-            f"config key train.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {tc.compute_dtype!r}"
+            f"config key train.compute_dtype must be auto, {' or '.join(COMPUTE_DTYPES)}, got {tc.compute_dtype!r}"
         ) from None
 
 
@@ -924,6 +938,28 @@ def _train_epochs(
         converter.delete()
 
 
+# A batch is made smaller when an epoch would otherwise have fewer steps than
+# this (small data sets: the demo's 25k rows would be 13 steps of 2048), but
+# never below FITTED_BATCH_FLOOR rows.
+MIN_STEPS_PER_EPOCH = 50
+FITTED_BATCH_FLOOR = 256
+
+
+def fit_batch_size(cfg: Config, n_rows: int) -> Config:
+    """``cfg`` with train.batch_size lowered (to a multiple of 64) so an epoch has MIN_STEPS_PER_EPOCH steps."""
+    tc = cfg.train
+    most = n_rows // (MIN_STEPS_PER_EPOCH * tc.num_processes) // 64 * 64
+    batch = min(tc.batch_size, max(most, FITTED_BATCH_FLOOR))
+    if batch == tc.batch_size:
+        return cfg
+    log(
+        STAGE,
+        f"train.batch_size {tc.batch_size} would make an epoch of {n_rows:,} rows fewer than "
+        f"{MIN_STEPS_PER_EPOCH} steps; training with batches of {batch}",
+    )
+    return replace(cfg, train=replace(tc, batch_size=batch))
+
+
 def train(cfg: Config, spark: Any, as_of: dt.date, resume: bool = False) -> str:
     """Train the two-tower model on gold/train for ``as_of``, register it, return the version.
 
@@ -938,8 +974,14 @@ def train(cfg: Config, spark: Any, as_of: dt.date, resume: bool = False) -> str:
         started = time.perf_counter()
         versions = {name: storage.version(spark, cfg, name) for name in LINEAGE_TABLES}
         data = prepare_data(spark, cfg, as_of)
+        cfg = fit_batch_size(cfg, data.n_rows)
+        tc = cfg.train
         args = data.model_args
-        log(STAGE, f"{data.n_rows:,} training rows, {args['num_users']:,} customers, {args['num_items']:,} articles")
+        log(
+            STAGE,
+            f"{data.n_rows:,} training rows, {args['num_users']:,} customers, {args['num_items']:,} articles; "
+            f"matrix products in {str(compute_dtype(tc)).removeprefix('torch.')}",
+        )
 
         ckpt = checkpoint_path(cfg, as_of)
         start = _resume_state(ckpt, args, cfg) if resume else None

@@ -136,8 +136,16 @@ def test_lookup_table_places_rows_by_id():
 
 def test_unknown_compute_dtype_is_refused_before_any_work(tmp_path):
     cfg = make_cfg(tmp_path, "train.compute_dtype=float16")
-    with pytest.raises(HmrecError, match=r"train\.compute_dtype must be one of bfloat16, float32, got 'float16'"):
+    with pytest.raises(HmrecError, match=r"train\.compute_dtype must be auto, bfloat16 or float32, got 'float16'"):
         train_mod._check_train_config(cfg.train)
+
+
+def test_auto_compute_dtype_follows_the_cpu(tmp_path, monkeypatch):
+    cfg = make_cfg(tmp_path, "train.compute_dtype=auto")
+    monkeypatch.setattr(train_mod, "_auto_dtype", lambda: torch.float32)  # as on a CPU without bfloat16 instructions
+    assert train_mod.compute_dtype(cfg.train) == torch.float32
+    monkeypatch.setattr(train_mod, "_auto_dtype", lambda: torch.bfloat16)
+    assert train_mod.compute_dtype(cfg.train) == torch.bfloat16
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
@@ -160,6 +168,18 @@ def test_train_step_lowers_the_loss_in_both_compute_types(dtype, tmp_path):
     assert float(losses[-1]) < float(losses[0]) - 0.5, [round(float(v), 3) for v in losses]
     for p in model.parameters():  # the weights and their updates stay float32
         assert p.dtype == torch.float32
+
+
+def test_batch_size_is_fitted_to_small_data(tmp_path):
+    cfg = make_cfg(tmp_path, "train.batch_size=2048")
+    # 25,350 rows: 2048 would be 13 steps an epoch; at most 25,350 / 50 = 507 rows, rounded down to 448
+    fitted = train_mod.fit_batch_size(cfg, 25_350)
+    assert fitted.train.batch_size == 448
+    assert 25_350 / fitted.train.batch_size >= train_mod.MIN_STEPS_PER_EPOCH
+    assert train_mod.fit_batch_size(cfg, 31_403_267) is cfg  # large data: unchanged
+    assert train_mod.fit_batch_size(cfg, 1_000).train.batch_size == train_mod.FITTED_BATCH_FLOOR
+    small = make_cfg(tmp_path, "train.batch_size=64")
+    assert train_mod.fit_batch_size(small, 1_000) is small  # already small enough: unchanged
 
 
 def test_read_ahead_keeps_order_and_reraises():
