@@ -188,35 +188,32 @@ def prepared(scale: float, seed: int, overrides: list[str], rows: list[dict]):
 def bench_train(scale: float, seed: int, overrides: list[str]) -> None:
     from hmrec import storage
     from hmrec.registry import load_model
-    from hmrec.train import (
-        compute_dtype, loader_throughput, synthetic_model_args, train, trainer_throughput, training_rows,
-    )
+    from hmrec.train import compute_dtype_name, loader_throughput, synthetic_model_args, train, trainer_throughput
 
     rows: list[dict] = []
     # one epoch over the whole training window unless --set train.train_days=N says otherwise
     cfg, spark = prepared(scale, seed, ["train.epochs=1", "train.train_days=0", *overrides], rows)
-    n_train = training_rows(spark, cfg, AS_OF).count()
     n_users = storage.read_as_of(spark, cfg, "gold/user_features", AS_OF).count()
     n_items = storage.read_as_of(spark, cfg, "gold/item_features", AS_OF).count()
-    with timed(rows, "petastorm loader alone") as row:
-        row["per_s"] = round(loader_throughput(cfg, spark, AS_OF, max_batches=10**9), 1)
-    with timed(rows, "trainer from memory") as row:
+    with timed(rows, "petastorm loader alone") as loader:
+        loader["per_s"] = round(loader_throughput(cfg, spark, AS_OF, max_batches=10**9), 1)
+    with timed(rows, "trainer from memory") as trainer:
         args = synthetic_model_args(cfg, n_users, n_items)
-        row["per_s"] = round(trainer_throughput(args, n_steps=200, batch_size=cfg.train.batch_size, cfg=cfg), 1)
-        row["n"] = 200 * cfg.train.batch_size
-    with timed(rows, "train job, 1 epoch (loader + trainer + registry)") as row:
-        row["model_version"] = train(cfg, spark, as_of=AS_OF)
-        row["n"] = n_train
-    epoch = load_model(cfg, row["model_version"]).meta["history"][0]
+        trainer["per_s"] = round(trainer_throughput(args, n_steps=200, batch_size=cfg.train.batch_size, cfg=cfg), 1)
+        trainer["n"] = 200 * cfg.train.batch_size
+    with timed(rows, "train job, 1 epoch (loader + trainer + registry)") as job:
+        job["model_version"] = train(cfg, spark, as_of=AS_OF)
+    # the rows trained and the epoch's own figures, as the train job registered them
+    meta = load_model(cfg, job["model_version"]).meta
+    n_train, epoch = meta["train_rows"], meta["history"][0]
+    job.update(n=n_train, per_s=round(n_train / job["seconds"], 1))
     rows.append({"stage": "the epoch alone (training loop fed by the loader)", "n": epoch["samples"],
                  "seconds": round(epoch["seconds"], 2), "per_s": round(epoch["samples_per_s"], 1)})
-    loader, trainer = rows[-4]["per_s"], rows[-3]["per_s"]
     tc = cfg.train
     report("train", scale, rows, {"train_rows": n_train, "users": n_users, "items": n_items,
-                                  "loader_over_trainer": round(loader / trainer, 1),
+                                  "loader_over_trainer": round(loader["per_s"] / trainer["per_s"], 1),
                                   "batch_size": tc.batch_size, "random_negatives": tc.random_negatives,
-                                  "compute_dtype": str(compute_dtype(tc)).removeprefix("torch."),
-                                  "train_days": tc.train_days})
+                                  "compute_dtype": compute_dtype_name(tc), "train_days": tc.train_days})
 
 
 def trained(cfg, spark, rows: list[dict]) -> str:

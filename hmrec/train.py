@@ -196,6 +196,11 @@ def compute_dtype(tc: TrainConfig) -> torch.dtype:
         ) from None
 
 
+def compute_dtype_name(tc: TrainConfig) -> str:
+    """``train.compute_dtype`` as resolved on this machine: bfloat16 or float32."""
+    return str(compute_dtype(tc)).removeprefix("torch.")
+
+
 def train_step(
     model: TwoTower,
     sparse_opt: torch.optim.Optimizer,
@@ -980,7 +985,7 @@ def train(cfg: Config, spark: Any, as_of: dt.date, resume: bool = False) -> str:
         log(
             STAGE,
             f"{data.n_rows:,} training rows, {args['num_users']:,} customers, {args['num_items']:,} articles; "
-            f"matrix products in {str(compute_dtype(tc)).removeprefix('torch.')}",
+            f"matrix products in {compute_dtype_name(tc)}",
         )
 
         ckpt = checkpoint_path(cfg, as_of)
