@@ -80,7 +80,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _with_spark(cfg: Config, fn: Callable) -> object:
-    from hmrec.spark import get_spark
+    from hmrec.lake.spark import get_spark
 
     return fn(get_spark(cfg))
 
@@ -88,15 +88,15 @@ def _with_spark(cfg: Config, fn: Callable) -> object:
 def dispatch(args: argparse.Namespace, cfg: Config) -> object:
     cmd = args.command
     if cmd == "generate":
-        from hmrec.generate import generate
+        from hmrec.synth.generate import generate
 
         return generate(cfg, out=args.out, scale=args.scale, seed=args.seed)
     if cmd == "recommend":
-        from hmrec.recommend import recommend
+        from hmrec.serve.recommend import recommend
 
         return recommend(cfg, customer_id=args.customer_id, k=args.k)
     if cmd == "ingest":
-        from hmrec.ingest import ingest
+        from hmrec.etl.ingest import ingest
 
         return _with_spark(cfg, lambda spark: ingest(cfg, spark, data_dir=args.data))
     if cmd == "run":
@@ -104,31 +104,31 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> object:
 
         return _with_spark(cfg, lambda spark: run(cfg, spark, data_dir=args.data, as_of=args.as_of, force=args.force))
     if cmd == "features":
-        from hmrec.features import build_features
+        from hmrec.etl.features import build_features
 
         return _with_spark(cfg, lambda spark: build_features(cfg, spark, as_of=args.as_of))
     if cmd == "split":
-        from hmrec.split import split
+        from hmrec.etl.split import split
 
         return _with_spark(cfg, lambda spark: split(cfg, spark, as_of=args.as_of))
     if cmd == "popularity":
-        from hmrec.popularity import popularity
+        from hmrec.etl.popularity import popularity
 
         return _with_spark(cfg, lambda spark: popularity(cfg, spark, as_of=args.as_of))
     if cmd == "train":
-        from hmrec.train import train
+        from hmrec.train.job import train
 
         return _with_spark(cfg, lambda spark: train(cfg, spark, as_of=args.as_of, resume=args.resume))
     if cmd == "index":
-        from hmrec.index import build_index
+        from hmrec.serve.index import build_index
 
         return _with_spark(cfg, lambda spark: build_index(cfg, spark, as_of=args.as_of, model_version=args.model_version))
     if cmd == "score":
-        from hmrec.score import score
+        from hmrec.serve.score import score
 
         return _with_spark(cfg, lambda spark: score(cfg, spark, as_of=args.as_of, model_version=args.model_version))
     if cmd == "evaluate":
-        from hmrec.evaluate import evaluate
+        from hmrec.evaluation.evaluate import evaluate
 
         return _with_spark(cfg, lambda spark: evaluate(cfg, spark, as_of=args.as_of, model_version=args.model_version))
     raise SystemExit(f"unknown command {cmd}")

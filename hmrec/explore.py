@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from hmrec.config import Config  # noqa: E402
+from hmrec.config import Config
+from hmrec.etl.segments import age_labels
+from hmrec.lake import tables
+from hmrec.lake.reader import live_files, read_matching, read_table
 
 
 def read_csvs(data_dir: str, nrows: int | None = None) -> dict[str, pd.DataFrame]:
@@ -52,10 +52,7 @@ def repeat_purchase_share(tx: pd.DataFrame) -> float:
 
 def segment_mix(customers: pd.DataFrame, tx: pd.DataFrame, buckets: list[int]) -> pd.DataFrame:
     """Customers and purchases per age segment."""
-    labels = [f"age_{lo}_{hi - 1}" for lo, hi in zip(buckets[:-1], buckets[1:])]
-    seg = pd.cut(customers["age"], bins=buckets, right=False, labels=labels).astype(str)
-    seg = seg.where(customers["age"].notna(), "age_unknown")
-    cust = pd.DataFrame({"customer_id": customers["customer_id"], "segment": seg})
+    cust = pd.DataFrame({"customer_id": customers["customer_id"], "segment": age_labels(customers["age"], buckets)})
     bought = tx.merge(cust, on="customer_id", how="left")
     return pd.DataFrame(
         {
@@ -99,25 +96,9 @@ def segment_table(report: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index(["segment", "method"]).sort_index() if rows else pd.DataFrame()
 
 
-def _files(cfg: Config, name: str, as_of: str | None = None) -> list[str]:
-    """Parquet files of a Delta table's current snapshot (one as-of partition if given)."""
-    from deltalake import DeltaTable
-
-    filters = [("as_of", "=", as_of)] if as_of else None
-    return DeltaTable(cfg.table_path(name)).file_uris(partition_filters=filters)
-
-
-def read_table(cfg: Config, name: str, columns: list[str], as_of: str | None = None) -> pd.DataFrame:
-    """Some columns of a Delta table (one as-of partition if given), read without a JVM."""
-    import pyarrow.parquet as pq
-
-    parts = [pq.read_table(f, columns=columns).to_pandas() for f in _files(cfg, name, as_of)]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
-
-
 def holdout_customers(cfg: Config, as_of: str, n: int = 3) -> list[str]:
     """The first ``n`` customer ids (in id order) that bought in the holdout week."""
-    ids = read_table(cfg, "gold/holdout", ["customer_id"], as_of)["customer_id"]
+    ids = read_table(cfg, tables.HOLDOUT, ["customer_id"], as_of)["customer_id"]
     return ids.drop_duplicates().sort_values().head(n).tolist()
 
 
@@ -126,14 +107,12 @@ def customer_story(cfg: Config, customer_id: str, history: int = 10) -> tuple[pd
 
     Reads the Delta tables without a JVM, like ``hmrec recommend``.
     """
-    from hmrec.recommend import read_matching
-
-    names = read_table(cfg, "bronze/articles", ["article_id", "prod_name", "product_type_name", "colour_group_name"])
-    tx = pd.DataFrame(read_matching(_files(cfg, "bronze/transactions"), "customer_id", {customer_id},
+    names = read_table(cfg, tables.ARTICLES, ["article_id", "prod_name", "product_type_name", "colour_group_name"])
+    tx = pd.DataFrame(read_matching(live_files(cfg, tables.TRANSACTIONS, "run `hmrec ingest` first"), "customer_id", {customer_id},
                                     ["t_dat", "customer_id", "article_id"]),
                       columns=["t_dat", "customer_id", "article_id"])
     tx = tx.sort_values("t_dat", ascending=False).head(history).merge(names, on="article_id", how="left")
-    recs = pd.DataFrame(read_matching(_files(cfg, "gold/recommendations"), "customer_id", {customer_id},
+    recs = pd.DataFrame(read_matching(live_files(cfg, tables.RECOMMENDATIONS, "run `hmrec score` first"), "customer_id", {customer_id},
                                       ["customer_id", "article_id", "rank", "source", "score"]),
                         columns=["customer_id", "article_id", "rank", "source", "score"])
     recs = recs.sort_values("rank").merge(names, on="article_id", how="left")

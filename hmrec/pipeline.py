@@ -15,38 +15,39 @@ from typing import Callable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from hmrec import storage
+from hmrec.lake import storage
 from hmrec.config import Config
 from hmrec.progress import log, stage
-from hmrec.schemas import STAGE_RUNS
+from hmrec.lake.schemas import STAGE_RUNS
+from hmrec.lake import tables
 
-STAGE_RUNS_TABLE = "meta/stage_runs"
+STAGE_RUNS_TABLE = tables.STAGE_RUNS
 PIPELINE = ["features", "split", "popularity", "train", "index", "score", "evaluate"]
 
 
 def _outputs_exist(spark: SparkSession, cfg: Config, name: str, as_of: dt.date) -> bool:
     """Whether the stage's output for ``as_of`` is still in the lakehouse."""
     if name == "features":
-        return storage.has_as_of(spark, cfg, "gold/user_features", as_of) and storage.has_as_of(
-            spark, cfg, "gold/item_features", as_of
+        return storage.has_as_of(spark, cfg, tables.USER_FEATURES, as_of) and storage.has_as_of(
+            spark, cfg, tables.ITEM_FEATURES, as_of
         )
     if name == "split":
-        return storage.has_as_of(spark, cfg, "gold/train", as_of)
+        return storage.has_as_of(spark, cfg, tables.TRAIN, as_of)
     if name == "popularity":
-        return storage.has_as_of(spark, cfg, "gold/popularity", as_of)
+        return storage.has_as_of(spark, cfg, tables.POPULARITY, as_of)
     if name == "train":
-        from hmrec.registry import latest_version
+        from hmrec.model.registry import latest_version
 
         return latest_version(cfg, as_of) is not None
     if name == "index":
-        return storage.has_as_of(spark, cfg, "gold/item_embeddings", as_of)
+        return storage.has_as_of(spark, cfg, tables.ITEM_EMBEDDINGS, as_of)
     if name == "score":
-        if not storage.exists(spark, cfg, "gold/recommendations"):
+        if not storage.exists(spark, cfg, tables.RECOMMENDATIONS):
             return False
-        recs = storage.read(spark, cfg, "gold/recommendations")
+        recs = storage.read(spark, cfg, tables.RECOMMENDATIONS)
         return recs.where(F.col("as_of") == F.lit(as_of)).limit(1).count() > 0
     if name == "evaluate":
-        return storage.has_as_of(spark, cfg, "gold/eval_metrics", as_of)
+        return storage.has_as_of(spark, cfg, tables.EVAL_METRICS, as_of)
     raise ValueError(f"unknown stage {name}")
 
 
@@ -70,13 +71,13 @@ def _record(spark: SparkSession, cfg: Config, name: str, as_of: dt.date, bronze_
 
 
 def _stage_functions(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict[str, Callable[[], object]]:
-    from hmrec.evaluate import evaluate
-    from hmrec.features import build_features
-    from hmrec.index import build_index
-    from hmrec.popularity import popularity
-    from hmrec.score import score
-    from hmrec.split import split
-    from hmrec.train import train
+    from hmrec.evaluation.evaluate import evaluate
+    from hmrec.etl.features import build_features
+    from hmrec.serve.index import build_index
+    from hmrec.etl.popularity import popularity
+    from hmrec.serve.score import score
+    from hmrec.etl.split import split
+    from hmrec.train.job import train
 
     return {
         "features": lambda: build_features(cfg, spark, as_of=as_of),
@@ -91,12 +92,12 @@ def _stage_functions(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict[s
 
 def run(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, force: bool = False) -> dict:
     """Ingest ``data_dir`` and run every later stage for ``as_of``; returns per-stage results."""
-    from hmrec.ingest import ingest
+    from hmrec.etl.ingest import ingest
 
     results: dict[str, object] = {}
     with stage("run") as summary:
         results["ingest"] = ingest(cfg, spark, data_dir=data_dir)
-        bronze_version = storage.version(spark, cfg, "bronze/transactions")
+        bronze_version = storage.version(spark, cfg, tables.TRANSACTIONS)
         functions = _stage_functions(cfg, spark, as_of)
         rerun = force
         ran, skipped = [], []

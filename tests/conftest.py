@@ -36,7 +36,7 @@ def make_cfg(lakehouse: Path | str, *overrides: str) -> Config:
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    from hmrec.spark import get_spark
+    from hmrec.lake.spark import get_spark
 
     warehouse = tmp_path_factory.mktemp("warehouse")
     cfg = make_cfg(tmp_path_factory.mktemp("lake"), f"spark.conf.spark.sql.warehouse.dir={warehouse}")
@@ -54,7 +54,7 @@ def cfg(tmp_path) -> Config:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """A tiny H&M-schema data set written by the generator (same for the whole run)."""
-    from hmrec.generate import generate
+    from hmrec.synth.generate import generate
 
     out = tmp_path_factory.mktemp("tiny_data")
     generate(make_cfg(out / "unused"), out=str(out), scale=0.001, seed=3)

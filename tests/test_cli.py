@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from hmrec.cli import build_parser, main
-from hmrec.spark import spark_settings
+from hmrec.lake.spark import spark_settings
 from hmrec.config import load_config
 
 

@@ -22,7 +22,9 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from hmrec import pipeline, storage
+from hmrec import pipeline
+from hmrec.lake import storage
+from hmrec.lake import tables
 from tests.conftest import TINY_AS_OF, make_cfg
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(2400)]
@@ -31,10 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ["train.epochs=3", "train.batch_size=512", "train.random_negatives=256", "train.log_every=1000",
             "train.val_users=300"]
 METRIC_TOLERANCE = 0.02
-TABLES = ["bronze/articles", "bronze/customers", "bronze/transactions", "bronze/rejects",
-          "silver/customer_index", "silver/article_index", "silver/interactions"]
-AS_OF_TABLES = ["gold/user_features", "gold/item_features", "gold/train", "gold/holdout", "gold/popularity",
-                "gold/item_embeddings"]
+TABLES = [tables.ARTICLES, tables.CUSTOMERS, tables.TRANSACTIONS, tables.REJECTS,
+          tables.CUSTOMER_INDEX, tables.ARTICLE_INDEX, tables.INTERACTIONS]
+AS_OF_TABLES = [tables.USER_FEATURES, tables.ITEM_FEATURES, tables.TRAIN, tables.HOLDOUT, tables.POPULARITY,
+                tables.ITEM_EMBEDDINGS]
 
 
 def _counts(spark, cfg) -> dict[str, int]:
@@ -44,7 +46,7 @@ def _counts(spark, cfg) -> dict[str, int]:
 
 
 def _lists(spark, cfg):
-    recs = storage.read(spark, cfg, "gold/recommendations")
+    recs = storage.read(spark, cfg, tables.RECOMMENDATIONS)
     return recs.groupBy("customer_id").agg(
         F.count(F.lit(1)).alias("n"),
         F.countDistinct("article_id").alias("distinct"),
@@ -69,7 +71,7 @@ def test_cluster_run_matches_a_local_run(spark, tiny_data, tmp_path):
 
     cluster = make_cfg(cluster_lake)
     # the registered model was trained on the executors: TorchDistributor local_mode=false, 2 processes
-    from hmrec import registry
+    from hmrec.model import registry
 
     version = registry.latest_version(cluster, TINY_AS_OF)
     params = registry.client(cluster).get_run(registry._model_version(cluster, version).run_id).data.params
@@ -82,7 +84,7 @@ def test_cluster_run_matches_a_local_run(spark, tiny_data, tmp_path):
 
     k = local.score.k
     c_lists, l_lists = _lists(spark, cluster), _lists(spark, local)
-    customers = storage.read(spark, local, "bronze/customers").count()
+    customers = storage.read(spark, local, tables.CUSTOMERS).count()
     for lists in (c_lists, l_lists):
         assert lists.count() == customers
         assert lists.where((F.col("n") != k) | (F.col("distinct") != k)).count() == 0

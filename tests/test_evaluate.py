@@ -18,9 +18,10 @@ import math
 import pandas as pd
 import pytest
 
-from hmrec import schemas, storage
+from hmrec.lake import schemas, storage
 from hmrec.errors import HmrecError
-from hmrec.evaluate import customer_segments, fill_list, run_evaluation
+from hmrec.evaluation.evaluate import customer_segments, fill_list, run_evaluation
+from hmrec.lake import tables
 
 AS_OF = dt.date(2020, 9, 16)
 L3 = 1 / math.log2(3)
@@ -47,31 +48,31 @@ def _write_lake(spark, cfg) -> None:
         row = {f.name: None for f in schemas.USER_FEATURES.fields}
         row.update(as_of=AS_OF, customer_id=cid(i), customer_idx=i, n_purchases=0, age_bucket=bucket)
         user.append(row)
-    storage.write_as_of(spark.createDataFrame(user, schemas.USER_FEATURES), cfg, "gold/user_features", AS_OF)
+    storage.write_partition(spark.createDataFrame(user, schemas.USER_FEATURES), cfg, tables.USER_FEATURES, AS_OF)
 
     def split_rows(items):
         return [(d, cid(c), a(x), 0.01, 1, c, x, AS_OF) for c, x, d in items]
 
     train = [(0, 3, AS_OF - dt.timedelta(days=5)), (0, 4, AS_OF - dt.timedelta(days=10)), (1, 5, AS_OF - dt.timedelta(days=100))]
-    storage.write_as_of(spark.createDataFrame(split_rows(train), schemas.SPLIT_ROWS), cfg, "gold/train", AS_OF)
+    storage.write_partition(spark.createDataFrame(split_rows(train), schemas.SPLIT_ROWS), cfg, tables.TRAIN, AS_OF)
     day = AS_OF + dt.timedelta(days=1)
     holdout = [(0, 3, day), (0, 9, day), (0, 3, day), (1, 1, day), (2, 1, day), (2, 8, day)]
-    storage.write_as_of(spark.createDataFrame(split_rows(holdout), schemas.SPLIT_ROWS), cfg, "gold/holdout", AS_OF)
+    storage.write_partition(spark.createDataFrame(split_rows(holdout), schemas.SPLIT_ROWS), cfg, tables.HOLDOUT, AS_OF)
 
     served = {0: [3, 0], 1: [2, 1], 2: [9, 8], 3: [7, 6]}
     recs = [(cid(c), a(x), r + 1, 1.0, "model", "v1", AS_OF) for c, xs in served.items() for r, x in enumerate(xs)]
-    storage.write(spark.createDataFrame(recs, schemas.RECOMMENDATIONS), cfg, "gold/recommendations")
+    storage.write(spark.createDataFrame(recs, schemas.RECOMMENDATIONS), cfg, tables.RECOMMENDATIONS)
 
     pop = [(AS_OF, "global", r + 1, a(x), x, 10.0 - r) for r, x in enumerate([9, 8, 7, 6, 5])]
     pop += [(AS_OF, "age_25_34", r + 1, a(x), x, 5.0 - r) for r, x in enumerate([1, 2])]
-    storage.write_as_of(spark.createDataFrame(pop, schemas.POPULARITY), cfg, "gold/popularity", AS_OF)
+    storage.write_partition(spark.createDataFrame(pop, schemas.POPULARITY), cfg, tables.POPULARITY, AS_OF)
 
     arts = []
     for i in range(10):
         row = {n: None for n, _ in schemas.ARTICLE_COLUMNS}
         row["article_id"] = a(i)
         arts.append(tuple(row[n] for n, _ in schemas.ARTICLE_COLUMNS))
-    storage.write(spark.createDataFrame(arts, schemas.ARTICLES), cfg, "bronze/articles")
+    storage.write(spark.createDataFrame(arts, schemas.ARTICLES), cfg, tables.ARTICLES)
 
 
 def test_evaluation_job_metrics_files_and_mlflow_sink(spark, tmp_path):
@@ -118,7 +119,7 @@ def test_evaluation_job_metrics_files_and_mlflow_sink(spark, tmp_path):
     page = (report / "report.html").read_text()
     assert "recall_at_k.png" in page and "popularity_segment" in page
 
-    rows = storage.read_as_of(spark, cfg, "gold/eval_metrics", AS_OF).toPandas()
+    rows = storage.read_as_of(spark, cfg, tables.EVAL_METRICS, AS_OF).toPandas()
     assert set(rows["model_version"]) == {"v1"}
     got = rows.set_index(["method", "segment", "metric"])["value"]
     assert got[("model", "all", "map@2")] == pytest.approx(model["map@2"])

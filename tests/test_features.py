@@ -7,24 +7,18 @@ import math
 import pytest
 from pyspark.sql import functions as F
 
-from hmrec import schemas, storage
+from hmrec.lake import schemas, storage
 from hmrec.errors import HmrecError
-from hmrec.features import (
-    ARTICLE_INDEX,
-    CUSTOMER_INDEX,
-    INTERACTIONS,
-    ITEM_FEATURES,
+from hmrec.lake import tables
+from hmrec.etl.segments import age_bucket, age_segment, segment_labels
+from hmrec.etl.features import (
     NEVER_BOUGHT_DAYS,
-    USER_FEATURES,
-    age_bucket,
-    age_segment,
     build_features,
     default_as_of,
     categorical_vocab,
     item_codes,
     item_features,
     new_index_entries,
-    segment_labels,
     update_index,
     user_features,
 )
@@ -81,9 +75,9 @@ FUTURE = [
 
 
 def write_bronze(spark, cfg, customers=CUSTOMERS, articles=ARTICLES, transactions=TRANSACTIONS) -> None:
-    storage.write(spark.createDataFrame(articles, schemas.ARTICLES), cfg, "bronze/articles")
-    storage.write(spark.createDataFrame(customers, schemas.CUSTOMERS), cfg, "bronze/customers")
-    storage.write(spark.createDataFrame(transactions, schemas.TRANSACTIONS), cfg, "bronze/transactions")
+    storage.write(spark.createDataFrame(articles, schemas.ARTICLES), cfg, tables.ARTICLES)
+    storage.write(spark.createDataFrame(customers, schemas.CUSTOMERS), cfg, tables.CUSTOMERS)
+    storage.write(spark.createDataFrame(transactions, schemas.TRANSACTIONS), cfg, tables.TRANSACTIONS)
 
 
 def frames(spark, transactions):
@@ -136,19 +130,19 @@ def test_update_index_appends_new_ids_and_never_renumbers(spark, cfg):
         return spark.createDataFrame([(n,) for n in names], "customer_id string")
 
     def update(df) -> int:
-        return update_index(spark, cfg, CUSTOMER_INDEX, df, "customer_id", "customer_idx", schemas.CUSTOMER_INDEX)
+        return update_index(spark, cfg, tables.CUSTOMER_INDEX, df, "customer_id", "customer_idx")
 
     def index() -> dict:
-        return {r[0]: r[1] for r in storage.read(spark, cfg, CUSTOMER_INDEX).collect()}
+        return {r[0]: r[1] for r in storage.read(spark, cfg, tables.CUSTOMER_INDEX).collect()}
 
     assert update(ids(cid(9), cid(3), cid(3), None)) == 2
     assert index() == {cid(3): 0, cid(9): 1}
-    before = storage.version(spark, cfg, CUSTOMER_INDEX)
+    before = storage.version(spark, cfg, tables.CUSTOMER_INDEX)
 
     # cid(9) left the customer file, two new ones came (one sorts before the old ids).
     assert update(ids(cid(3), cid(7), cid(1))) == 2
     assert index() == {cid(3): 0, cid(9): 1, cid(1): 2, cid(7): 3}
-    assert storage.version(spark, cfg, CUSTOMER_INDEX) == before + 1  # one commit
+    assert storage.version(spark, cfg, tables.CUSTOMER_INDEX) == before + 1  # one commit
 
 
 def test_new_index_entries_only_for_unknown_ids(spark):
@@ -250,11 +244,11 @@ def test_build_features_job(spark, cfg):
     assert summary["rows_in"] == len(TRANSACTIONS) + len(FUTURE)
     assert (summary["customers_new"], summary["articles_new"]) == (4, 5)
 
-    cindex = {r[0]: r[1] for r in storage.read(spark, cfg, CUSTOMER_INDEX).collect()}
+    cindex = {r[0]: r[1] for r in storage.read(spark, cfg, tables.CUSTOMER_INDEX).collect()}
     assert cindex == {cid(i): i - 1 for i in range(1, 5)}
-    aindex = {r[0]: r[1] for r in storage.read(spark, cfg, ARTICLE_INDEX).collect()}
+    aindex = {r[0]: r[1] for r in storage.read(spark, cfg, tables.ARTICLE_INDEX).collect()}
     assert aindex == {aid(i): i - 1 for i in range(1, 6)}
-    inter = storage.read(spark, cfg, INTERACTIONS)
+    inter = storage.read(spark, cfg, tables.INTERACTIONS)
     assert inter.schema.simpleString() == schemas.INTERACTIONS.simpleString()
     got = sorted((r["t_dat"], r["customer_idx"], r["article_idx"], r["price"]) for r in inter.collect())
     want = sorted((t, cindex[c], aindex[a], p) for t, c, a, p, _ in TRANSACTIONS + FUTURE)
@@ -263,23 +257,23 @@ def test_build_features_job(spark, cfg):
     # The stored features are those of the rows before AS_OF only, although
     # the interactions hold the later rows too; the user's known answers are
     # checked in test_user_features_known_answers.
-    users = storage.read_as_of(spark, cfg, USER_FEATURES, AS_OF)
+    users = storage.read_as_of(spark, cfg, tables.USER_FEATURES, AS_OF)
     assert users.schema.simpleString() == schemas.USER_FEATURES.simpleString()
     stored = {r["customer_id"]: r.asDict() for r in users.collect()}
     assert stored == users_by_id(spark, TRANSACTIONS)
     assert stored[cid(1)]["last_articles"] == [0, 2, 1, 0]
-    items = storage.read_as_of(spark, cfg, ITEM_FEATURES, AS_OF)
+    items = storage.read_as_of(spark, cfg, tables.ITEM_FEATURES, AS_OF)
     assert {r["article_id"]: r.asDict() for r in items.collect()} == items_by_id(spark, TRANSACTIONS)
     assert summary["interactions_reused"] is False
 
     # Same bronze data, default as-of (the day after 2020-09-21): the
     # interactions are reused and the first as-of partition stays as it was.
-    version = storage.version(spark, cfg, INTERACTIONS)
+    version = storage.version(spark, cfg, tables.INTERACTIONS)
     again = build_features(cfg, spark, as_of=None)
     assert again["as_of"] == "2020-09-22" and again["interactions_reused"] is True
-    assert storage.version(spark, cfg, INTERACTIONS) == version
-    assert storage.read_as_of(spark, cfg, USER_FEATURES, D(2020, 9, 22)).count() == 4
-    first = storage.read_as_of(spark, cfg, USER_FEATURES, AS_OF).collect()
+    assert storage.version(spark, cfg, tables.INTERACTIONS) == version
+    assert storage.read_as_of(spark, cfg, tables.USER_FEATURES, D(2020, 9, 22)).count() == 4
+    first = storage.read_as_of(spark, cfg, tables.USER_FEATURES, AS_OF).collect()
     assert {r["customer_id"]: r.asDict() for r in first} == stored
 
 

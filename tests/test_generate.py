@@ -18,7 +18,7 @@ import pytest
 from conftest import make_cfg
 from hmrec.cli import main
 from hmrec.errors import HmrecError
-from hmrec.generate import generate
+from hmrec.synth.generate import generate
 
 FILES = ["articles.csv", "customers.csv", "transactions_train.csv",
          "planted/customer_segments.csv", "planted/article_clusters.csv", "planted/segments.json"]
@@ -306,7 +306,7 @@ def test_repeat_share_setting_is_honoured(tiny, tmp_path: Path):
 
 
 def test_failed_run_leaves_no_complete_looking_file(tmp_path: Path, monkeypatch):
-    import hmrec.generate as gen
+    import hmrec.synth.generate as gen
 
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")

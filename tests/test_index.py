@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hmrec import schemas, storage
+from hmrec.lake import schemas, storage
 from hmrec.errors import HmrecError
-from hmrec.index import (
+from hmrec.lake import tables
+from hmrec.serve.index import (
     KINDS,
     LookupEmbedder,
     ShippedIndex,
@@ -124,7 +125,7 @@ def test_index_job_writes_embeddings_index_and_meta(spark, tmp_path):
     embedder = LookupEmbedder("v7", np.zeros((1, 8), np.float32), item_vectors)
     # Items listed in reverse: the job must pair each vector with its own article.
     pdf = pd.DataFrame(_item_rows(n)[::-1])
-    storage.write_as_of(spark.createDataFrame(pdf, schemas.ITEM_FEATURES), cfg, "gold/item_features", AS_OF)
+    storage.write_partition(spark.createDataFrame(pdf, schemas.ITEM_FEATURES), cfg, tables.ITEM_FEATURES, AS_OF)
 
     published = []
     summary = index_items(cfg, spark, AS_OF, embedder, publish=published.append)
@@ -139,7 +140,7 @@ def test_index_job_writes_embeddings_index_and_meta(spark, tmp_path):
     assert meta["recall"]["query_source"] == "items"  # no gold/user_features in this lakehouse
     assert set(meta["recall"]) >= {"recall@4", "recall@20"}
 
-    rows = storage.read_as_of(spark, cfg, "gold/item_embeddings", AS_OF).toPandas()
+    rows = storage.read_as_of(spark, cfg, tables.ITEM_EMBEDDINGS, AS_OF).toPandas()
     assert len(rows) == n and set(rows["model_version"]) == {"v7"}
     for _, row in rows.iterrows():
         np.testing.assert_allclose(row["embedding"], item_vectors[int(row["article_id"]) - 700000000], rtol=1e-6)
@@ -160,8 +161,8 @@ def test_model_embedder_rebuilds_the_model_from_its_pickled_weights():
 
     import torch
 
-    from hmrec import index as index_module
-    from hmrec import two_tower
+    from hmrec.serve import index as index_module
+    from hmrec.model import two_tower
 
     rng = np.random.default_rng(2)
     users = pd.DataFrame({"customer_idx": np.arange(6), "category_shares": [np.full(3, 1 / 3, np.float32)] * 6,
@@ -182,7 +183,7 @@ def test_model_embedder_rebuilds_the_model_from_its_pickled_weights():
         want_users = model.user_tower(two_tower.user_inputs(users)).numpy()
         want_items = model.item_tower(two_tower.item_inputs(items)).numpy()
 
-    from hmrec.index import ModelEmbedder
+    from hmrec.serve.index import ModelEmbedder
 
     threads = torch.get_num_threads()
     shipped = pickle.dumps(ModelEmbedder.from_loaded(SimpleNamespace(model=model, version="t1")))

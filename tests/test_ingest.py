@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from hmrec import ingest, schemas, storage
+from hmrec.etl import ingest
+from hmrec.lake import schemas, storage
 from hmrec.errors import InputError
+from hmrec.lake import tables
 from tests.conftest import make_cfg
 
 ARTICLE_NAMES = [c for c, _ in schemas.ARTICLE_COLUMNS]
@@ -356,15 +358,15 @@ def test_ingest_writes_bronze_and_rejects(spark, ingested):
         Counter([rule for _, rule, _ in ARTICLE_BAD] + [ARTICLE_EXTRA_REJECT[1]])
     )
 
-    tx = storage.read(spark, cfg, "bronze/transactions")
+    tx = storage.read(spark, cfg, tables.TRANSACTIONS)
     assert typed(tx.schema) == typed(schemas.TRANSACTIONS)
     assert sorted(tx.collect()) == sorted(row for _, row in TX_GOOD)
-    assert sorted(storage.read(spark, cfg, "bronze/customers").collect()) == sorted(CUSTOMER_EXPECTED)
-    assert sorted(storage.read(spark, cfg, "bronze/articles").collect()) == sorted(
+    assert sorted(storage.read(spark, cfg, tables.CUSTOMERS).collect()) == sorted(CUSTOMER_EXPECTED)
+    assert sorted(storage.read(spark, cfg, tables.ARTICLES).collect()) == sorted(
         expected_article(a) for a in ARTICLE_GOOD
     )
 
-    rejects = storage.read(spark, cfg, "bronze/rejects")
+    rejects = storage.read(spark, cfg, tables.REJECTS)
     assert typed(rejects.schema) == typed(schemas.REJECTS)
     rows = rejects.collect()
     by_file = Counter(os.path.basename(r["source"]) for r in rows)
@@ -458,11 +460,11 @@ def test_check_constraints_reject_a_direct_write(spark, ingested):
     ]
     for row, constraint in violations:
         with pytest.raises(Exception, match=constraint):
-            storage.write(spark.createDataFrame([row], schemas.TRANSACTIONS), cfg, "bronze/transactions", mode="append")
+            storage.write(spark.createDataFrame([row], schemas.TRANSACTIONS), cfg, tables.TRANSACTIONS, mode="append")
     with pytest.raises(Exception, match="article_id_length"):
         storage.write(spark.createDataFrame([expected_article(article("123"))], schemas.ARTICLES),
-                      cfg, "bronze/articles", mode="append")
+                      cfg, tables.ARTICLES, mode="append")
     with pytest.raises(Exception, match="customer_id_length"):
         storage.write(spark.createDataFrame([(cid(1) + "0", None, None, None, None, 30, None)], schemas.CUSTOMERS),
-                      cfg, "bronze/customers", mode="append")
+                      cfg, tables.CUSTOMERS, mode="append")
     assert _state(spark, cfg) == before

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from hmrec import metrics as M
+from hmrec.evaluation import metrics as M
 
 
 def test_ap_with_fewer_actual_items_than_k():

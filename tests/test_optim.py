@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from hmrec.optim import RowAdam, unique_rows
+from hmrec.model.optim import RowAdam, unique_rows
 
 
 def _run(opt_cls, batches, **kw):

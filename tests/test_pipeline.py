@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from hmrec import pipeline, storage
+from hmrec import pipeline
+from hmrec.lake import storage
+from hmrec.lake import tables
 from tests.conftest import TINY_AS_OF, make_cfg
 
 # Small but real training: enough for the planted segments to show.
@@ -31,8 +33,8 @@ def ran(spark, tiny_data, tmp_path_factory):
 def test_every_customer_gets_exactly_k_distinct_articles(spark, ran):
     cfg, _ = ran
     k = cfg.score.k
-    recs = storage.read(spark, cfg, "gold/recommendations")
-    customers = storage.read(spark, cfg, "bronze/customers").select("customer_id")
+    recs = storage.read(spark, cfg, tables.RECOMMENDATIONS)
+    customers = storage.read(spark, cfg, tables.CUSTOMERS).select("customer_id")
     per = recs.groupBy("customer_id").agg(
         F.count(F.lit(1)).alias("n"),
         F.countDistinct("article_id").alias("distinct"),
@@ -52,9 +54,9 @@ def test_every_customer_gets_exactly_k_distinct_articles(spark, ran):
 
 def test_never_buyers_get_their_age_segments_popular_items(spark, ran):
     cfg, _ = ran
-    users = storage.read_as_of(spark, cfg, "gold/user_features", TINY_AS_OF)
+    users = storage.read_as_of(spark, cfg, tables.USER_FEATURES, TINY_AS_OF)
     never = users.where("n_purchases = 0").select("customer_id")
-    recs = storage.read(spark, cfg, "gold/recommendations").join(never, "customer_id")
+    recs = storage.read(spark, cfg, tables.RECOMMENDATIONS).join(never, "customer_id")
     assert never.count() > 0
     assert recs.where(F.col("source") != "popular").count() == 0
 
@@ -72,7 +74,7 @@ def test_model_beats_popularity_twice_on_recall_and_ndcg(ran):
 
 def test_eval_metrics_table_and_report_files(spark, ran):
     cfg, _ = ran
-    rows = storage.read_as_of(spark, cfg, "gold/eval_metrics", TINY_AS_OF)
+    rows = storage.read_as_of(spark, cfg, tables.EVAL_METRICS, TINY_AS_OF)
     methods = {r[0] for r in rows.select("method").distinct().collect()}
     assert {"model", "popularity", "repurchase"} <= methods
     report = Path(cfg.lakehouse) / "reports" / TINY_AS_OF.isoformat()
@@ -84,9 +86,9 @@ def test_model_retrieval_curve_runs_past_k_and_matches_a_brute_force_ranking(spa
     import numpy as np
     import pandas as pd
 
-    from hmrec.evaluate import model_retrieval_lists
-    from hmrec.index import ModelEmbedder
-    from hmrec.registry import load_model
+    from hmrec.evaluation.evaluate import model_retrieval_lists
+    from hmrec.serve.index import ModelEmbedder
+    from hmrec.model.registry import load_model
 
     cfg, _ = ran
     doc = json.loads((Path(cfg.lakehouse) / "reports" / TINY_AS_OF.isoformat() / "metrics.json").read_text())
@@ -96,16 +98,16 @@ def test_model_retrieval_curve_runs_past_k_and_matches_a_brute_force_ranking(spa
     assert all(b >= a for a, b in zip(curve, curve[1:]))  # recall never falls as K grows
     assert "model_retrieval" in doc["methods"]
 
-    holdout = storage.read_as_of(spark, cfg, "gold/holdout", TINY_AS_OF).select("customer_id").distinct().toPandas()
+    holdout = storage.read_as_of(spark, cfg, tables.HOLDOUT, TINY_AS_OF).select("customer_id").distinct().toPandas()
     frame = pd.DataFrame({"customer_id": holdout["customer_id"], "popularity_segment": [["fallback"]] * len(holdout)})
     lists = dict(zip(frame["customer_id"], model_retrieval_lists(cfg, spark, TINY_AS_OF, doc["model_version"], frame, 50)))
 
     # The same ranking from the registered model with numpy: compare the scores of the listed articles.
     embedder = ModelEmbedder.from_loaded(load_model(cfg, doc["model_version"]))
-    items = storage.read_as_of(spark, cfg, "gold/item_features", TINY_AS_OF).toPandas()
+    items = storage.read_as_of(spark, cfg, tables.ITEM_FEATURES, TINY_AS_OF).toPandas()
     item_emb = embedder.embed_items(items)
     position = {a: i for i, a in enumerate(items["article_id"])}
-    users = storage.read_as_of(spark, cfg, "gold/user_features", TINY_AS_OF).toPandas()
+    users = storage.read_as_of(spark, cfg, tables.USER_FEATURES, TINY_AS_OF).toPandas()
     users = users[users["customer_id"].isin(lists) & (users["n_purchases"] >= cfg.score.min_history)]
     scores = embedder.embed_users(users) @ item_emb.T  # (U, I)
     ranked = set(users["customer_id"])
@@ -118,10 +120,10 @@ def test_model_retrieval_curve_runs_past_k_and_matches_a_brute_force_ranking(spa
 
 def test_rerun_skips_every_finished_stage(spark, ran, tiny_data, capsys):
     cfg, _ = ran
-    before = storage.version(spark, cfg, "gold/recommendations")
+    before = storage.version(spark, cfg, tables.RECOMMENDATIONS)
     results = pipeline.run(cfg, spark, data_dir=str(tiny_data), as_of=TINY_AS_OF)
     assert set(results) == {"ingest"}  # nothing after ingest ran
-    assert storage.version(spark, cfg, "gold/recommendations") == before
+    assert storage.version(spark, cfg, tables.RECOMMENDATIONS) == before
     assert "already done" in capsys.readouterr().err
 
 
@@ -135,23 +137,23 @@ def test_a_crash_in_score_resumes_at_score(spark, ran, tiny_data, tmp_path, monk
     from delta.tables import DeltaTable
 
     DeltaTable.forPath(spark, cfg.table_path(pipeline.STAGE_RUNS_TABLE)).delete("stage IN ('score', 'evaluate')")
-    before = storage.version(spark, cfg, "gold/recommendations")
+    before = storage.version(spark, cfg, tables.RECOMMENDATIONS)
 
-    import hmrec.score
+    import hmrec.serve.score
 
     def broken(*args, **kwargs):
         raise RuntimeError("injected failure in score")
 
-    monkeypatch.setattr(hmrec.score, "score", broken)
+    monkeypatch.setattr(hmrec.serve.score, "score", broken)
     with pytest.raises(RuntimeError, match="injected"):
         pipeline.run(cfg, spark, data_dir=data, as_of=TINY_AS_OF)
     # The previous recommendations are untouched by the failed refresh.
-    assert storage.version(spark, cfg, "gold/recommendations") == before
+    assert storage.version(spark, cfg, tables.RECOMMENDATIONS) == before
     monkeypatch.undo()
 
     results = pipeline.run(cfg, spark, data_dir=data, as_of=TINY_AS_OF)
     assert set(results) == {"ingest", "score", "evaluate"}
-    assert storage.version(spark, cfg, "gold/recommendations") == before + 1
+    assert storage.version(spark, cfg, tables.RECOMMENDATIONS) == before + 1
 
 
 @pytest.mark.parametrize("name", ["01_explore.ipynb", "02_results.ipynb"])

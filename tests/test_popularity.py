@@ -5,9 +5,10 @@ import datetime as dt
 
 from conftest import make_cfg
 
-from hmrec import schemas, storage
-from hmrec.features import ARTICLE_INDEX, CUSTOMER_INDEX, INTERACTIONS, segment_labels
-from hmrec.popularity import POPULARITY, popularity, rank_popularity
+from hmrec.lake import schemas, storage
+from hmrec.etl.segments import segment_labels
+from hmrec.etl.popularity import popularity, rank_popularity
+from hmrec.lake import tables
 
 D = dt.date
 AS_OF = D(2020, 9, 20)
@@ -101,16 +102,16 @@ def test_popularity_job(spark, tmp_path):
     buyer = {YOUNG: 1, OLD: 2}
     rows = [(day, cid(buyer[seg]), aid(n), 0.01, 1, buyer[seg] - 1, n - 1)
             for day, n, seg, times in PURCHASES + [(IN_WINDOW, 7, YOUNG, 9)] for _ in range(times)]
-    storage.write(spark.createDataFrame(customers, schemas.CUSTOMERS), cfg, "bronze/customers")
-    storage.write(spark.createDataFrame(article_rows, schemas.ARTICLES), cfg, "bronze/articles")
+    storage.write(spark.createDataFrame(customers, schemas.CUSTOMERS), cfg, tables.CUSTOMERS)
+    storage.write(spark.createDataFrame(article_rows, schemas.ARTICLES), cfg, tables.ARTICLES)
     storage.write(spark.createDataFrame([(cid(c), c - 1) for c in range(1, 5)], schemas.CUSTOMER_INDEX), cfg,
-                  CUSTOMER_INDEX)
-    storage.write(spark.createDataFrame(CATALOGUE + [(aid(7), 6)], schemas.ARTICLE_INDEX), cfg, ARTICLE_INDEX)
-    storage.write(spark.createDataFrame(rows, schemas.INTERACTIONS), cfg, INTERACTIONS)
+                  tables.CUSTOMER_INDEX)
+    storage.write(spark.createDataFrame(CATALOGUE + [(aid(7), 6)], schemas.ARTICLE_INDEX), cfg, tables.ARTICLE_INDEX)
+    storage.write(spark.createDataFrame(rows, schemas.INTERACTIONS), cfg, tables.INTERACTIONS)
 
     summary = popularity(cfg, spark, as_of=AS_OF)
     assert summary["rows_in"] == 13 + 9
     assert (summary["segments"], summary["min_items_per_segment"], summary["rows_written"]) == (4, 6, 24)
-    stored = storage.read_as_of(spark, cfg, POPULARITY, AS_OF)
+    stored = storage.read_as_of(spark, cfg, tables.POPULARITY, AS_OF)
     assert stored.schema.simpleString() == schemas.POPULARITY.simpleString()
     assert ranked(stored.collect()) == WANT

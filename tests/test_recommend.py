@@ -7,10 +7,11 @@ import io
 
 import pytest
 
-from hmrec import schemas, storage
+from hmrec.lake import schemas, storage
 from hmrec.cli import main
 from hmrec.errors import HmrecError
-from hmrec.recommend import recommend
+from hmrec.serve.recommend import recommend
+from hmrec.lake import tables
 
 AS_OF = dt.date(2020, 9, 16)
 
@@ -31,7 +32,7 @@ def write_recs(spark, cfg, lists: dict[int, list[tuple[int, str]]], version: str
         for c, items in lists.items()
         for rank, (a, source) in enumerate(items, start=1)
     ]
-    storage.write(spark.createDataFrame(rows, schemas.RECOMMENDATIONS), cfg, "gold/recommendations")
+    storage.write(spark.createDataFrame(rows, schemas.RECOMMENDATIONS), cfg, tables.RECOMMENDATIONS)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def lake(spark, tmp_path_factory):
 
     cfg = make_cfg(tmp_path_factory.mktemp("recommend") / "lake")
     arts = [article(1, "Strap top", "Vest top"), article(2, "Jade HW Skinny", "Trousers"), article(3, "Tilly", "Sweater")]
-    storage.write(spark.createDataFrame(arts, schemas.ARTICLES), cfg, "bronze/articles")
+    storage.write(spark.createDataFrame(arts, schemas.ARTICLES), cfg, tables.ARTICLES)
     write_recs(spark, cfg, {0: [(3, "model"), (1, "model"), (2, "popular")], 1: [(1, "popular")] * 1}, "v1")
     # A later refresh replaces the whole table: the reader must see only the current version.
     write_recs(spark, cfg, {0: [(2, "repurchase"), (3, "model"), (1, "popular")], 1: [(2, "popular")]}, "v2")

@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hmrec import schemas, storage
+from hmrec.lake import schemas, storage
 from hmrec.errors import HmrecError
-from hmrec.index import LookupEmbedder, ShippedIndex, make_index
-from hmrec.score import (
+from hmrec.serve.index import LookupEmbedder, ShippedIndex, make_index
+from hmrec.lake import tables
+from hmrec.serve.score import (
     build_context,
     POPULAR,
     REPURCHASE,
@@ -266,19 +267,19 @@ def user_rows(specs: list[tuple[int, int, int, list[int]]]) -> list[dict]:
 def write_planted_lakehouse(spark, cfg, n_users: int, users: list[dict], extra_customers: list[int] = (),
                             train: list[tuple[int, int, dt.date]] = ()) -> None:
     """user_features, customers, popularity, item embeddings (+ optional train) for the planted world."""
-    storage.write_as_of(spark.createDataFrame(users, schemas.USER_FEATURES), cfg, "gold/user_features", AS_OF)
+    storage.write_partition(spark.createDataFrame(users, schemas.USER_FEATURES), cfg, tables.USER_FEATURES, AS_OF)
     customers = [(r["customer_id"], None, None, "ACTIVE", "NONE", 30, "p") for r in users]
     customers += [(cid(i), None, None, "ACTIVE", "NONE", 30, "p") for i in extra_customers]
-    storage.write(spark.createDataFrame(customers, schemas.CUSTOMERS), cfg, "bronze/customers")
+    storage.write(spark.createDataFrame(customers, schemas.CUSTOMERS), cfg, tables.CUSTOMERS)
     pop = [(AS_OF, "global", r + 1, aid(a), a, float(100 - r)) for r, a in enumerate([39, 38, 37, 36, 35, 34, 33, 32])]
     pop += [(AS_OF, "age_25_34", r + 1, aid(a), a, float(50 - r)) for r, a in enumerate([20, 21, 22, 23, 24])]
-    storage.write_as_of(spark.createDataFrame(pop, schemas.POPULARITY), cfg, "gold/popularity", AS_OF)
+    storage.write_partition(spark.createDataFrame(pop, schemas.POPULARITY), cfg, tables.POPULARITY, AS_OF)
     vec = item_vectors()
     emb = [(AS_OF, "v1", aid(i), i, vec[i].tolist()) for i in range(N_ITEMS)]
-    storage.write_as_of(spark.createDataFrame(emb, schemas.ITEM_EMBEDDINGS), cfg, "gold/item_embeddings", AS_OF)
+    storage.write_partition(spark.createDataFrame(emb, schemas.ITEM_EMBEDDINGS), cfg, tables.ITEM_EMBEDDINGS, AS_OF)
     if train:
         rows = [(d, cid(c), aid(a), 0.01, 1, c, a, AS_OF) for c, a, d in train]
-        storage.write_as_of(spark.createDataFrame(rows, schemas.SPLIT_ROWS), cfg, "gold/train", AS_OF)
+        storage.write_partition(spark.createDataFrame(rows, schemas.SPLIT_ROWS), cfg, tables.TRAIN, AS_OF)
 
 
 def _lists(pdf: pd.DataFrame) -> dict[str, tuple[list[str], list[str]]]:
@@ -305,7 +306,7 @@ def test_every_customer_gets_exactly_k_with_planted_answers_and_failed_refresh_k
 
     summary = score_customers(cfg, spark, AS_OF, embedder, index)
 
-    recs = storage.read(spark, cfg, "gold/recommendations").toPandas()
+    recs = storage.read(spark, cfg, tables.RECOMMENDATIONS).toPandas()
     assert summary["customers"] == 12 and summary["rows"] == 12 * K
     assert sorted(recs["customer_id"].unique()) == sorted(cid(i) for i in range(12))
     per = recs.groupby("customer_id")
@@ -323,7 +324,7 @@ def test_every_customer_gets_exactly_k_with_planted_answers_and_failed_refresh_k
     assert lists[cid(10)] == global_top  # age unknown: no segment list
     assert lists[cid(11)] == global_top  # in bronze/customers only
     assert summary["rows_popular"] == 4 * K and summary["rows_repurchase"] == 1
-    before = storage.version(spark, cfg, "gold/recommendations")
+    before = storage.version(spark, cfg, tables.RECOMMENDATIONS)
 
     def fail_on_second_batch(i: int) -> None:
         if i == 1:
@@ -332,8 +333,8 @@ def test_every_customer_gets_exactly_k_with_planted_answers_and_failed_refresh_k
     with pytest.raises(Exception, match="injected failure"):
         score_customers(cfg, spark, AS_OF, embedder, index, on_batch=fail_on_second_batch)
 
-    assert storage.version(spark, cfg, "gold/recommendations") == before
-    after = storage.read(spark, cfg, "gold/recommendations").toPandas()
+    assert storage.version(spark, cfg, tables.RECOMMENDATIONS) == before
+    after = storage.read(spark, cfg, tables.RECOMMENDATIONS).toPandas()
     pd.testing.assert_frame_equal(
         after.sort_values(["customer_id", "rank"]).reset_index(drop=True),
         recs.sort_values(["customer_id", "rank"]).reset_index(drop=True),

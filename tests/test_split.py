@@ -6,10 +6,10 @@ import datetime as dt
 import pytest
 from pyspark.sql import functions as F
 
-from hmrec import schemas, storage
+from hmrec.lake import schemas, storage, tables
 from hmrec.errors import HmrecError
-from hmrec.features import INTERACTIONS, categorical_vocab, item_codes, item_features, user_features
-from hmrec.split import HOLDOUT, TRAIN, holdout_rows, split, train_rows
+from hmrec.etl.features import categorical_vocab, item_codes, item_features, user_features
+from hmrec.etl.split import holdout_rows, split, train_rows
 
 D = dt.date
 AS_OF = D(2020, 9, 20)
@@ -48,11 +48,11 @@ def expected(first: dt.date, end: dt.date) -> set:
 
 
 def test_split_job_writes_disjoint_windows(spark, cfg, capsys):
-    storage.write(spark.createDataFrame(INTERACTION_ROWS, schemas.INTERACTIONS), cfg, INTERACTIONS)
+    storage.write(spark.createDataFrame(INTERACTION_ROWS, schemas.INTERACTIONS), cfg, tables.INTERACTIONS)
     summary = split(cfg, spark, as_of=AS_OF)
 
-    train = storage.read_as_of(spark, cfg, TRAIN, AS_OF)
-    holdout = storage.read_as_of(spark, cfg, HOLDOUT, AS_OF)
+    train = storage.read_as_of(spark, cfg, tables.TRAIN, AS_OF)
+    holdout = storage.read_as_of(spark, cfg, tables.HOLDOUT, AS_OF)
     assert train.schema.simpleString() == schemas.SPLIT_ROWS.simpleString()
     assert holdout.schema.simpleString() == schemas.SPLIT_ROWS.simpleString()
     train_keys, holdout_keys = keys(train.collect()), keys(holdout.collect())
@@ -72,7 +72,7 @@ def test_split_job_writes_disjoint_windows(spark, cfg, capsys):
     assert "WARNING: no transaction in the holdout window 2020-10-10 .. 2020-10-16" in err
     assert "covers 2020-08-01 .. 2020-09-27" in err
     # Partitions are replaced one as-of at a time: the first one is intact.
-    assert keys(storage.read_as_of(spark, cfg, HOLDOUT, AS_OF).collect()) == holdout_keys
+    assert keys(storage.read_as_of(spark, cfg, tables.HOLDOUT, AS_OF).collect()) == holdout_keys
 
 
 def test_train_days_limits_the_train_window(spark):
@@ -84,10 +84,10 @@ def test_train_days_limits_the_train_window(spark):
 
 
 def test_split_before_the_first_transaction_is_an_error(spark, cfg):
-    storage.write(spark.createDataFrame(INTERACTION_ROWS, schemas.INTERACTIONS), cfg, INTERACTIONS)
+    storage.write(spark.createDataFrame(INTERACTION_ROWS, schemas.INTERACTIONS), cfg, tables.INTERACTIONS)
     with pytest.raises(HmrecError, match=r"covers t_dat 2020-08-01 \.\. 2020-09-27"):
         split(cfg, spark, as_of=D(2020, 8, 1))
-    assert not storage.exists(spark, cfg, TRAIN)
+    assert not storage.exists(spark, cfg, tables.TRAIN)
 
 
 def test_features_at_as_of_see_only_the_train_rows(spark):

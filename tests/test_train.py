@@ -19,10 +19,12 @@ import numpy as np
 import pytest
 import torch
 
-from hmrec import registry, schemas, storage
-from hmrec import train as train_mod
+from hmrec.model import registry
+from hmrec.lake import schemas, storage
+from hmrec.train import job as train_mod
 from hmrec.errors import HmrecError
-from hmrec.two_tower import item_inputs, user_inputs
+from hmrec.model.two_tower import item_inputs, user_inputs
+from hmrec.lake import tables
 from tests.conftest import make_cfg
 
 AS_OF = dt.date(2020, 9, 16)
@@ -100,17 +102,17 @@ def write_planted(spark, cfg, as_of: dt.date = AS_OF) -> None:
         nums = [float(rng.randint(0, 5)), float(rng.randint(0, 20)), float(rng.randint(0, 50)), 0.02, 0.001,
                 float(rng.randint(1, 700))]
         items.append((as_of, _article_id(a), a, *codes, *nums))
-    storage.write_as_of(spark.createDataFrame(train_rows, schemas.SPLIT_ROWS), cfg, "gold/train", as_of)
-    storage.write_as_of(spark.createDataFrame(holdout_rows, schemas.SPLIT_ROWS), cfg, "gold/holdout", as_of)
-    storage.write_as_of(spark.createDataFrame(users, schemas.USER_FEATURES), cfg, "gold/user_features", as_of)
-    storage.write_as_of(spark.createDataFrame(items, schemas.ITEM_FEATURES), cfg, "gold/item_features", as_of)
+    storage.write_partition(spark.createDataFrame(train_rows, schemas.SPLIT_ROWS), cfg, tables.TRAIN, as_of)
+    storage.write_partition(spark.createDataFrame(holdout_rows, schemas.SPLIT_ROWS), cfg, tables.HOLDOUT, as_of)
+    storage.write_partition(spark.createDataFrame(users, schemas.USER_FEATURES), cfg, tables.USER_FEATURES, as_of)
+    storage.write_partition(spark.createDataFrame(items, schemas.ITEM_FEATURES), cfg, tables.ITEM_FEATURES, as_of)
     storage.write(
         spark.createDataFrame([(_customer_id(c), c) for c in range(N_USERS)], schemas.CUSTOMER_INDEX),
-        cfg, "silver/customer_index",
+        cfg, tables.CUSTOMER_INDEX,
     )
     storage.write(
         spark.createDataFrame([(_article_id(a), a) for a in range(N_ITEMS)], schemas.ARTICLE_INDEX),
-        cfg, "silver/article_index",
+        cfg, tables.ARTICLE_INDEX,
     )
 
 
@@ -265,8 +267,8 @@ def _metric_history(cfg, run_id: str, key: str) -> list[float]:
 
 
 def _embeddings(spark, cfg, model):
-    updf = storage.read_as_of(spark, cfg, "gold/user_features", AS_OF).toPandas().sort_values("customer_idx")
-    ipdf = storage.read_as_of(spark, cfg, "gold/item_features", AS_OF).toPandas().sort_values("article_idx")
+    updf = storage.read_as_of(spark, cfg, tables.USER_FEATURES, AS_OF).toPandas().sort_values("customer_idx")
+    ipdf = storage.read_as_of(spark, cfg, tables.ITEM_FEATURES, AS_OF).toPandas().sort_values("article_idx")
     with torch.no_grad():
         return model.user_tower(user_inputs(updf)), model.item_tower(item_inputs(ipdf))
 
@@ -380,8 +382,8 @@ def test_load_model_rebuilds_the_trained_model_from_artifacts(first_run, spark):
     assert registry.latest_version(plain, AS_OF + dt.timedelta(days=7)) is None
     run = registry.client(cfg).get_run(loaded.meta["run_id"])
     assert run.data.tags["as_of"] == AS_OF.isoformat()
-    assert run.data.tags["delta_version.gold/train"] == str(storage.version(spark, cfg, "gold/train"))
-    assert run.data.tags["delta_version.silver/article_index"] == str(storage.version(spark, cfg, "silver/article_index"))
+    assert run.data.tags["delta_version.gold/train"] == str(storage.version(spark, cfg, tables.TRAIN))
+    assert run.data.tags["delta_version.silver/article_index"] == str(storage.version(spark, cfg, tables.ARTICLE_INDEX))
     assert run.data.params["train.batch_size"] == "64"
 
 

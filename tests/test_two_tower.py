@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hmrec import schemas
-from hmrec.two_tower import (
+from hmrec.lake import schemas
+from hmrec.model.two_tower import (
     TwoTower,
     accidental_hits,
     build_model,

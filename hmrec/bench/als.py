@@ -12,6 +12,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from hmrec.config import Config
+from hmrec.etl.split import training_window
 
 
 def purchase_counts(train: DataFrame) -> DataFrame:
@@ -53,12 +54,10 @@ def train_als(cfg: Config, spark: SparkSession, as_of: dt.date, rank: int | None
               max_iter: int = 10) -> ALSModel:
     """ALS at the two-tower model's embedding size on the two-tower model's training rows for ``as_of``.
 
-    Those are the rows of gold/train, limited to the last ``train.train_days``
+    Those are the as-of's training rows, limited to the last ``train.train_days``
     days when that is set, so both models learn from the same window.
     """
-    from hmrec.train import training_rows
-
-    train = training_rows(spark, cfg, as_of)
+    train = training_window(spark, cfg, as_of)
     ratings = purchase_counts(train).cache()
     try:
         return fit_als(ratings, rank or cfg.train.embedding_dim, max_iter=max_iter, seed=cfg.train.seed)

@@ -44,7 +44,7 @@ import pandas as pd
 
 from hmrec.config import Config, IndexConfig
 from hmrec.errors import HmrecError
-from hmrec.index import (
+from hmrec.serve.index import (
     Embedder,
     ModelEmbedder,
     ShippedIndex,
@@ -56,6 +56,7 @@ from hmrec.index import (
     search,
 )
 from hmrec.progress import log, stage
+from hmrec.lake import tables
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -386,11 +387,11 @@ def item_tables(
     """
     from pyspark.sql import functions as F
 
-    from hmrec import storage
+    from hmrec.lake import storage
 
     cols = ["article_id", "article_idx"] + (["embedding"] if need_vectors else [])
     items = (
-        storage.read_as_of(spark, cfg, "gold/item_embeddings", as_of)
+        storage.read_as_of(spark, cfg, tables.ITEM_EMBEDDINGS, as_of)
         .where(F.col("model_version") == F.lit(version))
         .select(*cols)
         .toPandas()
@@ -430,7 +431,7 @@ def build_context(
     repurchase_column: str,
 ) -> ScoringContext:
     """Gather the lookup arrays (catalogue, popularity fallbacks, item vectors) on the driver."""
-    from hmrec import storage
+    from hmrec.lake import storage
 
     version = str(embedder.version)
     if cfg.score.repurchase_order not in REPURCHASE_ORDERS:
@@ -452,7 +453,7 @@ def build_context(
     article_ids = np.empty(size, dtype=object)
     article_ids[idx] = items["article_id"].to_numpy(dtype=object)
 
-    popularity = storage.read_as_of(spark, cfg, "gold/popularity", as_of).select("segment", "rank", "article_idx", "score").toPandas()
+    popularity = storage.read_as_of(spark, cfg, tables.POPULARITY, as_of).select("segment", "rank", "article_idx", "score").toPandas()
     names, f_idx, f_score = fill_lists(popularity, idx, cfg.score.k)
     return ScoringContext(
         embedder=embedder,
@@ -494,16 +495,17 @@ def score_customers(
     """
     from pyspark.sql import functions as F
 
-    from hmrec import features, schemas, storage
+    from hmrec.etl import segments
+    from hmrec.lake import schemas, storage
 
     version = str(embedder.version)
     with stage("score") as summary:
         summary["model_version"] = version
-        features_df = storage.read_as_of(spark, cfg, "gold/user_features", as_of)
-        users = features_df.withColumn("segment", features.age_segment(F.col("age_bucket"), cfg.features.age_buckets))
+        features_df = storage.read_as_of(spark, cfg, tables.USER_FEATURES, as_of)
+        users = features_df.withColumn("segment", segments.age_segment(F.col("age_bucket"), cfg.features.age_buckets))
         rep_col = "last_articles"
-        if cfg.score.repurchase and cfg.score.repurchase_days > 0 and storage.exists(spark, cfg, "gold/train"):
-            train = storage.read_as_of(spark, cfg, "gold/train", as_of)
+        if cfg.score.repurchase and cfg.score.repurchase_days > 0 and storage.exists(spark, cfg, tables.TRAIN):
+            train = storage.read_as_of(spark, cfg, tables.TRAIN, as_of)
             recent = recent_purchases(train, as_of, cfg.score.repurchase_days, max(cfg.features.last_n, cfg.score.repurchase_slots))
             # Small (customers active in the window × a few ints): broadcast, so user_features is not shuffled.
             users = users.join(F.broadcast(recent), "customer_idx", "left")
@@ -526,7 +528,7 @@ def score_customers(
                 lambda it: score_batches(it, shipped.value, on_batch, counters), schema=schemas.RECOMMENDATIONS
             )
 
-            customers = storage.read(spark, cfg, "bronze/customers").select("customer_id").dropDuplicates()
+            customers = storage.read(spark, cfg, tables.CUSTOMERS).select("customer_id").dropDuplicates()
             unknown = customers.join(features_df.select("customer_id"), "customer_id", "left_anti")
             top = pd.DataFrame(
                 {
@@ -550,7 +552,7 @@ def score_customers(
             storage.write(
                 out,
                 cfg,
-                "gold/recommendations",
+                tables.RECOMMENDATIONS,
                 mode="overwrite",
                 metadata={"as_of": as_of.isoformat(), "model_version": version, "k": cfg.score.k},
             )
@@ -559,20 +561,20 @@ def score_customers(
             shipped.unpersist()
 
         counts = {source: acc.value for source, acc in counters.items()}
-        rows = storage.last_operation_metrics(spark, cfg, "gold/recommendations").get("numOutputRows", sum(counts.values()))
+        rows = storage.last_operation_metrics(spark, cfg, tables.RECOMMENDATIONS).get("numOutputRows", sum(counts.values()))
         # Customers missing from gold/user_features got the global list outside mapInPandas.
         counts["popular"] += rows - sum(counts.values())
         summary["customers"] = rows // cfg.score.k
         summary["rows"] = rows
         summary.update({f"rows_{source}": n for source, n in counts.items()})
         summary["customers_per_s"] = round(summary["customers"] / max(write_s, 1e-9))
-        summary["version"] = storage.version(spark, cfg, "gold/recommendations")
+        summary["version"] = storage.version(spark, cfg, tables.RECOMMENDATIONS)
     return dict(summary)
 
 
 def score(cfg: Config, spark: "SparkSession", as_of: dt.date, model_version: str | None = None) -> dict:
     """The ``hmrec score`` stage with the registered model and its saved index."""
-    from hmrec import registry
+    from hmrec.model import registry
 
     loaded = registry.load_model(cfg, model_version=model_version, as_of=as_of)
     embedder = ModelEmbedder.from_loaded(loaded, threads=_task_cpus(spark))

@@ -6,6 +6,8 @@ null), then cast to the typed bronze schema. Nothing is ever inferred.
 """
 from __future__ import annotations
 
+from pyspark.sql import DataFrame
+from pyspark.sql.functions import col
 from pyspark.sql.types import (
     ArrayType,
     DateType,
@@ -79,6 +81,11 @@ INPUT_FILES = {
     "customers": ("customers.csv", CUSTOMER_COLUMNS),
     "transactions": ("transactions_train.csv", TRANSACTION_COLUMNS),
 }
+
+
+def conform(df: DataFrame, schema: StructType) -> DataFrame:
+    """Exactly the columns of ``schema``, in its order, cast to its types."""
+    return df.select([col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
 
 
 def raw_schema(cols: list[tuple[str, object]]) -> StructType:

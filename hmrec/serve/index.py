@@ -29,6 +29,7 @@ import pandas as pd
 from hmrec.config import Config, IndexConfig
 from hmrec.errors import HmrecError
 from hmrec.progress import log, stage
+from hmrec.lake import tables
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -133,7 +134,7 @@ class ModelEmbedder:
         if model is None:
             import torch
 
-            from hmrec import two_tower
+            from hmrec.model import two_tower
 
             torch.set_num_threads(max(1, self.threads))
             model = two_tower.build_model(self.model_args, device="cpu")
@@ -147,7 +148,7 @@ class ModelEmbedder:
         """User tower on rows of gold/user_features, (B, D) float32."""
         import torch
 
-        from hmrec import two_tower
+        from hmrec.model import two_tower
 
         model = self._model()
         with torch.inference_mode():
@@ -158,7 +159,7 @@ class ModelEmbedder:
         """Item tower on rows of gold/item_features, (N, D) float32."""
         import torch
 
-        from hmrec import two_tower
+        from hmrec.model import two_tower
 
         model = self._model()
         with torch.inference_mode():
@@ -366,12 +367,12 @@ def _sample_user_queries(cfg: Config, spark: "SparkSession", as_of: dt.date, emb
     """Up to ``index.recall_sample`` user embeddings of customers with history; items stand in when there are none."""
     from pyspark.sql import functions as F
 
-    from hmrec import storage
+    from hmrec.lake import storage
 
     n = cfg.index.recall_sample
-    if n <= 0 or not storage.exists(spark, cfg, "gold/user_features"):
+    if n <= 0 or not storage.exists(spark, cfg, tables.USER_FEATURES):
         return np.zeros((0, 0), np.float32), "none"
-    users = storage.read_as_of(spark, cfg, "gold/user_features", as_of).where(F.col("n_purchases") >= max(1, cfg.score.min_history))
+    users = storage.read_as_of(spark, cfg, tables.USER_FEATURES, as_of).where(F.col("n_purchases") >= max(1, cfg.score.min_history))
     # A hash of the id is a fixed pseudo-random order: the same sample on every rebuild.
     pdf = users.orderBy(F.xxhash64("customer_id")).limit(n).toPandas()
     if pdf.empty:
@@ -395,14 +396,14 @@ def index_items(
     """
     from pyspark.sql import functions as F
 
-    from hmrec import schemas, storage
+    from hmrec.lake import schemas, storage
 
     kind = kind or cfg.index.kind
     version = str(embedder.version)
     with stage("index") as summary:
         summary["model_version"] = version
         summary["kind"] = kind
-        items = storage.read_as_of(spark, cfg, "gold/item_features", as_of).toPandas()
+        items = storage.read_as_of(spark, cfg, tables.ITEM_FEATURES, as_of).toPandas()
         if items.empty:
             raise HmrecError(f"gold/item_features has no rows for as_of {as_of}; run `hmrec features --as-of {as_of}`")
         if items["article_idx"].isna().any():
@@ -450,15 +451,13 @@ def index_items(
             }
         )
         emb_df = spark.createDataFrame(emb_pdf, schema=schemas.ITEM_EMBEDDINGS)
-        quoted = version.replace("'", "''")
-        storage.write(
+        storage.write_partition(
             emb_df.select([F.col(f.name) for f in schemas.ITEM_EMBEDDINGS.fields]),
             cfg,
-            "gold/item_embeddings",
-            mode="overwrite",
-            replace_where=f"as_of = '{as_of.isoformat()}' AND model_version = '{quoted}'",
-            partition_by=["as_of"],
+            tables.ITEM_EMBEDDINGS,
+            as_of,
             metadata={"as_of": as_of.isoformat(), "model_version": version, "items": len(items)},
+            model_version=version,
         )
 
         meta = {
@@ -485,7 +484,7 @@ def index_items(
 
 def build_index(cfg: Config, spark: "SparkSession", as_of: dt.date, model_version: str | None = None) -> dict:
     """The ``hmrec index`` stage: embed items with the registered model and index them."""
-    from hmrec import registry
+    from hmrec.model import registry
 
     loaded = registry.load_model(cfg, model_version=model_version, as_of=as_of)
     embedder = ModelEmbedder.from_loaded(loaded)

@@ -37,9 +37,11 @@ from torch import Tensor
 
 from hmrec.config import Config, TrainConfig
 from hmrec.errors import HmrecError
-from hmrec.optim import RowAdam
+from hmrec.model.optim import RowAdam
 from hmrec.progress import log, stage
-from hmrec.two_tower import (
+from hmrec.etl.split import training_window
+from hmrec.lake import tables
+from hmrec.model.two_tower import (
     ITEM_ID,
     USER_ID,
     TwoTower,
@@ -62,12 +64,12 @@ ROWS_PER_FILE = 2_000_000
 ROW_GROUP_BYTES = 4 * 1024 * 1024
 # Tables whose Delta version is recorded with every trained model.
 LINEAGE_TABLES = [
-    "gold/train",
-    "gold/holdout",
-    "gold/user_features",
-    "gold/item_features",
-    "silver/customer_index",
-    "silver/article_index",
+    tables.TRAIN,
+    tables.HOLDOUT,
+    tables.USER_FEATURES,
+    tables.ITEM_FEATURES,
+    tables.CUSTOMER_INDEX,
+    tables.ARTICLE_INDEX,
 ]
 # Users scored at once during validation: (chunk, num_items) floats.
 VAL_USER_CHUNK = 256
@@ -484,7 +486,7 @@ def _sum_over_ranks(value: int, world_size: int) -> int:
 def _log_to_run(job: TrainJob, metrics: dict[str, float], step: int) -> None:
     """Metrics onto the job's MLflow run (rank 0 only)."""
     # imported here, not at the top: the other ranks never pay for importing mlflow
-    from hmrec import registry
+    from hmrec.model import registry
 
     registry.log_run_metrics(job.cfg, job.run_id, metrics, step=step)
 
@@ -690,11 +692,11 @@ def run_processes(job: TrainJob) -> None:
 
 def _read_as_of(spark: Any, cfg: Config, name: str, as_of: dt.date, stage_cmd: str) -> Any:
     """The as-of partition of ``name``; a missing table is an error naming the stage that writes it."""
-    from hmrec import storage
+    from hmrec.lake import storage
 
     if not storage.exists(spark, cfg, name):
         raise HmrecError(
-            f"table {name} does not exist at {cfg.table_path(name)}; "
+            f"table {name} does not exist at {storage.path(cfg, name)}; "
             f"run `hmrec {stage_cmd} --as-of {as_of.isoformat()}` first"
         )
     return storage.read_as_of(spark, cfg, name, as_of)
@@ -705,16 +707,6 @@ def _no_rows(name: str, as_of: dt.date, stage_cmd: str, detail: str = "") -> Hmr
         f"table {name} has no rows for as_of {as_of.isoformat()}{detail}; "
         f"run `hmrec {stage_cmd} --as-of {as_of.isoformat()}` first"
     )
-
-
-def training_rows(spark: Any, cfg: Config, as_of: dt.date) -> Any:
-    """Rows of gold/train for ``as_of`` with both indices, limited to the last train.train_days days."""
-    from pyspark.sql import functions as F
-
-    rows = _read_as_of(spark, cfg, "gold/train", as_of, "split")
-    if cfg.train.train_days > 0:
-        rows = rows.where(F.col("t_dat") >= F.lit(as_of - dt.timedelta(days=cfg.train.train_days)))
-    return rows.where(F.col(USER_ID).isNotNull() & F.col(ITEM_ID).isNotNull())
 
 
 def _feature_frame(spark: Any, cfg: Config, name: str, as_of: dt.date, columns: list[str]) -> Any:
@@ -733,12 +725,12 @@ def _feature_frame(spark: Any, cfg: Config, name: str, as_of: dt.date, columns: 
 
 def feature_tensors(spark: Any, cfg: Config, as_of: dt.date) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """(user_inputs, item_inputs) of the as-of's feature rows, collected to the driver through Arrow."""
-    from hmrec import schemas
+    from hmrec.lake import schemas
 
     user_cols = [USER_ID, *schemas.USER_CATEGORICALS, *schemas.USER_NUMERICS, "category_shares", "last_articles"]
     item_cols = [ITEM_ID, *[f"{c}_code" for c in schemas.ITEM_CATEGORICALS], *schemas.ITEM_NUMERICS]
-    users = user_inputs(_feature_frame(spark, cfg, "gold/user_features", as_of, user_cols))
-    items = item_inputs(_feature_frame(spark, cfg, "gold/item_features", as_of, item_cols))
+    users = user_inputs(_feature_frame(spark, cfg, tables.USER_FEATURES, as_of, user_cols))
+    items = item_inputs(_feature_frame(spark, cfg, tables.ITEM_FEATURES, as_of, item_cols))
     return users, items
 
 
@@ -749,13 +741,13 @@ def validation_set(spark: Any, cfg: Config, as_of: dt.date, num_users: int, num_
     """
     from pyspark.sql import functions as F
 
-    from hmrec import storage
+    from hmrec.lake import storage
 
     tc = cfg.train
-    if tc.val_users <= 0 or not storage.exists(spark, cfg, "gold/holdout"):
+    if tc.val_users <= 0 or not storage.exists(spark, cfg, tables.HOLDOUT):
         return None
     pdf = (
-        storage.read_as_of(spark, cfg, "gold/holdout", as_of)
+        storage.read_as_of(spark, cfg, tables.HOLDOUT, as_of)
         .select(USER_ID, ITEM_ID)
         .where(F.col(USER_ID).between(0, num_users - 1) & F.col(ITEM_ID).between(0, num_items - 1))
         .toPandas()
@@ -882,7 +874,7 @@ def prepare_data(spark: Any, cfg: Config, as_of: dt.date) -> TrainingData:
     from pyspark.sql import functions as F
 
     tc = cfg.train
-    rows = training_rows(spark, cfg, as_of)
+    rows = training_window(spark, cfg, as_of)
     agg = rows.agg(
         F.count(F.lit(1)).alias("n"),
         F.min(USER_ID).alias("min_u"),
@@ -893,7 +885,7 @@ def prepare_data(spark: Any, cfg: Config, as_of: dt.date) -> TrainingData:
     n_rows = int(agg["n"])
     if n_rows == 0:
         window = f" in the last {tc.train_days} days (train.train_days)" if tc.train_days > 0 else ""
-        raise _no_rows("gold/train", as_of, "split", f" with both indices{window}")
+        raise _no_rows(tables.TRAIN, as_of, "split", f" with both indices{window}")
     for col, value in ((USER_ID, agg["min_u"]), (ITEM_ID, agg["min_i"])):
         if value < 0:
             raise HmrecError(
@@ -971,13 +963,14 @@ def train(cfg: Config, spark: Any, as_of: dt.date, resume: bool = False) -> str:
     ``resume`` continues from the last epoch checkpoint of a killed run for
     the same as-of (and ends with the same weights as an uninterrupted run).
     """
-    from hmrec import registry, storage
+    from hmrec.model import registry
+    from hmrec.lake import storage
 
     tc = cfg.train
     _check_train_config(tc)
     with stage(STAGE) as summary:
         started = time.perf_counter()
-        versions = {name: storage.version(spark, cfg, name) for name in LINEAGE_TABLES}
+        versions = {table.name: storage.version(spark, cfg, table) for table in LINEAGE_TABLES}
         data = prepare_data(spark, cfg, as_of)
         cfg = fit_batch_size(cfg, data.n_rows)
         tc = cfg.train
@@ -1039,7 +1032,7 @@ def train(cfg: Config, spark: Any, as_of: dt.date, resume: bool = False) -> str:
 
 def loader_throughput(cfg: Config, spark: Any, as_of: dt.date, max_batches: int = 1000) -> float:
     """Rows/s of the Petastorm loader alone over the as-of's training pairs (materialising not timed)."""
-    rows = training_rows(spark, cfg, as_of)
+    rows = training_window(spark, cfg, as_of)
     n_rows = rows.count()
     converter = materialise_pairs(spark, cfg, rows, n_rows, 1)
     try:

@@ -34,10 +34,11 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from hmrec import metrics as M
+from hmrec.evaluation import metrics as M
 from hmrec.config import Config, IndexConfig
 from hmrec.errors import HmrecError
 from hmrec.progress import log, stage
+from hmrec.lake import tables
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -231,12 +232,13 @@ def _gather(cfg: Config, spark: "SparkSession", as_of: dt.date, length: int,
     """Holdout customers' actual purchases, history, age segment and served lists, on the driver."""
     from pyspark.sql import functions as F
 
-    from hmrec import features, storage
+    from hmrec.etl import segments
+    from hmrec.lake import storage
 
-    recs = storage.read(spark, cfg, "gold/recommendations").where(F.col("as_of") == F.lit(as_of))
+    recs = storage.read(spark, cfg, tables.RECOMMENDATIONS).where(F.col("as_of") == F.lit(as_of))
     versions = sorted(r[0] for r in recs.select("model_version").distinct().collect())
     if not versions:
-        held = [r[0] for r in storage.read(spark, cfg, "gold/recommendations").select("as_of").distinct().limit(3).collect()]
+        held = [r[0] for r in storage.read(spark, cfg, tables.RECOMMENDATIONS).select("as_of").distinct().limit(3).collect()]
         raise HmrecError(
             f"gold/recommendations holds no lists for as_of {as_of} (it holds {held}); run `hmrec score --as-of {as_of}` first"
         )
@@ -247,7 +249,7 @@ def _gather(cfg: Config, spark: "SparkSession", as_of: dt.date, length: int,
             f"not {model_version}; run `hmrec score --as-of {as_of} --model-version {model_version}` first"
         )
 
-    holdout = storage.read_as_of(spark, cfg, "gold/holdout", as_of)
+    holdout = storage.read_as_of(spark, cfg, tables.HOLDOUT, as_of)
     actual = holdout.groupBy("customer_id").agg(F.collect_set("article_id").alias("actual"))
     frame = actual.toPandas()
     if frame.empty:
@@ -255,7 +257,7 @@ def _gather(cfg: Config, spark: "SparkSession", as_of: dt.date, length: int,
     ids = spark.createDataFrame(frame[["customer_id"]])
     ids = F.broadcast(ids)
 
-    train = storage.read_as_of(spark, cfg, "gold/train", as_of).join(ids, "customer_id")
+    train = storage.read_as_of(spark, cfg, tables.TRAIN, as_of).join(ids, "customer_id")
     per_item = train.groupBy("customer_id", "article_id").agg(F.max("t_dat").alias("last"), F.count(F.lit(1)).alias("n"))
     ordered = F.sort_array(F.collect_list(F.struct("last", "n", "article_id")), asc=False)
     history = per_item.groupBy("customer_id").agg(
@@ -263,22 +265,22 @@ def _gather(cfg: Config, spark: "SparkSession", as_of: dt.date, length: int,
         F.transform(F.slice(ordered, 1, length), lambda s: s["article_id"]).alias("history"),
     ).toPandas()
 
-    if storage.exists(spark, cfg, "gold/user_features"):
+    if storage.exists(spark, cfg, tables.USER_FEATURES):
         ages = (
-            storage.read_as_of(spark, cfg, "gold/user_features", as_of)
+            storage.read_as_of(spark, cfg, tables.USER_FEATURES, as_of)
             .join(ids, "customer_id")
-            .select("customer_id", features.age_segment(F.col("age_bucket"), cfg.features.age_buckets).alias("age_segment"))
+            .select("customer_id", segments.age_segment(F.col("age_bucket"), cfg.features.age_buckets).alias("age_segment"))
             .toPandas()
         )
     else:
         ages = pd.DataFrame({"customer_id": pd.Series(dtype=object), "age_segment": pd.Series(dtype=object)})
     served = _lists_by_customer(recs.join(ids, "customer_id"), "rank", "article_id", "model").toPandas()
 
-    pop = storage.read_as_of(spark, cfg, "gold/popularity", as_of).select("segment", "rank", "article_id").toPandas()
+    pop = storage.read_as_of(spark, cfg, tables.POPULARITY, as_of).select("segment", "rank", "article_id").toPandas()
     popularity = {seg: g.sort_values("rank")["article_id"].tolist() for seg, g in pop.groupby("segment")}
     if GLOBAL not in popularity:
         raise HmrecError(f"gold/popularity has no 'global' list for as_of {as_of}; run `hmrec popularity --as-of {as_of}`")
-    catalogue = storage.read(spark, cfg, "bronze/articles").select("article_id").distinct().count()
+    catalogue = storage.read(spark, cfg, tables.ARTICLES).select("article_id").distinct().count()
 
     frame = frame.merge(history, on="customer_id", how="left").merge(ages, on="customer_id", how="left")
     frame = frame.merge(served, on="customer_id", how="left")
@@ -292,7 +294,7 @@ def _gather(cfg: Config, spark: "SparkSession", as_of: dt.date, length: int,
 def top_articles(user_emb: np.ndarray, item_emb: np.ndarray, article_ids: np.ndarray, n: int,
                  index_cfg: IndexConfig) -> list[list[str]]:
     """Each user's ``n`` articles of highest inner product (exact search), best first."""
-    from hmrec.index import make_index, search
+    from hmrec.serve.index import make_index, search
 
     if len(user_emb) == 0:
         return []
@@ -305,9 +307,10 @@ def model_retrieval_lists(cfg: Config, spark: "SparkSession", as_of: dt.date, ve
     """The ``model_retrieval`` list of every row of ``frame`` (see the module notes); None when not available."""
     from pyspark.sql import functions as F
 
-    from hmrec import registry, storage
-    from hmrec.index import ModelEmbedder, embed_in_batches
-    from hmrec.score import item_tables
+    from hmrec.model import registry
+    from hmrec.lake import storage
+    from hmrec.serve.index import ModelEmbedder, embed_in_batches
+    from hmrec.serve.score import item_tables
 
     try:
         embedder = ModelEmbedder.from_loaded(registry.load_model(cfg, version))
@@ -317,7 +320,7 @@ def model_retrieval_lists(cfg: Config, spark: "SparkSession", as_of: dt.date, ve
         return None
     ids = F.broadcast(spark.createDataFrame(frame[["customer_id"]]))
     users = (
-        storage.read_as_of(spark, cfg, "gold/user_features", as_of)
+        storage.read_as_of(spark, cfg, tables.USER_FEATURES, as_of)
         .join(ids, "customer_id")
         .where(F.col("n_purchases") >= max(cfg.score.min_history, 1))
         .toPandas()
@@ -337,7 +340,7 @@ def run_evaluation(
     log_metrics: Callable[[str, dict[str, float]], None] | None = None,
 ) -> dict:
     """Evaluate every method, write gold/eval_metrics and reports/<as_of>/; ``log_metrics(version, metrics)`` gets a flat copy."""
-    from hmrec import schemas, storage
+    from hmrec.lake import schemas, storage
 
     k = cfg.evaluate.k
     with stage("evaluate") as summary:
@@ -355,15 +358,13 @@ def run_evaluation(
         doc = metrics_document(as_of, k, version, results, curves)
 
         rows = metric_rows(as_of, version, results)
-        quoted = version.replace("'", "''")
-        storage.write(
+        storage.write_partition(
             spark.createDataFrame(rows, schemas.EVAL_METRICS),
             cfg,
-            "gold/eval_metrics",
-            mode="overwrite",
-            replace_where=f"as_of = '{as_of.isoformat()}' AND model_version = '{quoted}'",
-            partition_by=["as_of"],
+            tables.EVAL_METRICS,
+            as_of,
             metadata={"as_of": as_of.isoformat(), "model_version": version},
+            model_version=version,
         )
         report_dir = Path(cfg.lakehouse) / "reports" / as_of.isoformat()
         write_report(report_dir, doc, results, curves, k)
@@ -388,7 +389,7 @@ def evaluate(cfg: Config, spark: "SparkSession", as_of: dt.date, model_version: 
     """The ``hmrec evaluate`` stage; metrics also go to the model version's MLflow run."""
 
     def to_registry(version: str, values: dict[str, float]) -> None:
-        from hmrec import registry
+        from hmrec.model import registry
 
         try:
             registry.log_metrics(cfg, version, values)

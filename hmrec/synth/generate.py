@@ -37,7 +37,7 @@ import numpy as np
 from hmrec.config import Config, GenerateConfig
 from hmrec.errors import HmrecError
 from hmrec.progress import log, stage
-from hmrec.schemas import ARTICLE_COLUMNS, CUSTOMER_COLUMNS, TRANSACTION_COLUMNS
+from hmrec.lake.schemas import ARTICLE_COLUMNS, CUSTOMER_COLUMNS, TRANSACTION_COLUMNS
 
 STAGE = "generate"
 OUTPUT_FILES = ("articles.csv", "customers.csv", "transactions_train.csv", "planted/customer_segments.csv",
@@ -1146,7 +1146,7 @@ def _write_transactions(path: Path, sim: _Simulation, start: dt.date, n_days: in
     planned = int(sim.cust.n_items.sum())
     if total != planned:
         raise HmrecError(f"transactions_train.csv: wrote {total} rows but planned {planned}; "
-                         f"this is a bug in hmrec.generate, please report it with the scale and seed")
+                         f"this is a bug in hmrec.synth.generate, please report it with the scale and seed")
     return tmp, total
 
 

@@ -1,4 +1,4 @@
-"""Ingest: the three H&M CSV files into bronze Delta tables, bad rows into bronze/rejects.
+"""Ingest: the three H&M CSV files into the bronze Delta tables, bad rows into ``tables.REJECTS``.
 
     hmrec ingest --data DIR
     spark-submit jobs/ingest.py --data DIR      (with the Delta --packages shown in jobs/ingest.py)
@@ -33,9 +33,10 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from hmrec import schemas, storage
 from hmrec.config import Config, ConfigError
 from hmrec.errors import InputError
+from hmrec.lake import schemas, storage, tables
+from hmrec.lake.tables import Table
 from hmrec.progress import log, stage
 
 STAGE = "ingest"
@@ -43,28 +44,23 @@ CORRUPT = "_corrupt_record"
 REJECT = "_reject"  # struct<rule, reason>; null for a row that passes every check
 
 TABLES = {
-    "articles": "bronze/articles",
-    "customers": "bronze/customers",
-    "transactions": "bronze/transactions",
+    "articles": tables.ARTICLES,
+    "customers": tables.CUSTOMERS,
+    "transactions": tables.TRANSACTIONS,
 }
-REJECTS_TABLE = "bronze/rejects"
-BRONZE_SCHEMAS = {
-    "articles": schemas.ARTICLES,
-    "customers": schemas.CUSTOMERS,
-    "transactions": schemas.TRANSACTIONS,
-}
+REJECTS_TABLE = tables.REJECTS
 
 # What must never enter bronze, whatever writes to it.
-CONSTRAINTS: dict[str, dict[str, str]] = {
-    "bronze/transactions": {
+CONSTRAINTS: dict[Table, dict[str, str]] = {
+    tables.TRANSACTIONS: {
         "price_non_negative": "price >= 0",
         "sales_channel_known": "sales_channel_id IN (1, 2)",
         "article_id_length": "length(article_id) = 10",
         "customer_id_length": "length(customer_id) = 64",
         "t_dat_present": "t_dat IS NOT NULL",
     },
-    "bronze/articles": {"article_id_length": "length(article_id) = 10"},
-    "bronze/customers": {"customer_id_length": "length(customer_id) = 64"},
+    tables.ARTICLES: {"article_id_length": "length(article_id) = 10"},
+    tables.CUSTOMERS: {"customer_id_length": "length(customer_id) = 64"},
 }
 
 ARTICLE_ID_RE = r"^[0-9]{10}$"
@@ -446,17 +442,17 @@ def fingerprint(cfg: Config, inputs: dict[str, dict]) -> dict:
     }
 
 
-def _last_ingests(spark: SparkSession, cfg: Config) -> dict[str, dict | None]:
+def _last_ingests(spark: SparkSession, cfg: Config) -> dict[Table, dict | None]:
     """Commit metadata of each table's latest version (None: missing or not written by ingest)."""
-    out: dict[str, dict | None] = {}
-    for name in [*TABLES.values(), REJECTS_TABLE]:
-        meta = storage.last_metadata(spark, cfg, name)
-        out[name] = meta if meta and meta.get("stage") == STAGE else None
+    out: dict[Table, dict | None] = {}
+    for table in [*TABLES.values(), REJECTS_TABLE]:
+        meta = storage.last_metadata(spark, cfg, table)
+        out[table] = meta if meta and meta.get("stage") == STAGE else None
     return out
 
 
-def _empty(spark: SparkSession, cfg: Config, name: str) -> bool:
-    return storage.exists(spark, cfg, name) and storage.read(spark, cfg, name).limit(1).count() == 0
+def _empty(spark: SparkSession, cfg: Config, table: Table) -> bool:
+    return storage.exists(spark, cfg, table) and storage.read(spark, cfg, table).limit(1).count() == 0
 
 
 def _settings(cfg: Config) -> tuple[dt.date, StorageLevel]:
@@ -491,8 +487,8 @@ def ingest(cfg: Config, spark: SparkSession, data_dir: str) -> dict:
             (meta is not None and meta.get("fingerprint") == fp)
             # Delta makes no commit when an empty rejects set replaces an
             # empty table, so that table may carry no ingest metadata.
-            or (name == REJECTS_TABLE and meta is None and _empty(spark, cfg, name))
-            for name, meta in previous.items()
+            or (table == REJECTS_TABLE and meta is None and _empty(spark, cfg, table))
+            for table, meta in previous.items()
         ):
             summary["skipped"] = True
             log(STAGE, f"input files in {data_dir} unchanged since the last ingest; nothing written")
@@ -504,7 +500,7 @@ def ingest(cfg: Config, spark: SparkSession, data_dir: str) -> dict:
                 check_header(name, found, [c for c, _ in cols])
                 headers[key] = found
             # A table whose last commit is an ingest's already has its constraints.
-            to_create = [name for name, meta in previous.items() if meta is None]
+            to_create = [table for table, meta in previous.items() if meta is None]
             _load(cfg, spark, inputs, headers, fp, min_date, level, to_create, summary, by_reason)
     return {**summary, "rejected_by_reason": by_reason}
 
@@ -517,7 +513,7 @@ def _load(
     fp: dict,
     min_date: dt.date,
     level: StorageLevel,
-    to_create: list[str],
+    to_create: list[Table],
     summary: dict,
     by_reason: dict[str, dict[str, int]],
 ) -> None:
@@ -534,7 +530,7 @@ def _load(
         good: dict[str, DataFrame] = {}
         rejected: list[DataFrame] = []
         for key, check in (("articles", check_articles), ("customers", check_customers)):
-            good[key], rej = split_checked(keep(check(raw[key])), BRONZE_SCHEMAS[key], sources[key], ingested_at)
+            good[key], rej = split_checked(keep(check(raw[key])), TABLES[key].schema, sources[key], ingested_at)
             rejected.append(rej)
         valid_customers = good["customers"].count()
         broadcast_customers = valid_customers <= cfg.ingest.broadcast_max_customers
@@ -559,13 +555,11 @@ def _load(
         for row in rejects.groupBy("source", "rule").count().collect():
             by_reason.setdefault(names[row["source"]], {})[row["rule"]] = int(row["count"])
 
-        table_schemas = {**{TABLES[key]: BRONZE_SCHEMAS[key] for key in TABLES}, REJECTS_TABLE: schemas.REJECTS}
-        for name in to_create:
-            storage.ensure_table(spark, cfg, name, table_schemas[name], constraints=CONSTRAINTS.get(name))
+        for table in to_create:
+            storage.ensure_table(spark, cfg, table, constraints=CONSTRAINTS.get(table))
         meta = {"stage": STAGE, "fingerprint": fp}
         for key, table in TABLES.items():
-            storage.write(good[key], cfg, table, metadata=meta)
-            written = storage.last_operation_metrics(spark, cfg, table).get("numOutputRows", 0)
+            written = storage.write(good[key], cfg, table, metadata=meta)
             file_name = schemas.INPUT_FILES[key][0]
             n_rejected = sum(by_reason.get(file_name, {}).values())
             summary[f"{key}_read"] = written + n_rejected
@@ -574,8 +568,9 @@ def _load(
             detail = ", ".join(f"{rule}={n}" for rule, n in sorted(by_reason.get(file_name, {}).items()))
             detail = f" ({detail})" if detail else ""
             log(STAGE, f"{file_name}: wrote {written} rows to {table}, rejected {n_rejected}{detail}")
-        storage.write(rejects.select(*schemas.REJECTS.fieldNames()), cfg, REJECTS_TABLE, metadata=meta)
-        summary["rejects_written"] = storage.last_operation_metrics(spark, cfg, REJECTS_TABLE).get("numOutputRows", 0)
+        summary["rejects_written"] = storage.write(
+            rejects.select(*schemas.REJECTS.fieldNames()), cfg, REJECTS_TABLE, metadata=meta
+        )
     finally:
         for df in persisted:
             df.unpersist()

@@ -2,11 +2,12 @@
 
     hmrec features [--as-of YYYY-MM-DD]
 
-writes ``silver/customer_index`` and ``silver/article_index`` (dense ints from
-0, appended to and never renumbered), ``silver/interactions`` (every bronze
-transaction with both indices) and, for one as-of date, ``gold/user_features``
-and ``gold/item_features``. Features see only interactions strictly before the
-as-of date, so the week after it can serve as an honest holdout.
+writes the id maps ``tables.CUSTOMER_INDEX`` and ``tables.ARTICLE_INDEX``
+(dense ints from 0, appended to and never renumbered), ``tables.INTERACTIONS``
+(every bronze transaction with both indices) and, for one as-of date,
+``tables.USER_FEATURES`` and ``tables.ITEM_FEATURES``. Features see only
+interactions strictly before the as-of date, so the weeks after it can judge
+the model honestly.
 
 Each grain is aggregated in one pass: a customer's whole purchase history is
 collected as one array of (date, article, product group) structs, from which
@@ -23,18 +24,16 @@ import datetime as dt
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from pyspark.sql.types import StringType, StructType
+from pyspark.sql.types import StringType
 
-from hmrec import schemas, storage
 from hmrec.config import Config
 from hmrec.errors import HmrecError
+from hmrec.etl.segments import age_bucket, check_buckets
+from hmrec.etl.split import window
+from hmrec.lake import schemas, storage, tables
+from hmrec.lake.tables import Table
 from hmrec.progress import log, stage
 
-CUSTOMER_INDEX = "silver/customer_index"
-ARTICLE_INDEX = "silver/article_index"
-INTERACTIONS = "silver/interactions"
-USER_FEATURES = "gold/user_features"
-ITEM_FEATURES = "gold/item_features"
 
 # Days since the last purchase of a customer who never bought (about ten years):
 # far beyond any real gap, so the feature still orders customers by recency.
@@ -44,47 +43,6 @@ NEVER_BOUGHT_DAYS = 3650
 # Fixed rather than learnt from the data so a code means the same thing at every as-of.
 CLUB_STATUS_CODES = {"ACTIVE": 1, "PRE-CREATE": 2, "LEFT CLUB": 3}
 NEWS_FREQ_CODES = {"NONE": 1, "MONTHLY": 2, "REGULARLY": 3}
-
-UNKNOWN_SEGMENT = "age_unknown"
-
-
-# ---- age buckets and segment labels (the one definition every stage uses) ---
-
-
-def _check_buckets(buckets: list[int]) -> None:
-    if len(buckets) < 2 or any(lo >= hi for lo, hi in zip(buckets, buckets[1:])):
-        raise HmrecError(
-            f"config key features.age_buckets must be at least two increasing ages, got {buckets!r}; "
-            "fix it in your config file or with --set features.age_buckets=[0,25,35,45,55,65,200]"
-        )
-
-
-def age_bucket(age_col: Column, buckets: list[int]) -> Column:
-    """Bucket code of an age: i (1..len(buckets)-1) when buckets[i-1] <= age < buckets[i], else 0."""
-    _check_buckets(buckets)
-    expr = None
-    for i in range(1, len(buckets)):
-        cond = (age_col >= F.lit(buckets[i - 1])) & (age_col < F.lit(buckets[i]))
-        expr = F.when(cond, F.lit(i)) if expr is None else expr.when(cond, F.lit(i))
-    # A null age makes every condition null, which falls through to 0 (unknown).
-    return expr.otherwise(F.lit(0)).cast("int")
-
-
-def segment_labels(buckets: list[int]) -> list[str]:
-    """Segment label of every age bucket code, indexed by code: ['age_unknown', 'age_0_24', ...]."""
-    _check_buckets(buckets)
-    return [UNKNOWN_SEGMENT] + [f"age_{lo}_{hi - 1}" for lo, hi in zip(buckets, buckets[1:])]
-
-
-def age_segment(age_bucket_col: Column, buckets: list[int]) -> Column:
-    """Label of an age bucket code: 'age_<lo>_<hi-1>' for codes 1..n, 'age_unknown' for 0 (or any other)."""
-    labels = segment_labels(buckets)
-    expr = None
-    for code in range(1, len(labels)):
-        cond = age_bucket_col == F.lit(code)
-        expr = F.when(cond, F.lit(labels[code])) if expr is None else expr.when(cond, F.lit(labels[code]))
-    return expr.otherwise(F.lit(UNKNOWN_SEGMENT))
-
 
 # ---- id maps ------------------------------------------------------------------
 
@@ -119,12 +77,7 @@ def index_interactions(
     out = transactions.join(customers.select("customer_id", "customer_idx"), "customer_id").join(
         F.broadcast(article_index.select("article_id", "article_idx")), "article_id"
     )
-    return conform(out, schemas.INTERACTIONS)
-
-
-def conform(df: DataFrame, schema: StructType) -> DataFrame:
-    """Exactly the columns of ``schema``, in its order, cast to its types."""
-    return df.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
+    return schemas.conform(out, schemas.INTERACTIONS)
 
 
 # ---- item features ------------------------------------------------------------
@@ -165,10 +118,6 @@ def item_codes(articles: DataFrame, article_index: DataFrame, vocab: dict[str, l
     return coded.join(F.broadcast(article_index.select("article_id", "article_idx")), "article_id")
 
 
-def _before(interactions: DataFrame, as_of: dt.date) -> DataFrame:
-    return interactions.where(F.col("t_dat") < F.lit(as_of))
-
-
 def _check_recent_days(recent_days: list[int]) -> tuple[int, int]:
     if len(recent_days) != 2 or any(not isinstance(d, int) or d <= 0 for d in recent_days):
         raise HmrecError(
@@ -183,7 +132,7 @@ def item_features(codes: DataFrame, interactions: DataFrame, as_of: dt.date, rec
     short, long = _check_recent_days(recent_days)
     t = F.col("t_dat")
     sales = (
-        _before(interactions, as_of)
+        window(interactions, as_of)
         .groupBy("article_idx")
         .agg(
             F.sum(F.when(t >= F.date_sub(F.lit(as_of), short), 1).otherwise(0)).alias("sales_7d"),
@@ -207,7 +156,7 @@ def item_features(codes: DataFrame, interactions: DataFrame, as_of: dt.date, rec
         F.coalesce("price_std", F.lit(0.0)).alias("price_std"),
         F.coalesce(F.datediff(F.lit(as_of), F.col("first_sale")), F.lit(-1)).alias("days_since_first_sale"),
     )
-    return conform(out, schemas.ITEM_FEATURES)
+    return schemas.conform(out, schemas.ITEM_FEATURES)
 
 
 # ---- user features ------------------------------------------------------------
@@ -257,7 +206,7 @@ def user_features(
     if last_n <= 0:
         raise HmrecError(f"config key features.last_n must be positive, got {last_n}; e.g. --set features.last_n=12")
     groups = F.broadcast(codes.select("article_idx", F.col("product_group_name_code").alias("pg")))
-    bought = _before(interactions, as_of).join(groups, "article_idx", "left")
+    bought = window(interactions, as_of).join(groups, "article_idx", "left")
     n = F.count(F.lit(1))
     stats = bought.groupBy("customer_idx").agg(
         n.alias("n"),
@@ -310,7 +259,23 @@ def user_features(
         F.coalesce("category_shares", zero_shares).alias("category_shares"),
         F.coalesce("last_articles", F.array().cast("array<int>")).alias("last_articles"),
     )
-    return conform(out, schemas.USER_FEATURES)
+    return schemas.conform(out, schemas.USER_FEATURES)
+
+
+def purchase_lists(rows: DataFrame, key: str, item: str, keep: int) -> DataFrame:
+    """(``key``, last_purchase, history) of every buyer in ``rows``.
+
+    ``history`` holds the buyer's distinct ``item`` values, most recently
+    bought first (ties: bought more often, then the higher value), at most
+    ``keep``; ``last_purchase`` is the buyer's last t_dat. The repurchase lists
+    of scoring and of the evaluation's baseline are both made here.
+    """
+    per_item = rows.groupBy(key, item).agg(F.max("t_dat").alias("last"), F.count(F.lit(1)).alias("n"))
+    ordered = F.sort_array(F.collect_list(F.struct("last", "n", item)), asc=False)
+    return per_item.groupBy(key).agg(
+        F.max("last").alias("last_purchase"),
+        F.transform(F.slice(ordered, 1, keep), lambda s: s[item]).alias("history"),
+    )
 
 
 # ---- the job --------------------------------------------------------------------
@@ -321,26 +286,25 @@ def default_as_of(interactions: DataFrame) -> dt.date:
     last = interactions.agg(F.max("t_dat")).first()[0]
     if last is None:
         raise HmrecError(
-            "bronze/transactions has no row with a t_dat, so there is no default as-of date; "
+            f"{tables.TRANSACTIONS} has no row with a t_dat, so there is no default as-of date; "
             "ingest transactions_train.csv first or pass --as-of YYYY-MM-DD"
         )
     return last + dt.timedelta(days=1)
 
 
-def update_index(spark: SparkSession, cfg: Config, name: str, ids: DataFrame, id_col: str, idx_col: str,
-                 schema: StructType) -> int:
-    """Append the ids that ``name`` lacks in one commit; returns how many were added."""
-    if storage.exists(spark, cfg, name):
-        existing = storage.read(spark, cfg, name)
+def update_index(spark: SparkSession, cfg: Config, table: Table, ids: DataFrame, id_col: str, idx_col: str) -> int:
+    """Append the ids that the id map ``table`` lacks in one commit; returns how many were added."""
+    if storage.exists(spark, cfg, table):
+        existing = storage.read(spark, cfg, table)
     else:
-        existing = spark.createDataFrame([], schema)
+        existing = spark.createDataFrame([], table.schema)
     new = new_index_entries(ids, existing, id_col, idx_col).cache()
     try:
         added = new.count()
         if added:
-            storage.write(conform(new, schema), cfg, name, mode="append")
-        elif not storage.exists(spark, cfg, name):
-            storage.write(spark.createDataFrame([], schema), cfg, name, mode="append")
+            storage.write(schemas.conform(new, table.schema), cfg, table, mode="append")
+        elif not storage.exists(spark, cfg, table):
+            storage.write(spark.createDataFrame([], table.schema), cfg, table, mode="append")
     finally:
         new.unpersist()
     return added
@@ -352,21 +316,21 @@ def build_features(cfg: Config, spark: SparkSession, as_of: dt.date | None) -> d
     ``as_of`` None means the day after the last transaction. Returns the stage summary.
     """
     fc = cfg.features
-    _check_buckets(fc.age_buckets)
+    check_buckets(fc.age_buckets)
     _check_recent_days(fc.recent_days)
     with stage("features") as summary:
-        customers = storage.read(spark, cfg, "bronze/customers")
-        articles = storage.read(spark, cfg, "bronze/articles")
-        transactions = storage.read(spark, cfg, "bronze/transactions")
+        customers = storage.read(spark, cfg, tables.CUSTOMERS)
+        articles = storage.read(spark, cfg, tables.ARTICLES)
+        transactions = storage.read(spark, cfg, tables.TRANSACTIONS)
 
         summary["customers_new"] = update_index(
-            spark, cfg, CUSTOMER_INDEX, customers, "customer_id", "customer_idx", schemas.CUSTOMER_INDEX
+            spark, cfg, tables.CUSTOMER_INDEX, customers, "customer_id", "customer_idx"
         )
         summary["articles_new"] = update_index(
-            spark, cfg, ARTICLE_INDEX, articles, "article_id", "article_idx", schemas.ARTICLE_INDEX
+            spark, cfg, tables.ARTICLE_INDEX, articles, "article_id", "article_idx"
         )
-        customer_index = storage.read(spark, cfg, CUSTOMER_INDEX)
-        article_index = storage.read(spark, cfg, ARTICLE_INDEX)
+        customer_index = storage.read(spark, cfg, tables.CUSTOMER_INDEX)
+        article_index = storage.read(spark, cfg, tables.ARTICLE_INDEX)
         n_index = customer_index.count()
         log("features", f"id maps: {n_index} customers (+{summary['customers_new']}), "
                         f"+{summary['articles_new']} articles")
@@ -376,26 +340,26 @@ def build_features(cfg: Config, spark: SparkSession, as_of: dt.date | None) -> d
         # The versions the interactions are made from: when none changed since the
         # last run (features for another as-of on the same data), they are reused.
         sources = {
-            "transactions_version": storage.version(spark, cfg, "bronze/transactions"),
-            "customer_index_version": storage.version(spark, cfg, CUSTOMER_INDEX),
-            "article_index_version": storage.version(spark, cfg, ARTICLE_INDEX),
+            "transactions_version": storage.version(spark, cfg, tables.TRANSACTIONS),
+            "customer_index_version": storage.version(spark, cfg, tables.CUSTOMER_INDEX),
+            "article_index_version": storage.version(spark, cfg, tables.ARTICLE_INDEX),
         }
-        if storage.exists(spark, cfg, INTERACTIONS) and storage.last_metadata(spark, cfg, INTERACTIONS) == sources:
-            log("features", f"{INTERACTIONS} is up to date with bronze/transactions and the id maps, reused")
+        if storage.exists(spark, cfg, tables.INTERACTIONS) and storage.last_metadata(spark, cfg, tables.INTERACTIONS) == sources:
+            log("features", f"{tables.INTERACTIONS} is up to date with {tables.TRANSACTIONS} and the id maps, reused")
             summary["interactions_reused"] = True
+            n_interactions = storage.read(spark, cfg, tables.INTERACTIONS).count()
         else:
             interactions = index_interactions(
                 transactions, customer_index, article_index,
                 broadcast_customers=n_index <= fc.broadcast_max_customers,
             )
-            storage.write(interactions, cfg, INTERACTIONS, metadata=sources)
+            n_interactions = storage.write(interactions, cfg, tables.INTERACTIONS, metadata=sources)
             summary["interactions_reused"] = False
-        interactions = storage.read(spark, cfg, INTERACTIONS)
-        n_interactions = interactions.count()
+        interactions = storage.read(spark, cfg, tables.INTERACTIONS)
         summary["interactions"] = n_interactions
         if n_interactions < rows_in:
             log("features", f"WARNING: {rows_in - n_interactions} of {rows_in} transactions name a customer_id "
-                            "or article_id missing from bronze/customers or bronze/articles and were left out")
+                            f"or article_id missing from {tables.CUSTOMERS} or {tables.ARTICLES} and were left out")
 
         if as_of is None:
             as_of = default_as_of(interactions)
@@ -407,16 +371,14 @@ def build_features(cfg: Config, spark: SparkSession, as_of: dt.date | None) -> d
         try:
             lineage = {"as_of": as_of.isoformat()}
             items = item_features(codes, interactions, as_of, fc.recent_days)
-            storage.write_as_of(items, cfg, ITEM_FEATURES, as_of, metadata=lineage)
+            summary["item_rows"] = storage.write_partition(items, cfg, tables.ITEM_FEATURES, as_of, metadata=lineage)
             users = user_features(
                 customers, customer_index, interactions, codes, as_of,
                 n_groups=len(vocab["product_group_name"]), last_n=fc.last_n, age_buckets=fc.age_buckets,
             )
-            storage.write_as_of(users, cfg, USER_FEATURES, as_of, metadata=lineage)
+            summary["user_rows"] = storage.write_partition(users, cfg, tables.USER_FEATURES, as_of, metadata=lineage)
         finally:
             codes.unpersist()
-        summary["item_rows"] = storage.read_as_of(spark, cfg, ITEM_FEATURES, as_of).count()
-        summary["user_rows"] = storage.read_as_of(spark, cfg, USER_FEATURES, as_of).count()
         summary["rows_written"] = (0 if summary["interactions_reused"] else n_interactions) + (
             summary["item_rows"] + summary["user_rows"])
     return dict(summary)

@@ -2,8 +2,8 @@
 
     hmrec popularity --as-of YYYY-MM-DD
 
-writes the as-of partition of ``gold/popularity``: for segment ``global`` and
-for every age segment of :func:`hmrec.features.segment_labels`, the ``top_n``
+writes the as-of partition of ``tables.POPULARITY``: for segment ``global`` and
+for every age segment of :func:`hmrec.etl.segments.segment_labels`, the ``top_n``
 articles ranked by purchases in the ``window_days`` days before the as-of
 (ties by article_id). A segment with fewer items bought in the window is
 filled from its purchases over all history before the as-of, then from the
@@ -19,32 +19,14 @@ import datetime as dt
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from hmrec import schemas, storage
 from hmrec.config import Config
 from hmrec.errors import HmrecError
-from hmrec.features import (
-    ARTICLE_INDEX,
-    CUSTOMER_INDEX,
-    INTERACTIONS,
-    UNKNOWN_SEGMENT,
-    age_bucket,
-    age_segment,
-    conform,
-    segment_labels,
-)
+from hmrec.etl.segments import UNKNOWN_SEGMENT, customer_segments, segment_labels
+from hmrec.etl.split import window
+from hmrec.lake import schemas, storage, tables
 from hmrec.progress import stage
 
-POPULARITY = "gold/popularity"
 GLOBAL = "global"
-
-
-def customer_segments(customers: DataFrame, customer_index: DataFrame, age_buckets: list[int]) -> DataFrame:
-    """customer_idx and the age segment label of every customer in ``customers``."""
-    return (
-        customers.dropDuplicates(["customer_id"])
-        .join(customer_index.select("customer_id", "customer_idx"), "customer_id")
-        .select("customer_idx", age_segment(age_bucket(F.col("age"), age_buckets), age_buckets).alias("segment"))
-    )
 
 
 def segment_purchases(interactions: DataFrame, segments: DataFrame, broadcast_segments: bool) -> DataFrame:
@@ -124,11 +106,11 @@ def rank_popularity(
             F.lit(GLOBAL).alias("segment"), F.col("grank").alias("rank"), "article_id", "article_idx", "w"
         )
     )
-    return conform(out.withColumn("as_of", F.lit(as_of)).withColumn("score", F.col("w")), schemas.POPULARITY)
+    return schemas.conform(out.withColumn("as_of", F.lit(as_of)).withColumn("score", F.col("w")), schemas.POPULARITY)
 
 
 def popularity(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
-    """Write the ``as_of`` partition of gold/popularity; returns the stage summary."""
+    """Write the ``as_of`` partition of the popularity table; returns the stage summary."""
     pc = cfg.popularity
     if pc.window_days <= 0 or pc.top_n <= 0:
         raise HmrecError(
@@ -137,13 +119,13 @@ def popularity(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
         )
     buckets = cfg.features.age_buckets
     with stage("popularity") as summary:
-        interactions = storage.read(spark, cfg, INTERACTIONS)
-        customers = storage.read(spark, cfg, "bronze/customers")
-        customer_index = storage.read(spark, cfg, CUSTOMER_INDEX)
-        articles = storage.read(spark, cfg, "bronze/articles")
-        article_index = storage.read(spark, cfg, ARTICLE_INDEX)
+        interactions = storage.read(spark, cfg, tables.INTERACTIONS)
+        customers = storage.read(spark, cfg, tables.CUSTOMERS)
+        customer_index = storage.read(spark, cfg, tables.CUSTOMER_INDEX)
+        articles = storage.read(spark, cfg, tables.ARTICLES)
+        article_index = storage.read(spark, cfg, tables.ARTICLE_INDEX)
 
-        before = interactions.where(F.col("t_dat") < F.lit(as_of))
+        before = window(interactions, as_of)
         summary["rows_in"] = before.count()
         summary["as_of"] = as_of.isoformat()
         n_customers = customer_index.count()
@@ -153,10 +135,12 @@ def popularity(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
         )
         catalogue = articles.select("article_id").distinct().join(article_index, "article_id")
         ranked = rank_popularity(purchases, catalogue, as_of, pc.window_days, pc.top_n, segment_labels(buckets))
-        storage.write_as_of(ranked, cfg, POPULARITY, as_of, metadata={"as_of": as_of.isoformat()})
-        written = storage.read_as_of(spark, cfg, POPULARITY, as_of)
+        summary["rows_written"] = storage.write_partition(
+            ranked, cfg, tables.POPULARITY, as_of, metadata={"as_of": as_of.isoformat()}
+        )
+        # The list lengths need the written rows themselves: one small aggregate over this partition.
+        written = storage.read_as_of(spark, cfg, tables.POPULARITY, as_of)
         per_segment = {r["segment"]: r["count"] for r in written.groupBy("segment").count().collect()}
-        summary["rows_written"] = sum(per_segment.values())
         summary["segments"] = len(per_segment)
         summary["min_items_per_segment"] = min(per_segment.values(), default=0)
     return dict(summary)

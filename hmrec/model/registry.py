@@ -3,7 +3,7 @@
 A registered version of ``cfg.paths.registered_model`` points at the plain
 artifact directory ``model/`` of its training run, which holds
 
-* ``model.pt``: the state dict of :class:`hmrec.two_tower.TwoTower`;
+* ``model.pt``: the state dict of :class:`hmrec.model.two_tower.TwoTower`;
 * ``meta.json``: the model's constructor arguments, the resolved config, the
   as-of date, the Delta versions of the tables it was trained on and the
   feature column lists it expects.
@@ -28,10 +28,10 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from hmrec import schemas
+from hmrec.lake import schemas
 from hmrec.config import Config
 from hmrec.errors import HmrecError
-from hmrec.two_tower import TwoTower, build_model
+from hmrec.model.two_tower import TwoTower, build_model
 
 MODEL_DIR = "model"
 WEIGHTS_FILE = "model.pt"
@@ -245,7 +245,7 @@ def load_model(cfg: Config, model_version: str | None = None, as_of: dt.date | N
         if meta.get("feature_columns", {}).get(key) != expected:
             raise HmrecError(
                 f"model version {version} was trained with {key} {meta.get('feature_columns', {}).get(key)} "
-                f"but hmrec.schemas now has {expected}; retrain with `hmrec train`"
+                f"but hmrec.lake.schemas now has {expected}; retrain with `hmrec train`"
             )
     model = build_model(meta["model_args"])
     model.load_state_dict(state)

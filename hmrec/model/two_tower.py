@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hmrec import schemas
+from hmrec.lake import schemas
 
 USER_ID = "customer_idx"
 ITEM_ID = "article_idx"

@@ -21,6 +21,7 @@ from typing import Iterator
 import psutil
 
 from hmrec.config import Config, load_config
+from hmrec.lake import tables
 
 RESULTS_DIR = Path("bench/results")
 DATA_ROOT = Path("bench/out")
@@ -116,7 +117,7 @@ def bench_cfg(scale: float, overrides: list[str]) -> Config:
 
 def data_dir(cfg: Config, scale: float, seed: int, rows: list[dict]) -> str:
     """Generated data for this scale, made once and reused by later benchmarks."""
-    from hmrec.generate import generate
+    from hmrec.synth.generate import generate
 
     out = DATA_ROOT / f"data-scale{scale:g}-seed{seed}"
     if not (out / "transactions_train.csv").exists():
@@ -130,12 +131,12 @@ AS_OF = dt.date(2020, 9, 16)
 
 
 def bench_etl(scale: float, seed: int, overrides: list[str]) -> None:
-    from hmrec import storage
-    from hmrec.features import build_features
-    from hmrec.ingest import ingest
-    from hmrec.popularity import popularity
-    from hmrec.spark import get_spark
-    from hmrec.split import split
+    from hmrec.lake import storage
+    from hmrec.etl.features import build_features
+    from hmrec.etl.ingest import ingest
+    from hmrec.etl.popularity import popularity
+    from hmrec.lake.spark import get_spark
+    from hmrec.etl.split import split
 
     cfg = bench_cfg(scale, overrides)
     rows: list[dict] = []
@@ -147,7 +148,7 @@ def bench_etl(scale: float, seed: int, overrides: list[str]) -> None:
     spark = get_spark(cfg)
     with timed(rows, "ingest"):
         ingest(cfg, spark, data_dir=data)
-    n_tx = storage.read(spark, cfg, "bronze/transactions").count()
+    n_tx = storage.read(spark, cfg, tables.TRANSACTIONS).count()
     rows[-1]["n"] = n_tx
     rows[-1]["per_s"] = round(n_tx / rows[-1]["seconds"], 1)
     for name, fn in [
@@ -166,17 +167,17 @@ def bench_etl(scale: float, seed: int, overrides: list[str]) -> None:
 
 def prepared(scale: float, seed: int, overrides: list[str], rows: list[dict]):
     """(cfg, spark) with ingest → popularity done for AS_OF on this scale's data (reused when present)."""
-    from hmrec import storage
-    from hmrec.features import build_features
-    from hmrec.ingest import ingest
-    from hmrec.popularity import popularity
-    from hmrec.spark import get_spark
-    from hmrec.split import split
+    from hmrec.lake import storage
+    from hmrec.etl.features import build_features
+    from hmrec.etl.ingest import ingest
+    from hmrec.etl.popularity import popularity
+    from hmrec.lake.spark import get_spark
+    from hmrec.etl.split import split
 
     cfg = bench_cfg(scale, overrides)
     data = data_dir(cfg, scale, seed, rows)
     spark = get_spark(cfg)
-    if not storage.has_as_of(spark, cfg, "gold/popularity", AS_OF):
+    if not storage.has_as_of(spark, cfg, tables.POPULARITY, AS_OF):
         with timed(rows, "etl (ingest..popularity)"):
             ingest(cfg, spark, data_dir=data)
             build_features(cfg, spark, as_of=AS_OF)
@@ -186,15 +187,15 @@ def prepared(scale: float, seed: int, overrides: list[str], rows: list[dict]):
 
 
 def bench_train(scale: float, seed: int, overrides: list[str]) -> None:
-    from hmrec import storage
-    from hmrec.registry import load_model
-    from hmrec.train import compute_dtype_name, loader_throughput, synthetic_model_args, train, trainer_throughput
+    from hmrec.lake import storage
+    from hmrec.model.registry import load_model
+    from hmrec.train.job import compute_dtype_name, loader_throughput, synthetic_model_args, train, trainer_throughput
 
     rows: list[dict] = []
     # one epoch over the whole training window unless --set train.train_days=N says otherwise
     cfg, spark = prepared(scale, seed, ["train.epochs=1", "train.train_days=0", *overrides], rows)
-    n_users = storage.read_as_of(spark, cfg, "gold/user_features", AS_OF).count()
-    n_items = storage.read_as_of(spark, cfg, "gold/item_features", AS_OF).count()
+    n_users = storage.read_as_of(spark, cfg, tables.USER_FEATURES, AS_OF).count()
+    n_items = storage.read_as_of(spark, cfg, tables.ITEM_FEATURES, AS_OF).count()
     with timed(rows, "petastorm loader alone") as loader:
         loader["per_s"] = round(loader_throughput(cfg, spark, AS_OF, max_batches=10**9), 1)
     with timed(rows, "trainer from memory") as trainer:
@@ -218,8 +219,8 @@ def bench_train(scale: float, seed: int, overrides: list[str]) -> None:
 
 def trained(cfg, spark, rows: list[dict]) -> str:
     """The latest model version for AS_OF, training one epoch first if there is none."""
-    from hmrec.registry import latest_version
-    from hmrec.train import train
+    from hmrec.model.registry import latest_version
+    from hmrec.train.job import train
 
     version = latest_version(cfg, AS_OF)
     if version is None:
@@ -231,18 +232,18 @@ def trained(cfg, spark, rows: list[dict]) -> str:
 def bench_score(scale: float, seed: int, overrides: list[str], job_kinds: tuple[str, ...] = ("hnsw", "flat")) -> None:
     import numpy as np
 
-    from hmrec import storage
-    from hmrec.index import ModelEmbedder, build_index
-    from hmrec.registry import load_model
-    from hmrec.score import embed_throughput, score, search_throughput
+    from hmrec.lake import storage
+    from hmrec.serve.index import ModelEmbedder, build_index
+    from hmrec.model.registry import load_model
+    from hmrec.serve.score import embed_throughput, score, search_throughput
 
     rows: list[dict] = []
     cfg, spark = prepared(scale, seed, ["train.epochs=1", *overrides], rows)
     version = trained(cfg, spark, rows)
     embedder = ModelEmbedder.from_loaded(load_model(cfg, version))
-    users = storage.read_as_of(spark, cfg, "gold/user_features", AS_OF).where("n_purchases > 0")
+    users = storage.read_as_of(spark, cfg, tables.USER_FEATURES, AS_OF).where("n_purchases > 0")
     sample = users.limit(200_000).toPandas()
-    items = storage.read_as_of(spark, cfg, "gold/item_features", AS_OF).toPandas()
+    items = storage.read_as_of(spark, cfg, tables.ITEM_FEATURES, AS_OF).toPandas()
     with timed(rows, "user embedding (1 process)") as row:
         res = embed_throughput(embedder, sample, cfg.score.batch_size)
         row["n"], row["per_s"] = res["users"], res["users_per_s"]
@@ -254,7 +255,7 @@ def bench_score(scale: float, seed: int, overrides: list[str], job_kinds: tuple[
                      "per_s": res["queries_per_s"], f"recall@{cfg.score.k}": res[f"recall@{cfg.score.k}"],
                      "build_s": res["build_s"]})
         print(f"[bench] {rows[-1]}", flush=True)
-    n_customers = storage.read(spark, cfg, "bronze/customers").count()
+    n_customers = storage.read(spark, cfg, tables.CUSTOMERS).count()
     for kind in job_kinds:
         kcfg = bench_cfg(scale, ["train.epochs=1", f"index.kind={kind}", *overrides])
         with timed(rows, f"index job ({kind})"):
@@ -271,9 +272,9 @@ def bench_all(scale: float, seed: int, overrides: list[str], kinds: tuple[str, .
 
     from pyspark.sql import functions as F
 
-    from hmrec import storage
-    from hmrec.als import als_top_k, train_als
-    from hmrec.evaluate import (
+    from hmrec.lake import storage
+    from hmrec.bench.als import als_top_k, train_als
+    from hmrec.evaluation.evaluate import (
         METHODS,
         _gather,
         _lists_by_customer,
@@ -282,9 +283,9 @@ def bench_all(scale: float, seed: int, overrides: list[str], kinds: tuple[str, .
         customer_segments,
         fill_list,
     )
-    from hmrec.index import build_index
-    from hmrec.score import score
-    from hmrec.train import train
+    from hmrec.serve.index import build_index
+    from hmrec.serve.score import score
+    from hmrec.train.job import train
 
     rows: list[dict] = []
     cfg = bench_cfg(scale, overrides)
@@ -306,7 +307,7 @@ def bench_all(scale: float, seed: int, overrides: list[str], kinds: tuple[str, .
             holdout_ids = F.broadcast(spark.createDataFrame(frame[["customer_id"]]))
             served = frame
         else:
-            recs = storage.read(spark, cfg, "gold/recommendations").where(F.col("as_of") == F.lit(AS_OF))
+            recs = storage.read(spark, cfg, tables.RECOMMENDATIONS).where(F.col("as_of") == F.lit(AS_OF))
             served = _lists_by_customer(recs.join(holdout_ids, "customer_id"), "rank", "article_id", "model").toPandas()
         lists[f"hmrec_{kind}"] = dict(zip(served["customer_id"], served["model"]))
     rows.append({"stage": "hmrec run, ingest to scoring", "seconds": round(time.perf_counter() - run_start, 2)})
@@ -318,8 +319,8 @@ def bench_all(scale: float, seed: int, overrides: list[str], kinds: tuple[str, .
         recs = als_top_k(model, k)
         recs.write.mode("overwrite").parquet(out)
         row["n"] = spark.read.parquet(out).select("customer_idx").distinct().count()
-    ids = storage.read(spark, cfg, "silver/customer_index")
-    arts = storage.read(spark, cfg, "silver/article_index")
+    ids = storage.read(spark, cfg, tables.CUSTOMER_INDEX)
+    arts = storage.read(spark, cfg, tables.ARTICLE_INDEX)
     als = (spark.read.parquet(out).join(ids, "customer_idx").join(holdout_ids, "customer_id")
            .join(arts, "article_idx").groupBy("customer_id")
            .agg(F.transform(F.sort_array(F.collect_list(F.struct("rank", "article_id"))), lambda s: s["article_id"]).alias("als"))

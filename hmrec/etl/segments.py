@@ -1,0 +1,71 @@
+"""Age segments: the one definition of age buckets and segment labels that every stage uses.
+
+A customer's age falls in bucket i (1..n) when ``buckets[i-1] <= age <
+buckets[i]`` (``features.age_buckets``), and in bucket 0 when it is unknown or
+outside them. Bucket i is labelled ``age_<lo>_<hi-1>``, bucket 0
+``age_unknown``. Popularity is counted per label, scoring falls back to the
+label's list and evaluation reports by it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from hmrec.errors import HmrecError
+
+UNKNOWN_SEGMENT = "age_unknown"
+
+
+def check_buckets(buckets: list[int]) -> None:
+    if len(buckets) < 2 or any(lo >= hi for lo, hi in zip(buckets, buckets[1:])):
+        raise HmrecError(
+            f"config key features.age_buckets must be at least two increasing ages, got {buckets!r}; "
+            "fix it in your config file or with --set features.age_buckets=[0,25,35,45,55,65,200]"
+        )
+
+
+def age_bucket(age_col: Column, buckets: list[int]) -> Column:
+    """Bucket code of an age: i (1..len(buckets)-1) when buckets[i-1] <= age < buckets[i], else 0."""
+    check_buckets(buckets)
+    expr = None
+    for i in range(1, len(buckets)):
+        cond = (age_col >= F.lit(buckets[i - 1])) & (age_col < F.lit(buckets[i]))
+        expr = F.when(cond, F.lit(i)) if expr is None else expr.when(cond, F.lit(i))
+    # A null age makes every condition null, which falls through to 0 (unknown).
+    return expr.otherwise(F.lit(0)).cast("int")
+
+
+def segment_labels(buckets: list[int]) -> list[str]:
+    """Segment label of every age bucket code, indexed by code: ['age_unknown', 'age_0_24', ...]."""
+    check_buckets(buckets)
+    return [UNKNOWN_SEGMENT] + [f"age_{lo}_{hi - 1}" for lo, hi in zip(buckets, buckets[1:])]
+
+
+def age_segment(age_bucket_col: Column, buckets: list[int]) -> Column:
+    """Label of an age bucket code: 'age_<lo>_<hi-1>' for codes 1..n, 'age_unknown' for 0 (or any other)."""
+    labels = segment_labels(buckets)
+    expr = None
+    for code in range(1, len(labels)):
+        cond = age_bucket_col == F.lit(code)
+        expr = F.when(cond, F.lit(labels[code])) if expr is None else expr.when(cond, F.lit(labels[code]))
+    return expr.otherwise(F.lit(UNKNOWN_SEGMENT))
+
+
+def customer_segments(customers: DataFrame, customer_index: DataFrame, age_buckets: list[int]) -> DataFrame:
+    """customer_idx and the age segment label of every customer in ``customers``."""
+    return (
+        customers.dropDuplicates(["customer_id"])
+        .join(customer_index.select("customer_id", "customer_idx"), "customer_id")
+        .select("customer_idx", age_segment(age_bucket(F.col("age"), age_buckets), age_buckets).alias("segment"))
+    )
+
+
+def age_labels(ages: pd.Series, buckets: list[int]) -> pd.Series:
+    """The segment label of each age of a pandas Series (NaN and out-of-range ages: 'age_unknown')."""
+    labels = np.array(segment_labels(buckets), dtype=object)
+    values = pd.to_numeric(ages, errors="coerce").to_numpy(dtype=float)
+    code = np.searchsorted(np.asarray(buckets, dtype=float), values, side="right")
+    inside = np.isfinite(values) & (code >= 1) & (code < len(buckets))
+    return pd.Series(np.where(inside, labels[np.where(inside, code, 0)], UNKNOWN_SEGMENT), index=ages.index, dtype=object)

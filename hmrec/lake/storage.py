@@ -1,0 +1,143 @@
+"""Reading and writing Delta tables through Spark: the only module that touches storage.
+
+Tables are named by their :mod:`hmrec.lake.tables` entry, which also gives
+their partitioning. ``hmrec.lake.reader`` reads them without a JVM.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from hmrec.config import Config
+from hmrec.lake.tables import Table
+
+
+def path(cfg: Config, table: Table) -> str:
+    return cfg.table_path(table.name)
+
+
+def exists(spark: SparkSession, cfg: Config, table: Table) -> bool:
+    return DeltaTable.isDeltaTable(spark, path(cfg, table))
+
+
+def read(spark: SparkSession, cfg: Config, table: Table, version: int | None = None) -> DataFrame:
+    """Read a table; a missing table is an error that names the stage to run."""
+    p = path(cfg, table)
+    if not DeltaTable.isDeltaTable(spark, p):
+        raise FileNotFoundError(
+            f"Delta table {table.name} does not exist at {p}; run `hmrec {table.writer}` "
+            f"(or `hmrec run`) first, or check paths.lakehouse"
+        )
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(p)
+
+
+def read_as_of(spark: SparkSession, cfg: Config, table: Table, as_of: dt.date) -> DataFrame:
+    """Rows of a per-cutoff table for one as-of date."""
+    return read(spark, cfg, table).where(F.col("as_of") == F.lit(as_of))
+
+
+def version(spark: SparkSession, cfg: Config, table: Table) -> int | None:
+    """Current Delta version of a table, or None if it does not exist."""
+    p = path(cfg, table)
+    if not DeltaTable.isDeltaTable(spark, p):
+        return None
+    return DeltaTable.forPath(spark, p).history(1).select("version").first()[0]
+
+
+def has_as_of(spark: SparkSession, cfg: Config, table: Table, as_of: dt.date) -> bool:
+    """Whether a per-cutoff table already holds rows for ``as_of``."""
+    if not exists(spark, cfg, table):
+        return False
+    return read_as_of(spark, cfg, table, as_of).limit(1).count() > 0
+
+
+def ensure_table(spark: SparkSession, cfg: Config, table: Table, constraints: dict[str, str] | None = None) -> None:
+    """Create the table (catalogue schema and partitioning) if it is missing and add any missing CHECK constraint."""
+    p = path(cfg, table)
+    builder = DeltaTable.createIfNotExists(spark).location(p).addColumns(table.schema)
+    if table.partition_by:
+        builder = builder.partitionedBy(*table.partition_by)
+    builder.execute()
+    if constraints:
+        props = DeltaTable.forPath(spark, p).detail().select("properties").first()[0] or {}
+        for cname, expr in constraints.items():
+            if f"delta.constraints.{cname.lower()}" not in props:
+                spark.sql(f"ALTER TABLE delta.`{p}` ADD CONSTRAINT {cname} CHECK ({expr})")
+
+
+def write(
+    df: DataFrame,
+    cfg: Config,
+    table: Table,
+    mode: str = "overwrite",
+    replace_where: str | None = None,
+    metadata: dict | None = None,
+) -> int:
+    """Write ``df`` as one atomic Delta commit, partitioned as the catalogue says; returns the rows written.
+
+    ``replace_where`` replaces just the matching rows (one as-of partition);
+    plain overwrite replaces the table, whose previous version stays readable
+    through time travel. ``metadata`` is stored as the commit's userMetadata.
+    The row count comes from the commit's operationMetrics, so nothing is
+    counted twice; a write that made no commit (nothing to change) wrote 0.
+    """
+    before = version(df.sparkSession, cfg, table)
+    writer = df.write.format("delta").mode(mode)
+    if replace_where is not None:
+        writer = writer.option("replaceWhere", replace_where)
+    if table.partition_by:
+        writer = writer.partitionBy(*table.partition_by)
+    if metadata is not None:
+        writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True, default=str))
+    writer.save(path(cfg, table))
+    if version(df.sparkSession, cfg, table) == before:
+        return 0
+    return last_operation_metrics(df.sparkSession, cfg, table).get("numOutputRows", 0)
+
+
+def _sql_literal(value: object) -> str:
+    if isinstance(value, dt.date):
+        value = value.isoformat()
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def write_partition(
+    df: DataFrame, cfg: Config, table: Table, as_of: dt.date, metadata: dict | None = None, **keys: object
+) -> int:
+    """Replace the rows of one as-of (and of ``keys``, e.g. ``model_version=...``) in one atomic commit.
+
+    Returns the rows written.
+    """
+    where = " AND ".join(f"{col} = {_sql_literal(v)}" for col, v in {"as_of": as_of, **keys}.items())
+    return write(df, cfg, table, mode="overwrite", replace_where=where, metadata=metadata)
+
+
+def last_metadata(spark: SparkSession, cfg: Config, table: Table) -> dict | None:
+    """userMetadata of the table's latest commit, parsed, or None."""
+    p = path(cfg, table)
+    if not DeltaTable.isDeltaTable(spark, p):
+        return None
+    row = DeltaTable.forPath(spark, p).history(1).select("userMetadata").first()
+    if row is None or not row[0]:
+        return None
+    try:
+        return json.loads(row[0])
+    except ValueError:
+        return None
+
+
+def last_operation_metrics(spark: SparkSession, cfg: Config, table: Table) -> dict[str, int]:
+    """operationMetrics of the table's latest commit (e.g. ``numOutputRows``) as ints.
+
+    Lets a job report how many rows it wrote without counting them again.
+    """
+    row = DeltaTable.forPath(spark, path(cfg, table)).history(1).select("operationMetrics").first()
+    metrics = (row[0] if row is not None else None) or {}
+    return {k: int(v) for k, v in metrics.items() if str(v).lstrip("-").isdigit()}

@@ -1,0 +1,80 @@
+"""The one catalogue of the lakehouse's Delta tables.
+
+Every table has one entry here: its path under ``paths.lakehouse``, its
+schema, its partition columns and the stage that writes it. Stages, the
+pipeline and the readers refer to tables only through these entries, so a
+table's name is written down once. The grain of each table is in DESIGN.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql.types import StructType
+
+from hmrec.lake import schemas
+
+
+@dataclass(frozen=True)
+class Table:
+    """A Delta table of the lakehouse."""
+
+    name: str  # path under the lakehouse root, e.g. "gold/train"
+    schema: StructType
+    writer: str  # the stage that writes it
+    partition_by: tuple[str, ...] = ()
+    # where rows of one cutoff are kept apart: an as_of partition or column
+    per_as_of: bool = False
+
+    def __str__(self) -> str:
+        return self.name
+
+
+# ---- bronze: the input files, typed -------------------------------------------------
+
+ARTICLES = Table("bronze/articles", schemas.ARTICLES, "ingest")
+CUSTOMERS = Table("bronze/customers", schemas.CUSTOMERS, "ingest")
+TRANSACTIONS = Table("bronze/transactions", schemas.TRANSACTIONS, "ingest")
+REJECTS = Table("bronze/rejects", schemas.REJECTS, "ingest")
+
+# ---- silver: stable ids and indexed interactions ------------------------------------
+
+CUSTOMER_INDEX = Table("silver/customer_index", schemas.CUSTOMER_INDEX, "features")
+ARTICLE_INDEX = Table("silver/article_index", schemas.ARTICLE_INDEX, "features")
+INTERACTIONS = Table("silver/interactions", schemas.INTERACTIONS, "features")
+
+# ---- gold: per cutoff ------------------------------------------------------------------
+
+USER_FEATURES = Table("gold/user_features", schemas.USER_FEATURES, "features", ("as_of",), per_as_of=True)
+ITEM_FEATURES = Table("gold/item_features", schemas.ITEM_FEATURES, "features", ("as_of",), per_as_of=True)
+TRAIN = Table("gold/train", schemas.SPLIT_ROWS, "split", ("as_of",), per_as_of=True)
+HOLDOUT = Table("gold/holdout", schemas.SPLIT_ROWS, "split", ("as_of",), per_as_of=True)
+POPULARITY = Table("gold/popularity", schemas.POPULARITY, "popularity", ("as_of",), per_as_of=True)
+ITEM_EMBEDDINGS = Table("gold/item_embeddings", schemas.ITEM_EMBEDDINGS, "index", ("as_of",), per_as_of=True)
+# Replaced as a whole by each refresh (one atomic commit); as_of is a column.
+RECOMMENDATIONS = Table("gold/recommendations", schemas.RECOMMENDATIONS, "score", per_as_of=True)
+EVAL_METRICS = Table("gold/eval_metrics", schemas.EVAL_METRICS, "evaluate", ("as_of",), per_as_of=True)
+
+# ---- meta: the pipeline's own records ---------------------------------------------------
+
+STAGE_RUNS = Table("meta/stage_runs", schemas.STAGE_RUNS, "run")
+
+ALL: tuple[Table, ...] = (
+    ARTICLES, CUSTOMERS, TRANSACTIONS, REJECTS,
+    CUSTOMER_INDEX, ARTICLE_INDEX, INTERACTIONS,
+    USER_FEATURES, ITEM_FEATURES, TRAIN, HOLDOUT, POPULARITY, ITEM_EMBEDDINGS, RECOMMENDATIONS, EVAL_METRICS,
+    STAGE_RUNS,
+)
+BRONZE: tuple[Table, ...] = (ARTICLES, CUSTOMERS, TRANSACTIONS)
+
+
+def written_by(stage: str) -> list[Table]:
+    """The tables a stage writes, in catalogue order."""
+    return [t for t in ALL if t.writer == stage]
+
+
+def by_name(name: str) -> Table:
+    """The catalogue entry of ``name`` (e.g. ``gold/train``); an unknown name is a KeyError naming the known ones."""
+    for t in ALL:
+        if t.name == name:
+            return t
+    raise KeyError(f"no table {name!r} in the catalogue (known: {', '.join(t.name for t in ALL)})")
