@@ -8,12 +8,14 @@ key; a ``--set`` value is checked against the field's type.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -182,6 +184,173 @@ class Config:
 DEFAULT_CONF = "conf/local.yaml"
 
 
+# ---- what each setting may be ---------------------------------------------------------------
+#
+# Checked when the config is loaded, so a bad value fails in the first second of
+# `hmrec run`, not after training. Every int and float setting has a rule here (a
+# test checks that); a rule returns None when the value is fine, else what it must be.
+
+Rule = Callable[[Any], "str | None"]
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A numeric range rule: ``lo`` <= v (or < v when ``open_lo``) and v <= ``hi``."""
+
+    lo: float | None = None
+    hi: float | None = None
+    open_lo: bool = False
+
+    def __call__(self, v: float) -> str | None:
+        ok = (self.lo is None or (v > self.lo if self.open_lo else v >= self.lo)) and (self.hi is None or v <= self.hi)
+        if ok:
+            return None
+        if self.hi is None:
+            return f"{'above' if self.open_lo else 'at least'} {self.lo:g}"
+        return f"between {self.lo:g} and {self.hi:g}"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """An enum-like rule: one of ``values``."""
+
+    values: tuple
+
+    def __call__(self, v: object) -> str | None:
+        return None if v in self.values else "one of " + ", ".join(str(x) for x in self.values)
+
+
+def at_least(lo: float) -> Bound:
+    return Bound(lo=lo)
+
+
+def above(lo: float) -> Bound:
+    return Bound(lo=lo, open_lo=True)
+
+
+def between(lo: float, hi: float) -> Bound:
+    return Bound(lo=lo, hi=hi)
+
+
+def one_of(*values: object) -> OneOf:
+    return OneOf(tuple(values))
+
+
+def iso_date(v: str) -> str | None:
+    try:
+        dt.date.fromisoformat(v)
+    except ValueError:
+        return "a date of the form YYYY-MM-DD"
+    return None
+
+
+def increasing_ints(n_min: int) -> Rule:
+    def check(v: list) -> str | None:
+        ok = len(v) >= n_min and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        ok = ok and all(lo < hi for lo, hi in zip(v, v[1:])) and v[0] >= 0
+        return None if ok else f"a list of at least {n_min} increasing non-negative whole numbers"
+    return check
+
+
+def positive_ints(n: int) -> Rule:
+    def check(v: list) -> str | None:
+        ok = len(v) == n and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+        return None if ok else f"a list of {n} positive whole numbers"
+    return check
+
+
+def memory_size(v: str) -> str | None:
+    return None if re.fullmatch(r"[0-9]+[kmgtKMGT]?", v) else "a JVM memory size such as 8g or 512m"
+
+
+STORAGE_LEVELS = ("MEMORY_AND_DISK", "MEMORY_AND_DISK_DESER", "MEMORY_ONLY", "DISK_ONLY", "MEMORY_AND_DISK_2",
+                  "MEMORY_ONLY_2", "DISK_ONLY_2", "DISK_ONLY_3", "OFF_HEAP", "NONE")
+SHARE = between(0.0, 1.0)
+
+RULES: dict[str, Rule] = {
+    "spark.driver_memory": memory_size,
+    "generate.scale": between(0.0001, 10.0),
+    "generate.seed": at_least(0),
+    "generate.start_date": iso_date,
+    "generate.end_date": iso_date,
+    "generate.chunk_rows": at_least(1),
+    "generate.min_articles": at_least(1),
+    "generate.min_customers": at_least(1),
+    "generate.repeat_share": SHARE,
+    "generate.explore_share": SHARE,
+    "generate.never_buy_share": between(0.0, 0.99),
+    "ingest.max_price": above(0),
+    "ingest.min_date": iso_date,
+    "ingest.persist_level": one_of(*STORAGE_LEVELS),
+    "ingest.broadcast_max_customers": at_least(0),
+    "features.last_n": at_least(1),
+    "features.recent_days": positive_ints(2),
+    "features.age_buckets": increasing_ints(2),
+    "features.broadcast_max_customers": at_least(0),
+    "split.train_days": at_least(0),
+    "split.holdout_days": at_least(1),
+    "popularity.window_days": at_least(1),
+    "popularity.top_n": at_least(1),
+    "train.embedding_dim": at_least(1),
+    "train.id_dim": at_least(1),
+    "train.attr_dim": at_least(1),
+    "train.hidden_dim": at_least(1),
+    "train.epochs": at_least(1),
+    "train.batch_size": at_least(1),
+    "train.lr": above(0),
+    "train.sparse_lr": above(0),
+    "train.weight_decay": at_least(0),
+    "train.warmup_steps": at_least(0),
+    "train.temperature": above(0),
+    "train.random_negatives": at_least(0),
+    "train.num_processes": at_least(1),
+    "train.seed": at_least(0),
+    "train.log_every": at_least(0),
+    "train.train_days": at_least(0),
+    "train.val_users": at_least(0),
+    "train.val_k": at_least(1),
+    # more reader threads make petastorm 0.13.1 drop row groups
+    "train.loader_workers": one_of(0, 1),
+    "train.max_steps": at_least(0),
+    "train.dist_timeout_s": at_least(1),
+    "train.compute_dtype": one_of("auto", "bfloat16", "float32"),
+    "index.kind": one_of("flat", "hnsw", "ivf"),
+    "index.hnsw_m": at_least(2),
+    "index.hnsw_ef_search": at_least(1),
+    "index.hnsw_ef_construction": at_least(1),
+    "index.ivf_nlist": at_least(1),
+    "index.ivf_nprobe": at_least(1),
+    "index.recall_sample": at_least(0),
+    "index.candidates": at_least(1),
+    "score.k": at_least(1),
+    "score.min_history": at_least(0),
+    "score.repurchase_slots": at_least(0),
+    "score.repurchase_days": at_least(0),
+    "score.repurchase_order": one_of("recency", "model"),
+    "score.batch_size": at_least(1),
+    "evaluate.k": at_least(1),
+    "evaluate.curve_max_k": at_least(1),
+    "evaluate.lapsed_days": at_least(0),
+}
+
+
+def _check_rules(cfg: "Config") -> None:
+    """Raise ConfigError naming the first setting that breaks its rule, with the allowed values."""
+    for key, rule in RULES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        wanted = rule(value)
+        if wanted is not None:
+            raise ConfigError(
+                f"config key {key} must be {wanted}, got {value!r}; fix it in your config file or with --set {key}=..."
+            )
+    if cfg.generate.start_date >= cfg.generate.end_date:
+        raise ConfigError(
+            f"config key generate.start_date ({cfg.generate.start_date}) must be before generate.end_date "
+            f"({cfg.generate.end_date})"
+        )
+
+
 def _base_dict() -> dict:
     text = resources.files("hmrec").joinpath("conf/base.yaml").read_text()
     return yaml.safe_load(text)
@@ -226,6 +395,9 @@ def _coerce(value: Any, typ: Any, name: str) -> Any:
     elif origin is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, dt.date):
+            # an unquoted date in a YAML file
+            return value.isoformat()
     elif origin is list:
         if isinstance(value, list):
             return value
@@ -265,7 +437,11 @@ def _apply_set(data: dict, assignment: str) -> None:
         raise ConfigError(f"--set {key}: '{'.'.join(parts[:-1])}' is not a section")
     if leaf not in node and not (len(parts) >= 2 and parts[-2] == "conf"):
         raise ConfigError(f"--set {key}: unknown config key '{key}'")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except (yaml.YAMLError, ValueError):
+        # e.g. '2020-13-01' looks like a YAML date but is none; the key's own rule judges the text
+        value = raw
     if isinstance(node.get(leaf), str) and not isinstance(value, str):
         value = raw
     node[leaf] = value
@@ -306,4 +482,6 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
     root = str(data["paths"]["lakehouse"])
     if "://" not in root:
         data["paths"]["lakehouse"] = str(Path(os.path.expanduser(root)).resolve())
-    return _build(Config, data)
+    cfg = _build(Config, data)
+    _check_rules(cfg)
+    return cfg

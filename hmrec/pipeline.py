@@ -1,118 +1,164 @@
 """`hmrec run`: the scheduled refresh, every stage in order for one as-of date.
 
 A stage is skipped when it already finished for this as-of on the same bronze
-data (recorded in the Delta table ``meta/stage_runs``) and its output is still
-there, unless ``force``. A crash leaves the finished stages recorded, so running
-the same command again resumes at the stage that failed. When a stage runs
-again, every later stage runs again too, since its inputs changed.
+data and with the same settings (both recorded in ``tables.STAGE_RUNS``) and
+its outputs are still there, unless ``force``. The settings are the config
+keys the stage reads (:data:`STAGES`), so a changed setting reruns what it
+affects without ``--force``. A crash leaves the finished stages recorded, so
+running the same command again resumes at the stage that failed. When a stage
+runs again, every later stage runs again too, since its inputs changed.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import hashlib
 import json
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from hmrec.lake import storage
 from hmrec.config import Config
+from hmrec.etl import features, ingest, popularity, split
+from hmrec.evaluation import evaluate
+from hmrec.lake import storage, tables
+from hmrec.model import registry
 from hmrec.progress import log, stage
-from hmrec.lake.schemas import STAGE_RUNS
-from hmrec.lake import tables
+from hmrec.serve import index, score
+from hmrec.train import job as train_job
 
-STAGE_RUNS_TABLE = tables.STAGE_RUNS
-PIPELINE = ["features", "split", "popularity", "train", "index", "score", "evaluate"]
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the refresh: what it runs and which settings decide its output."""
+
+    name: str
+    run: Callable[[Config, SparkSession, dt.date], object]
+    # config sections ("train") or keys ("features.age_buckets") whose values shape the output;
+    # keys that only change speed or logging are left out, so changing them reruns nothing
+    settings: tuple[str, ...]
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("features", lambda cfg, spark, as_of: features.build_features(cfg, spark, as_of=as_of),
+          ("features.last_n", "features.recent_days", "features.age_buckets")),
+    Stage("split", lambda cfg, spark, as_of: split.split(cfg, spark, as_of=as_of), ("split",)),
+    Stage("popularity", lambda cfg, spark, as_of: popularity.popularity(cfg, spark, as_of=as_of),
+          ("popularity", "features.age_buckets")),
+    Stage("train", lambda cfg, spark, as_of: train_job.train(cfg, spark, as_of=as_of),
+          ("train.embedding_dim", "train.id_dim", "train.attr_dim", "train.hidden_dim", "train.epochs",
+           "train.batch_size", "train.lr", "train.sparse_lr", "train.weight_decay", "train.warmup_steps",
+           "train.temperature", "train.random_negatives", "train.logq_correction", "train.num_processes",
+           "train.local_mode", "train.seed", "train.train_days", "train.val_users", "train.val_k",
+           "train.max_steps", "train.compute_dtype")),
+    Stage("index", lambda cfg, spark, as_of: index.build_index(cfg, spark, as_of=as_of),
+          ("index.kind", "index.hnsw_m", "index.hnsw_ef_search", "index.hnsw_ef_construction", "index.ivf_nlist",
+           "index.ivf_nprobe")),
+    Stage("score", lambda cfg, spark, as_of: score.score(cfg, spark, as_of=as_of),
+          ("score.k", "score.min_history", "score.repurchase", "score.repurchase_slots", "score.repurchase_days",
+           "score.repurchase_order", "score.filter_bought", "index.candidates", "features.age_buckets")),
+    Stage("evaluate", lambda cfg, spark, as_of: evaluate.evaluate(cfg, spark, as_of=as_of),
+          ("evaluate", "score.min_history", "features.age_buckets")),
+)
+PIPELINE = [s.name for s in STAGES]
+
+
+def stage_settings(cfg: Config, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The values of ``keys`` (sections or section.key) in ``cfg``, as plain JSON-able values."""
+    out: dict[str, Any] = {}
+    for key in keys:
+        section, _, name = key.partition(".")
+        value = getattr(cfg, section)
+        if name:
+            out[key] = getattr(value, name)
+        else:
+            out.update({f"{section}.{k}": v for k, v in dataclasses.asdict(value).items()})
+    return out
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    """A short digest of a stage's settings."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _outputs_exist(spark: SparkSession, cfg: Config, name: str, as_of: dt.date) -> bool:
-    """Whether the stage's output for ``as_of`` is still in the lakehouse."""
-    if name == "features":
-        return storage.has_as_of(spark, cfg, tables.USER_FEATURES, as_of) and storage.has_as_of(
-            spark, cfg, tables.ITEM_FEATURES, as_of
-        )
-    if name == "split":
-        return storage.has_as_of(spark, cfg, tables.TRAIN, as_of)
-    if name == "popularity":
-        return storage.has_as_of(spark, cfg, tables.POPULARITY, as_of)
+    """Whether the stage's output for ``as_of`` is still in the lakehouse (by the table catalogue)."""
     if name == "train":
-        from hmrec.model.registry import latest_version
-
-        return latest_version(cfg, as_of) is not None
-    if name == "index":
-        return storage.has_as_of(spark, cfg, tables.ITEM_EMBEDDINGS, as_of)
-    if name == "score":
-        if not storage.exists(spark, cfg, tables.RECOMMENDATIONS):
-            return False
-        recs = storage.read(spark, cfg, tables.RECOMMENDATIONS)
-        return recs.where(F.col("as_of") == F.lit(as_of)).limit(1).count() > 0
-    if name == "evaluate":
-        return storage.has_as_of(spark, cfg, tables.EVAL_METRICS, as_of)
-    raise ValueError(f"unknown stage {name}")
+        return registry.latest_version(cfg, as_of) is not None
+    outputs = [t for t in tables.written_by(name) if t.per_as_of and not t.may_be_empty]
+    return all(storage.has_as_of(spark, cfg, t, as_of) for t in outputs)
 
 
-def _finished(spark: SparkSession, cfg: Config, name: str, as_of: dt.date, bronze_version: int | None) -> bool:
-    if not storage.exists(spark, cfg, STAGE_RUNS_TABLE):
-        return False
+def _last_run(spark: SparkSession, cfg: Config, name: str, as_of: dt.date) -> dict | None:
+    """The latest recorded run of stage ``name`` for ``as_of``, as a dict, or None."""
+    if not storage.exists(spark, cfg, tables.STAGE_RUNS):
+        return None
+    runs = storage.read(spark, cfg, tables.STAGE_RUNS)
     rows = (
-        storage.read(spark, cfg, STAGE_RUNS_TABLE)
-        .where((F.col("as_of") == F.lit(as_of)) & (F.col("stage") == name))
+        runs.where((F.col("as_of") == F.lit(as_of)) & (F.col("stage") == name))
         .orderBy(F.col("finished_at").desc())
         .limit(1)
         .collect()
     )
-    return bool(rows) and rows[0]["bronze_version"] == bronze_version
+    if not rows:
+        return None
+    row = rows[0].asDict()
+    row.setdefault("fingerprint", None)  # rows of a lakehouse written before settings were recorded
+    row.setdefault("settings", None)
+    return row
 
 
-def _record(spark: SparkSession, cfg: Config, name: str, as_of: dt.date, bronze_version: int | None, summary: object) -> None:
+def _changed(old: str | None, new: dict[str, Any]) -> str:
+    """The settings that differ, as 'key old -> new' (at most three)."""
+    before = json.loads(old) if old else {}
+    diffs = [f"{k} {before.get(k)!r} -> {v!r}" for k, v in sorted(new.items()) if before.get(k) != v]
+    return ", ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else "")
+
+
+def _record(spark: SparkSession, cfg: Config, name: str, as_of: dt.date, bronze_version: int | None,
+            summary: object, settings: dict[str, Any]) -> None:
     row = (as_of, name, bronze_version, dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
-           json.dumps(summary, default=str, sort_keys=True))
-    storage.write(spark.createDataFrame([row], STAGE_RUNS), cfg, STAGE_RUNS_TABLE, mode="append")
-
-
-def _stage_functions(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict[str, Callable[[], object]]:
-    from hmrec.evaluation.evaluate import evaluate
-    from hmrec.etl.features import build_features
-    from hmrec.serve.index import build_index
-    from hmrec.etl.popularity import popularity
-    from hmrec.serve.score import score
-    from hmrec.etl.split import split
-    from hmrec.train.job import train
-
-    return {
-        "features": lambda: build_features(cfg, spark, as_of=as_of),
-        "split": lambda: split(cfg, spark, as_of=as_of),
-        "popularity": lambda: popularity(cfg, spark, as_of=as_of),
-        "train": lambda: train(cfg, spark, as_of=as_of),
-        "index": lambda: build_index(cfg, spark, as_of=as_of),
-        "score": lambda: score(cfg, spark, as_of=as_of),
-        "evaluate": lambda: evaluate(cfg, spark, as_of=as_of),
-    }
+           json.dumps(summary, default=str, sort_keys=True), json.dumps(settings, default=str, sort_keys=True),
+           fingerprint(settings))
+    storage.write(spark.createDataFrame([row], tables.STAGE_RUNS.schema), cfg, tables.STAGE_RUNS, mode="append",
+                  merge_schema=True)
 
 
 def run(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, force: bool = False) -> dict:
     """Ingest ``data_dir`` and run every later stage for ``as_of``; returns per-stage results."""
-    from hmrec.etl.ingest import ingest
-
     results: dict[str, object] = {}
     with stage("run") as summary:
-        results["ingest"] = ingest(cfg, spark, data_dir=data_dir)
+        results["ingest"] = ingest.ingest(cfg, spark, data_dir=data_dir)
+        ran = [] if results["ingest"].get("skipped") else ["ingest"]
         bronze_version = storage.version(spark, cfg, tables.TRANSACTIONS)
-        functions = _stage_functions(cfg, spark, as_of)
         rerun = force
-        ran, skipped = [], []
-        for name in PIPELINE:
-            if not rerun and _finished(spark, cfg, name, as_of, bronze_version) and _outputs_exist(
-                spark, cfg, name, as_of
-            ):
-                log("run", f"{name}: already done for {as_of} on bronze version {bronze_version}, skipped (--force reruns it)")
-                skipped.append(name)
-                continue
+        skipped = []
+        for st in STAGES:
+            settings = stage_settings(cfg, st.settings)
+            if not rerun:
+                last = _last_run(spark, cfg, st.name, as_of)
+                why = None
+                if last is None:
+                    why = "not run yet for this as-of"
+                elif last["bronze_version"] != bronze_version:
+                    why = f"bronze data changed (version {last['bronze_version']} -> {bronze_version})"
+                elif last["fingerprint"] != fingerprint(settings):
+                    why = f"settings changed ({_changed(last['settings'], settings)})"
+                elif not _outputs_exist(spark, cfg, st.name, as_of):
+                    why = "its output is missing"
+                if why is None:
+                    log("run", f"{st.name}: already done for {as_of} with these settings, skipped (--force reruns it)")
+                    skipped.append(st.name)
+                    continue
+                if last is not None:
+                    log("run", f"{st.name}: runs again: {why}")
             # Everything after a stage that ran consumes its new output.
             rerun = True
-            results[name] = functions[name]()
-            _record(spark, cfg, name, as_of, bronze_version, results[name])
-            ran.append(name)
+            results[st.name] = st.run(cfg, spark, as_of)
+            _record(spark, cfg, st.name, as_of, bronze_version, results[st.name], settings)
+            ran.append(st.name)
         summary["as_of"] = as_of.isoformat()
         summary["ran"] = "+".join(ran) or "-"
         summary["skipped"] = "+".join(skipped) or "-"

@@ -63,3 +63,90 @@ def test_config_is_frozen():
     cfg = load_config(None)
     with pytest.raises(Exception):
         cfg.score.k = 3  # type: ignore[misc]
+
+
+# ---- every setting is checked when the config is loaded ------------------------------------
+
+import dataclasses  # noqa: E402
+import typing  # noqa: E402
+
+from hmrec.config import RULES, Bound, OneOf  # noqa: E402
+
+
+def _numeric_keys() -> list[str]:
+    cfg = load_config(None)
+    keys = []
+    for section in dataclasses.fields(cfg):
+        hints = typing.get_type_hints(type(getattr(cfg, section.name)))
+        for f in dataclasses.fields(getattr(cfg, section.name)):
+            if hints[f.name] in (int, float):
+                keys.append(f"{section.name}.{f.name}")
+    return keys
+
+
+def test_every_numeric_setting_has_a_range_rule():
+    missing = [k for k in _numeric_keys() if k not in RULES]
+    assert missing == []
+
+
+def _cases() -> list[tuple[str, object, bool]]:
+    """(key, value, accepted) at and just past each numeric bound and for each enum."""
+    cases = []
+    defaults = load_config(None)
+    for key, rule in RULES.items():
+        section, name = key.split(".")
+        default = getattr(getattr(defaults, section), name)
+        if isinstance(rule, Bound):
+            step = 1 if isinstance(default, int) else 1e-6
+            if rule.lo is not None:
+                if rule.open_lo:
+                    cases += [(key, rule.lo + step, True), (key, rule.lo, False)]
+                else:
+                    cases += [(key, rule.lo, True), (key, rule.lo - step, False)]
+            if rule.hi is not None:
+                cases += [(key, rule.hi, True), (key, rule.hi + step, False)]
+        elif isinstance(rule, OneOf):
+            past = max(rule.values) + 1 if isinstance(default, int) else "no-such-value"
+            cases += [(key, v, True) for v in rule.values] + [(key, past, False)]
+    return cases
+
+
+@pytest.mark.parametrize("key,value,accepted", _cases())
+def test_settings_at_and_past_their_bounds(key, value, accepted):
+    if accepted:
+        cfg = load_config(None, [f"{key}={value}"])
+        section, name = key.split(".")
+        assert getattr(getattr(cfg, section), name) == value
+    else:
+        with pytest.raises(ConfigError, match=rf"config key {key} must be .*got"):
+            load_config(None, [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("assignment,message", [
+    ("score.k=0", "score.k must be at least 1, got 0"),
+    ("score.k=-5", "score.k must be at least 1, got -5"),
+    ("index.kind=annoy", "index.kind must be one of flat, hnsw, ivf, got 'annoy'"),
+    ("score.repurchase_order=random", "score.repurchase_order must be one of recency, model"),
+    ("features.age_buckets=[0,30,20]", "features.age_buckets must be a list of at least 2 increasing"),
+    ("features.recent_days=[7]", "features.recent_days must be a list of 2 positive whole numbers"),
+    ("ingest.min_date=2020-13-01", "ingest.min_date must be a date of the form YYYY-MM-DD, got '2020-13-01'"),
+    ("generate.repeat_share=1.5", "generate.repeat_share must be between 0 and 1, got 1.5"),
+    ("spark.driver_memory=lots", "spark.driver_memory must be a JVM memory size"),
+    ("generate.start_date=2021-01-01", "generate.start_date .* must be before generate.end_date"),
+])
+def test_bad_settings_fail_at_load_naming_key_and_value(assignment, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [assignment])
+
+
+def test_unquoted_yaml_dates_in_a_file_are_read_as_dates(tmp_path):
+    conf = tmp_path / "dates.yaml"
+    conf.write_text("ingest:\n  min_date: 2019-01-01\n")
+    assert load_config(str(conf)).ingest.min_date == "2019-01-01"
+
+
+def test_rules_name_only_known_keys():
+    cfg = load_config(None)
+    for key in RULES:
+        section, name = key.split(".")
+        assert hasattr(getattr(cfg, section), name), key

@@ -136,7 +136,7 @@ def test_a_crash_in_score_resumes_at_score(spark, ran, tiny_data, tmp_path, monk
     # As if the last refresh had stopped right after the index stage.
     from delta.tables import DeltaTable
 
-    DeltaTable.forPath(spark, cfg.table_path(pipeline.STAGE_RUNS_TABLE)).delete("stage IN ('score', 'evaluate')")
+    DeltaTable.forPath(spark, cfg.table_path(tables.STAGE_RUNS.name)).delete("stage IN ('score', 'evaluate')")
     before = storage.version(spark, cfg, tables.RECOMMENDATIONS)
 
     import hmrec.serve.score
@@ -154,6 +154,23 @@ def test_a_crash_in_score_resumes_at_score(spark, ran, tiny_data, tmp_path, monk
     results = pipeline.run(cfg, spark, data_dir=data, as_of=TINY_AS_OF)
     assert set(results) == {"ingest", "score", "evaluate"}
     assert storage.version(spark, cfg, tables.RECOMMENDATIONS) == before + 1
+
+
+def test_a_changed_setting_reruns_the_stages_it_affects(spark, ran, tiny_data, tmp_path, capsys):
+    cfg0, _ = ran
+    lake = tmp_path / "lake"
+    shutil.copytree(cfg0.lakehouse, lake)
+    data = str(tiny_data)
+    # evaluate.lapsed_days is read by evaluate only: nothing before it runs again
+    cfg = make_cfg(lake, *TINY_TRAIN, "evaluate.lapsed_days=30")
+    before = storage.version(spark, cfg, tables.RECOMMENDATIONS)
+    results = pipeline.run(cfg, spark, data_dir=data, as_of=TINY_AS_OF)
+    assert set(results) == {"ingest", "evaluate"}
+    assert "settings changed (evaluate.lapsed_days 90 -> 30)" in capsys.readouterr().err
+    assert storage.version(spark, cfg, tables.RECOMMENDATIONS) == before
+    # a setting that only changes speed reruns nothing
+    cfg = make_cfg(lake, *TINY_TRAIN, "evaluate.lapsed_days=30", "score.batch_size=1024", "train.log_every=7")
+    assert set(pipeline.run(cfg, spark, data_dir=data, as_of=TINY_AS_OF)) == {"ingest"}
 
 
 @pytest.mark.parametrize("name", ["01_explore.ipynb", "02_results.ipynb"])

@@ -28,7 +28,7 @@ from pyspark.sql.types import StringType
 
 from hmrec.config import Config
 from hmrec.errors import HmrecError
-from hmrec.etl.segments import age_bucket, check_buckets
+from hmrec.etl.segments import age_bucket
 from hmrec.etl.split import window
 from hmrec.lake import schemas, storage, tables
 from hmrec.lake.tables import Table
@@ -118,18 +118,9 @@ def item_codes(articles: DataFrame, article_index: DataFrame, vocab: dict[str, l
     return coded.join(F.broadcast(article_index.select("article_id", "article_idx")), "article_id")
 
 
-def _check_recent_days(recent_days: list[int]) -> tuple[int, int]:
-    if len(recent_days) != 2 or any(not isinstance(d, int) or d <= 0 for d in recent_days):
-        raise HmrecError(
-            f"config key features.recent_days must be two positive day counts (for sales_7d and "
-            f"sales_28d), got {recent_days!r}; e.g. --set features.recent_days=[7,28]"
-        )
-    return recent_days[0], recent_days[1]
-
-
 def item_features(codes: DataFrame, interactions: DataFrame, as_of: dt.date, recent_days: list[int]) -> DataFrame:
     """One row per article of ``codes`` (schemas.ITEM_FEATURES) from interactions before ``as_of``."""
-    short, long = _check_recent_days(recent_days)
+    short, long = recent_days  # (sales_7d window, sales_28d window); checked when the config loads
     t = F.col("t_dat")
     sales = (
         window(interactions, as_of)
@@ -203,8 +194,6 @@ def user_features(
     ``codes`` maps article_idx to product_group_name_code (0..n_groups); a
     customer's category_shares has n_groups + 1 entries indexed by that code.
     """
-    if last_n <= 0:
-        raise HmrecError(f"config key features.last_n must be positive, got {last_n}; e.g. --set features.last_n=12")
     groups = F.broadcast(codes.select("article_idx", F.col("product_group_name_code").alias("pg")))
     bought = window(interactions, as_of).join(groups, "article_idx", "left")
     n = F.count(F.lit(1))
@@ -316,8 +305,6 @@ def build_features(cfg: Config, spark: SparkSession, as_of: dt.date | None) -> d
     ``as_of`` None means the day after the last transaction. Returns the stage summary.
     """
     fc = cfg.features
-    check_buckets(fc.age_buckets)
-    _check_recent_days(fc.recent_days)
     with stage("features") as summary:
         customers = storage.read(spark, cfg, tables.CUSTOMERS)
         articles = storage.read(spark, cfg, tables.ARTICLES)

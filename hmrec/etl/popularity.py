@@ -20,7 +20,6 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from hmrec.config import Config
-from hmrec.errors import HmrecError
 from hmrec.etl.segments import UNKNOWN_SEGMENT, customer_segments, segment_labels
 from hmrec.etl.split import window
 from hmrec.lake import schemas, storage, tables
@@ -112,11 +111,6 @@ def rank_popularity(
 def popularity(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
     """Write the ``as_of`` partition of the popularity table; returns the stage summary."""
     pc = cfg.popularity
-    if pc.window_days <= 0 or pc.top_n <= 0:
-        raise HmrecError(
-            f"config keys popularity.window_days and popularity.top_n must be positive, got "
-            f"{pc.window_days} and {pc.top_n}"
-        )
     buckets = cfg.features.age_buckets
     with stage("popularity") as summary:
         interactions = storage.read(spark, cfg, tables.INTERACTIONS)

@@ -4,7 +4,8 @@ A customer's age falls in bucket i (1..n) when ``buckets[i-1] <= age <
 buckets[i]`` (``features.age_buckets``), and in bucket 0 when it is unknown or
 outside them. Bucket i is labelled ``age_<lo>_<hi-1>``, bucket 0
 ``age_unknown``. Popularity is counted per label, scoring falls back to the
-label's list and evaluation reports by it.
+label's list and evaluation reports by it. The buckets are checked when the
+config loads (``features.age_buckets``).
 """
 from __future__ import annotations
 
@@ -13,22 +14,12 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from hmrec.errors import HmrecError
 
 UNKNOWN_SEGMENT = "age_unknown"
 
 
-def check_buckets(buckets: list[int]) -> None:
-    if len(buckets) < 2 or any(lo >= hi for lo, hi in zip(buckets, buckets[1:])):
-        raise HmrecError(
-            f"config key features.age_buckets must be at least two increasing ages, got {buckets!r}; "
-            "fix it in your config file or with --set features.age_buckets=[0,25,35,45,55,65,200]"
-        )
-
-
 def age_bucket(age_col: Column, buckets: list[int]) -> Column:
     """Bucket code of an age: i (1..len(buckets)-1) when buckets[i-1] <= age < buckets[i], else 0."""
-    check_buckets(buckets)
     expr = None
     for i in range(1, len(buckets)):
         cond = (age_col >= F.lit(buckets[i - 1])) & (age_col < F.lit(buckets[i]))
@@ -39,7 +30,6 @@ def age_bucket(age_col: Column, buckets: list[int]) -> Column:
 
 def segment_labels(buckets: list[int]) -> list[str]:
     """Segment label of every age bucket code, indexed by code: ['age_unknown', 'age_0_24', ...]."""
-    check_buckets(buckets)
     return [UNKNOWN_SEGMENT] + [f"age_{lo}_{hi - 1}" for lo, hi in zip(buckets, buckets[1:])]
 
 

@@ -57,19 +57,8 @@ def training_window(spark: SparkSession, cfg: Config, as_of: dt.date) -> DataFra
     return rows.where(F.col("customer_idx").isNotNull() & F.col("article_idx").isNotNull())
 
 
-def _check(cfg: Config) -> None:
-    if cfg.split.train_days < 0:
-        raise HmrecError(
-            f"config key split.train_days must be 0 (all history) or a positive day count, "
-            f"got {cfg.split.train_days}"
-        )
-    if cfg.split.holdout_days <= 0:
-        raise HmrecError(f"config key split.holdout_days must be positive, got {cfg.split.holdout_days}")
-
-
 def split(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
     """Write the ``as_of`` partitions of the training and holdout rows; returns the stage summary."""
-    _check(cfg)
     with stage("split") as summary:
         interactions = storage.read(spark, cfg, tables.INTERACTIONS)
         span = interactions.agg(F.min("t_dat"), F.max("t_dat"), F.count(F.lit(1))).first()

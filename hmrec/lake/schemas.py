@@ -223,5 +223,7 @@ STAGE_RUNS = _struct(
         ("bronze_version", L),  # Delta version of bronze/transactions the stage built on
         ("finished_at", TimestampType()),
         ("summary", S),  # the stage's summary as JSON
+        ("settings", S),  # the settings the stage reads, as JSON
+        ("fingerprint", S),  # digest of those settings: a changed setting reruns the stage
     ]
 )

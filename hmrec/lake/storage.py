@@ -79,6 +79,7 @@ def write(
     mode: str = "overwrite",
     replace_where: str | None = None,
     metadata: dict | None = None,
+    merge_schema: bool = False,
 ) -> int:
     """Write ``df`` as one atomic Delta commit, partitioned as the catalogue says; returns the rows written.
 
@@ -96,6 +97,8 @@ def write(
         writer = writer.partitionBy(*table.partition_by)
     if metadata is not None:
         writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True, default=str))
+    if merge_schema:
+        writer = writer.option("mergeSchema", "true")
     writer.save(path(cfg, table))
     if version(df.sparkSession, cfg, table) == before:
         return 0

@@ -24,6 +24,8 @@ class Table:
     partition_by: tuple[str, ...] = ()
     # where rows of one cutoff are kept apart: an as_of partition or column
     per_as_of: bool = False
+    # a finished stage may leave its as-of empty here (no purchase after the cutoff yet)
+    may_be_empty: bool = False
 
     def __str__(self) -> str:
         return self.name
@@ -47,7 +49,7 @@ INTERACTIONS = Table("silver/interactions", schemas.INTERACTIONS, "features")
 USER_FEATURES = Table("gold/user_features", schemas.USER_FEATURES, "features", ("as_of",), per_as_of=True)
 ITEM_FEATURES = Table("gold/item_features", schemas.ITEM_FEATURES, "features", ("as_of",), per_as_of=True)
 TRAIN = Table("gold/train", schemas.SPLIT_ROWS, "split", ("as_of",), per_as_of=True)
-HOLDOUT = Table("gold/holdout", schemas.SPLIT_ROWS, "split", ("as_of",), per_as_of=True)
+HOLDOUT = Table("gold/holdout", schemas.SPLIT_ROWS, "split", ("as_of",), per_as_of=True, may_be_empty=True)
 POPULARITY = Table("gold/popularity", schemas.POPULARITY, "popularity", ("as_of",), per_as_of=True)
 ITEM_EMBEDDINGS = Table("gold/item_embeddings", schemas.ITEM_EMBEDDINGS, "index", ("as_of",), per_as_of=True)
 # Replaced as a whole by each refresh (one atomic commit); as_of is a column.
