@@ -1,7 +1,6 @@
 """Progress lines and end-of-stage summaries printed by every job."""
 from __future__ import annotations
 
-import resource
 import sys
 import time
 from contextlib import contextmanager
@@ -10,13 +9,6 @@ from typing import Iterator
 
 def log(stage: str, message: str) -> None:
     print(f"[hmrec {stage}] {message}", file=sys.stderr, flush=True)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process and its finished children, in MiB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) / 1024.0
 
 
 class Summary(dict):
