@@ -77,6 +77,7 @@ class FeaturesConfig:
 @dataclass(frozen=True)
 class SplitConfig:
     train_days: int
+    validation_days: int
     holdout_days: int
 
 
@@ -288,6 +289,7 @@ RULES: dict[str, Rule] = {
     "features.age_buckets": increasing_ints(2),
     "features.broadcast_max_customers": at_least(0),
     "split.train_days": at_least(0),
+    "split.validation_days": at_least(1),
     "split.holdout_days": at_least(1),
     "popularity.window_days": at_least(1),
     "popularity.top_n": at_least(1),

@@ -9,7 +9,8 @@ from pyspark.sql import functions as F
 from hmrec.lake import schemas, storage, tables
 from hmrec.errors import HmrecError
 from hmrec.etl.features import categorical_vocab, item_codes, item_features, user_features
-from hmrec.etl.split import holdout_rows, split, train_rows
+from hmrec.etl.split import fit_cutoff, holdout_rows, split, train_rows, validation_rows
+from tests.conftest import make_cfg
 
 D = dt.date
 AS_OF = D(2020, 9, 20)
@@ -62,17 +63,36 @@ def test_split_job_writes_disjoint_windows(spark, cfg, capsys):
     assert not train_keys & holdout_keys
     assert train_keys | holdout_keys == expected(D(2020, 1, 1), D(2020, 9, 27))
     assert (summary["rows_in"], summary["train_rows"], summary["holdout_rows"]) == (7, 4, 2)
+    # The validation week is the last 7 days before the as-of: 2020-09-13 .. 2020-09-19.
+    validation = storage.read_as_of(spark, cfg, tables.VALIDATION, AS_OF)
+    assert keys(validation.collect()) == {(D(2020, 9, 19), 2, 1)}
+    assert summary["validation_rows"] == 1
+    assert validation.agg(F.min("t_dat"), F.max("t_dat")).first()[:] == (D(2020, 9, 19), D(2020, 9, 19))
 
-    # An as-of after the last transaction: a train split, but a loud warning.
+    # An as-of after the last transaction: the weekly refresh's case, no holdout week yet.
     late = D(2020, 10, 10)
     capsys.readouterr()
     summary = split(cfg, spark, as_of=late)
-    assert (summary["train_rows"], summary["holdout_rows"]) == (7, 0)
+    assert (summary["train_rows"], summary["validation_rows"], summary["holdout_rows"]) == (7, 0, 0)
     err = capsys.readouterr().err
-    assert "WARNING: no transaction in the holdout window 2020-10-10 .. 2020-10-16" in err
+    assert "no transaction yet in the week from 2020-10-10 to 2020-10-16" in err
     assert "covers 2020-08-01 .. 2020-09-27" in err
+    assert "no transaction in the validation week 2020-10-03 .. 2020-10-09" in err
     # Partitions are replaced one as-of at a time: the first one is intact.
     assert keys(storage.read_as_of(spark, cfg, tables.HOLDOUT, AS_OF).collect()) == holdout_keys
+
+
+def test_the_validation_week_is_the_last_days_before_the_as_of_and_never_the_holdout(spark):
+    df = spark.createDataFrame(INTERACTION_ROWS, schemas.INTERACTIONS)
+    as_of = D(2020, 9, 27)
+    validation = keys(validation_rows(df, as_of, validation_days=7).collect())
+    assert validation == expected(D(2020, 9, 20), as_of)
+    assert validation == {(D(2020, 9, 20), 2, 2), (D(2020, 9, 26), 1, 3)}
+    holdout = keys(holdout_rows(df, as_of, holdout_days=7).collect())
+    assert holdout == {(D(2020, 9, 27), 3, 1)}
+    assert not validation & holdout
+    assert validation <= keys(train_rows(df, as_of, train_days=0).collect())
+    assert fit_cutoff(make_cfg("/tmp/unused-lake"), as_of) == D(2020, 9, 20)
 
 
 def test_train_days_limits_the_train_window(spark):

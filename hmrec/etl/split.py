@@ -1,12 +1,20 @@
-"""The split job: training rows before the as-of date, holdout rows in the days after it.
+"""The split job: training rows before the as-of date, the validation week, the holdout week.
 
     hmrec split --as-of YYYY-MM-DD
 
 reads ``tables.INTERACTIONS`` and writes the as-of partition of
-``tables.TRAIN`` (t_dat < as_of, and within the last ``split.train_days``
-days when that is positive) and of ``tables.HOLDOUT`` (as_of <= t_dat <
-as_of + ``split.holdout_days``). The two windows never overlap, so nothing the
-model learns from is evaluated.
+
+- ``tables.TRAIN``: t_dat < as_of (within the last ``split.train_days`` days
+  when that is positive);
+- ``tables.VALIDATION``: the last ``split.validation_days`` days before the
+  as-of (a subset of the training rows). Every choice made at the as-of is
+  fitted at the cutoff ``as_of - validation_days`` and measured on these rows;
+- ``tables.HOLDOUT``: as_of <= t_dat < as_of + ``split.holdout_days``, read
+  only by evaluation. It is empty for a refresh whose as-of is the day after
+  the last purchase, which is how a weekly refresh runs.
+
+The holdout never overlaps the other two, so nothing the model learns from
+or is tuned on is what the report scores.
 
 :func:`window` is the one definition of "the last N days before a cutoff"
 that the features, the split and the training window all use.
@@ -45,6 +53,16 @@ def holdout_rows(interactions: DataFrame, as_of: dt.date, holdout_days: int) -> 
     return schemas.conform(interactions.where(cond).withColumn("as_of", F.lit(as_of)), schemas.SPLIT_ROWS)
 
 
+def validation_rows(interactions: DataFrame, as_of: dt.date, validation_days: int) -> DataFrame:
+    """Interactions in the last ``validation_days`` days before ``as_of``, as SPLIT_ROWS."""
+    return train_rows(interactions, as_of, validation_days)
+
+
+def fit_cutoff(cfg: Config, as_of: dt.date) -> dt.date:
+    """The cutoff at which the choices for ``as_of`` are fitted: the first day of its validation week."""
+    return as_of - dt.timedelta(days=cfg.split.validation_days)
+
+
 def training_window(spark: SparkSession, cfg: Config, as_of: dt.date) -> DataFrame:
     """The rows models learn from at ``as_of``: the as-of's training rows with both indices, in the last
     ``train.train_days`` days when that is positive. The two-tower model and the ALS peer both read these."""
@@ -79,13 +97,18 @@ def split(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
         lineage = {"as_of": as_of.isoformat()}
         for key, table, rows in (
             ("train_rows", tables.TRAIN, train_rows(interactions, as_of, cfg.split.train_days)),
+            ("validation_rows", tables.VALIDATION, validation_rows(interactions, as_of, cfg.split.validation_days)),
             ("holdout_rows", tables.HOLDOUT, holdout_rows(interactions, as_of, cfg.split.holdout_days)),
         ):
             summary[key] = storage.write_partition(rows, cfg, table, as_of, metadata=lineage)
-        summary["rows_written"] = summary["train_rows"] + summary["holdout_rows"]
+        summary["rows_written"] = summary["train_rows"] + summary["validation_rows"] + summary["holdout_rows"]
+        if summary["validation_rows"] == 0:
+            start = fit_cutoff(cfg, as_of)
+            log("split", f"WARNING: no transaction in the validation week {start} .. {as_of - dt.timedelta(days=1)}: "
+                         f"choices for this as-of fall back to their defaults")
         if summary["holdout_rows"] == 0:
             end = as_of + dt.timedelta(days=cfg.split.holdout_days)
-            log("split", f"WARNING: no transaction in the holdout window {as_of} .. {end - dt.timedelta(days=1)} "
-                         f"({tables.INTERACTIONS} covers {first} .. {last}); the evaluation of this as-of will have "
-                         f"nothing to measure. Choose an --as-of on or before {last} to evaluate.")
+            log("split", f"no transaction yet in the week from {as_of} to {end - dt.timedelta(days=1)} "
+                         f"({tables.INTERACTIONS} covers {first} .. {last}): this refresh has no holdout week, "
+                         f"so its report gives the validation week only")
     return dict(summary)

@@ -49,6 +49,9 @@ INTERACTIONS = Table("silver/interactions", schemas.INTERACTIONS, "features")
 USER_FEATURES = Table("gold/user_features", schemas.USER_FEATURES, "features", ("as_of",), per_as_of=True)
 ITEM_FEATURES = Table("gold/item_features", schemas.ITEM_FEATURES, "features", ("as_of",), per_as_of=True)
 TRAIN = Table("gold/train", schemas.SPLIT_ROWS, "split", ("as_of",), per_as_of=True)
+# The last week before the cutoff: the labels every choice at the cutoff is made on.
+VALIDATION = Table("gold/validation", schemas.SPLIT_ROWS, "split", ("as_of",), per_as_of=True, may_be_empty=True)
+# The week after the cutoff: read only by evaluation, for the report.
 HOLDOUT = Table("gold/holdout", schemas.SPLIT_ROWS, "split", ("as_of",), per_as_of=True, may_be_empty=True)
 POPULARITY = Table("gold/popularity", schemas.POPULARITY, "popularity", ("as_of",), per_as_of=True)
 ITEM_EMBEDDINGS = Table("gold/item_embeddings", schemas.ITEM_EMBEDDINGS, "index", ("as_of",), per_as_of=True)
@@ -63,7 +66,7 @@ STAGE_RUNS = Table("meta/stage_runs", schemas.STAGE_RUNS, "run")
 ALL: tuple[Table, ...] = (
     ARTICLES, CUSTOMERS, TRANSACTIONS, REJECTS,
     CUSTOMER_INDEX, ARTICLE_INDEX, INTERACTIONS,
-    USER_FEATURES, ITEM_FEATURES, TRAIN, HOLDOUT, POPULARITY, ITEM_EMBEDDINGS, RECOMMENDATIONS, EVAL_METRICS,
+    USER_FEATURES, ITEM_FEATURES, TRAIN, VALIDATION, HOLDOUT, POPULARITY, ITEM_EMBEDDINGS, RECOMMENDATIONS, EVAL_METRICS,
     STAGE_RUNS,
 )
 BRONZE: tuple[Table, ...] = (ARTICLES, CUSTOMERS, TRANSACTIONS)
