@@ -11,18 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from hmrec.lake import schemas
-from hmrec.model.two_tower import (
-    TwoTower,
-    accidental_hits,
-    build_model,
-    candidate_log_q,
-    item_inputs,
-    model_args_from_features,
-    retrieval_loss,
-    unique_candidates,
-    unique_retrieval_loss,
-    user_inputs,
-)
+from hmrec.model.loss import accidental_hits, candidate_log_q, retrieval_loss, unique_candidates, unique_retrieval_loss
+from hmrec.model.two_tower import TwoTower, build_model, item_inputs, model_args_from_features, user_inputs
 
 
 def user_frame() -> pd.DataFrame:
