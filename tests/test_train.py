@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import torch
 
-from hmrec.model import registry
-from hmrec.lake import schemas, storage
-from hmrec.train import job as train_mod
+from hmrec.bench import probes
 from hmrec.errors import HmrecError
+from hmrec.lake import schemas, storage, tables
+from hmrec.model import registry, two_tower
 from hmrec.model.two_tower import item_inputs, user_inputs
-from hmrec.lake import tables
+from hmrec.train import checkpoint, distributed, job, pairs, step
 from tests.conftest import make_cfg
 
 AS_OF = dt.date(2020, 9, 16)
@@ -71,7 +71,7 @@ def _article_id(i: int) -> str:
 
 
 def write_planted(spark, cfg, as_of: dt.date = AS_OF) -> None:
-    """gold/train, gold/holdout, both feature tables and the id maps for the planted groups."""
+    """``tables.TRAIN``, ``tables.HOLDOUT``, both feature tables and the id maps for the planted groups."""
     rng = random.Random(11)
     items_of = {g: [a for a in range(N_ITEMS) if group_of_item(a) == g] for g in range(GROUPS)}
     train_rows, holdout_rows, users = [], [], []
@@ -120,17 +120,17 @@ def write_planted(spark, cfg, as_of: dt.date = AS_OF) -> None:
 
 
 def test_lr_factor_warms_up_then_decays_to_zero():
-    assert train_mod.lr_factor(0, 100, 10) == pytest.approx(0.1)
-    assert train_mod.lr_factor(9, 100, 10) == pytest.approx(1.0)
-    assert train_mod.lr_factor(10, 100, 10) == pytest.approx(1.0)
-    assert train_mod.lr_factor(55, 100, 10) == pytest.approx(0.5)  # half way through the cosine
-    assert train_mod.lr_factor(100, 100, 10) == pytest.approx(0.0)
-    assert train_mod.lr_factor(500, 100, 10) == pytest.approx(0.0)
+    assert step.lr_factor(0, 100, 10) == pytest.approx(0.1)
+    assert step.lr_factor(9, 100, 10) == pytest.approx(1.0)
+    assert step.lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert step.lr_factor(55, 100, 10) == pytest.approx(0.5)  # half way through the cosine
+    assert step.lr_factor(100, 100, 10) == pytest.approx(0.0)
+    assert step.lr_factor(500, 100, 10) == pytest.approx(0.0)
 
 
 def test_lookup_table_places_rows_by_id():
     inputs = {"customer_idx": torch.tensor([3, 0]), "user_num": torch.tensor([[3.0], [0.5]])}
-    table = train_mod.lookup_table(inputs, "customer_idx", 5)
+    table = job.lookup_table(inputs, "customer_idx", 5)
     assert table["customer_idx"].tolist() == [0, 1, 2, 3, 4]
     assert table["user_num"][[0, 3], 0].tolist() == [0.5, 3.0]
     assert bool(table["user_num"][[1, 2, 4]].isnan().all())  # the towers read NaN as the mean
@@ -139,31 +139,31 @@ def test_lookup_table_places_rows_by_id():
 def test_unknown_compute_dtype_is_refused_before_any_work(tmp_path):
     cfg = make_cfg(tmp_path, "train.compute_dtype=float16")
     with pytest.raises(HmrecError, match=r"train\.compute_dtype must be auto, bfloat16 or float32, got 'float16'"):
-        train_mod._check_train_config(cfg.train)
+        job._check_train_config(cfg.train)
 
 
 def test_auto_compute_dtype_follows_the_cpu(tmp_path, monkeypatch):
     cfg = make_cfg(tmp_path, "train.compute_dtype=auto")
-    monkeypatch.setattr(train_mod, "_auto_dtype", lambda: torch.float32)  # as on a CPU without bfloat16 instructions
-    assert train_mod.compute_dtype(cfg.train) == torch.float32
-    monkeypatch.setattr(train_mod, "_auto_dtype", lambda: torch.bfloat16)
-    assert train_mod.compute_dtype(cfg.train) == torch.bfloat16
+    monkeypatch.setattr(step, "_auto_dtype", lambda: torch.float32)  # as on a CPU without bfloat16 instructions
+    assert step.compute_dtype(cfg.train) == torch.float32
+    monkeypatch.setattr(step, "_auto_dtype", lambda: torch.bfloat16)
+    assert step.compute_dtype(cfg.train) == torch.bfloat16
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_train_step_lowers_the_loss_in_both_compute_types(dtype, tmp_path):
     cfg = make_cfg(tmp_path, f"train.compute_dtype={dtype}", "train.random_negatives=32", "train.warmup_steps=0")
-    args = train_mod.synthetic_model_args(cfg, num_users=64, num_items=40)
+    args = probes.synthetic_model_args(cfg, num_users=64, num_items=40)
     gen = torch.Generator().manual_seed(0)
-    users, items = train_mod.synthetic_tables(args, gen)
-    model = train_mod.build_model(args, seed=0)
-    sparse_opt, dense_opt = train_mod.make_optimizers(model, cfg.train)
+    users, items = probes.synthetic_tables(args, gen)
+    model = two_tower.build_model(args, seed=0)
+    sparse_opt, dense_opt = step.make_optimizers(model, cfg.train)
     customers = torch.arange(64)
     articles = customers % 40  # a fixed pairing to learn
     negatives = torch.randint(40, (32,), generator=gen)
     prob = torch.full((40,), 1 / 40)
     losses = [
-        train_mod.train_step(model, sparse_opt, dense_opt, users, items, customers, articles, negatives, prob, cfg.train)
+        step.train_step(model, sparse_opt, dense_opt, users, items, customers, articles, negatives, prob, cfg.train)
         for _ in range(30)
     ]
     assert all(loss.dtype == torch.float32 for loss in losses)
@@ -175,24 +175,24 @@ def test_train_step_lowers_the_loss_in_both_compute_types(dtype, tmp_path):
 def test_batch_size_is_fitted_to_small_data(tmp_path):
     cfg = make_cfg(tmp_path, "train.batch_size=2048")
     # 25,350 rows: 2048 would be 13 steps an epoch; at most 25,350 / 50 = 507 rows, rounded down to 448
-    fitted = train_mod.fit_batch_size(cfg, 25_350)
+    fitted = job.fit_batch_size(cfg, 25_350)
     assert fitted.train.batch_size == 448
-    assert 25_350 / fitted.train.batch_size >= train_mod.MIN_STEPS_PER_EPOCH
-    assert train_mod.fit_batch_size(cfg, 31_403_267) is cfg  # large data: unchanged
-    assert train_mod.fit_batch_size(cfg, 1_000).train.batch_size == train_mod.FITTED_BATCH_FLOOR
+    assert 25_350 / fitted.train.batch_size >= job.MIN_STEPS_PER_EPOCH
+    assert job.fit_batch_size(cfg, 31_403_267) is cfg  # large data: unchanged
+    assert job.fit_batch_size(cfg, 1_000).train.batch_size == job.FITTED_BATCH_FLOOR
     small = make_cfg(tmp_path, "train.batch_size=64")
-    assert train_mod.fit_batch_size(small, 1_000) is small  # already small enough: unchanged
+    assert job.fit_batch_size(small, 1_000) is small  # already small enough: unchanged
 
 
 def test_read_ahead_keeps_order_and_reraises():
-    assert list(train_mod.read_ahead(iter(range(50)), 1)) == list(range(50))
-    assert list(train_mod.read_ahead(iter(range(5)), 0)) == list(range(5))
+    assert list(pairs.read_ahead(iter(range(50)), 1)) == list(range(50))
+    assert list(pairs.read_ahead(iter(range(5)), 0)) == list(range(5))
 
     def broken():
         yield 1
         raise ValueError("disk gone")
 
-    got = train_mod.read_ahead(broken(), 1)
+    got = pairs.read_ahead(broken(), 1)
     assert next(got) == 1
     with pytest.raises(ValueError, match="disk gone"):
         next(got)
@@ -200,15 +200,15 @@ def test_read_ahead_keeps_order_and_reraises():
 
 def test_checkpoint_written_atomically_and_corruption_reported(tmp_path):
     path = str(tmp_path / "ck" / "last.pt")
-    state = {k: 0 for k in train_mod.CHECKPOINT_KEYS}
-    state.update(format=train_mod.CHECKPOINT_FORMAT, model={"w": torch.ones(2)}, history=[])
-    train_mod.save_checkpoint(path, state)
+    state = {k: 0 for k in checkpoint.CHECKPOINT_KEYS}
+    state.update(format=checkpoint.CHECKPOINT_FORMAT, model={"w": torch.ones(2)}, history=[])
+    checkpoint.save_checkpoint(path, state)
     assert os.listdir(tmp_path / "ck") == ["last.pt"]  # no temp file left behind
-    assert torch.equal(train_mod.load_checkpoint(path)["model"]["w"], torch.ones(2))
+    assert torch.equal(checkpoint.load_checkpoint(path)["model"]["w"], torch.ones(2))
     with open(path, "r+b") as f:
         f.truncate(40)
     with pytest.raises(HmrecError, match=r"last\.pt is corrupted.*delete it or rerun without --resume"):
-        train_mod.load_checkpoint(path)
+        checkpoint.load_checkpoint(path)
 
 
 def test_first_error_line_names_the_failing_rank():
@@ -219,7 +219,7 @@ def test_first_error_line_names_the_failing_rank():
         "[rank0]: RuntimeError: Connection closed by peer [127.0.0.1]:4015\n"
         "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n"
     )
-    assert train_mod._first_error_line(output) == "[rank1]: ValueError: table gold/train, column article_idx: bad value 7"
+    assert distributed.first_error_line(output) == "[rank1]: ValueError: table gold/train, column article_idx: bad value 7"
 
 
 # ---- the train job -------------------------------------------------------------------------
@@ -227,7 +227,7 @@ def test_first_error_line_names_the_failing_rank():
 
 def test_missing_input_table_names_the_stage_to_run(spark, cfg):
     with pytest.raises(HmrecError, match=r"table gold/train does not exist .*run `hmrec split --as-of 2020-09-16`"):
-        train_mod.train(cfg, spark, AS_OF)
+        job.train(cfg, spark, AS_OF)
 
 
 @pytest.fixture(scope="module")
@@ -247,16 +247,16 @@ def first_run(spark, lake):
     """The reference run (2 epochs), with the weights the trainer checkpointed after each epoch."""
     cfg = train_cfg(lake)
     saved = []
-    real_save = train_mod.save_checkpoint
+    real_save = job.save_checkpoint
 
     def recording(path, state):
         saved.append({k: v.clone() for k, v in state["model"].items()})
         real_save(path, state)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train_mod, "save_checkpoint", recording)
+        mp.setattr(job, "save_checkpoint", recording)
         started = time.perf_counter()
-        version = train_mod.train(cfg, spark, AS_OF)
+        version = job.train(cfg, spark, AS_OF)
         seconds = time.perf_counter() - started
     return {"cfg": cfg, "version": version, "saved": saved, "seconds": seconds}
 
@@ -279,9 +279,28 @@ def _assert_same_weights(a: dict, b: dict) -> None:
         assert torch.equal(a[name], b[name]), name
 
 
-def test_users_score_their_own_group_first(first_run, spark):
-    cfg, version = first_run["cfg"], first_run["version"]
+@pytest.fixture(scope="module")
+def distributed_run(spark, lake):
+    """The reference run's settings trained by two processes through TorchDistributor."""
+    cfg = train_cfg(lake, "train.num_processes=2", "train.log_every=0")
+    started = time.perf_counter()
+    version = job.train(cfg, spark, AS_OF)
+    print(f"2-process TorchDistributor run: {time.perf_counter() - started:.1f}s")
+    return {"cfg": cfg, "version": version}
+
+
+@pytest.mark.parametrize("run", ["first_run", "distributed_run"], ids=["local", "2-processes"])
+def test_users_score_their_own_group_first(run, request, spark):
+    """One contract for local and distributed training: the same planted data, the same bar."""
+    trained = request.getfixturevalue(run)
+    cfg, version = trained["cfg"], trained["version"]
+    world = cfg.train.num_processes
     loaded = registry.load_model(cfg, version)
+    history = loaded.meta["history"]
+    assert [epoch["epoch"] for epoch in history] == [1, 2]
+    for epoch in history:
+        # every rank contributed: world - 1 ranks alone see at most steps * batch_size rows each
+        assert (world - 1) * epoch["steps"] * 64 < epoch["samples"] <= min(world * epoch["steps"] * 64, N_ROWS)
     users, items = _embeddings(spark, cfg, loaded.model)
     scores = users @ items.T  # (N_USERS, N_ITEMS)
     own = torch.tensor([[group_of_user(c) == group_of_item(a) for a in range(N_ITEMS)] for c in range(N_USERS)])
@@ -290,7 +309,7 @@ def test_users_score_their_own_group_first(first_run, spark):
     assert bool((worst_own > best_other).all()), (worst_own - best_other).tolist()
     # the same answer seen through validation: recall@8 over 24 articles (chance: 1/3)
     recall = _metric_history(cfg, loaded.meta["run_id"], "val_recall_at_8")
-    assert len(recall) == 2 and recall[-1] >= 0.95
+    assert len(recall) == 2 and recall[-1] >= 0.95, recall
     losses = _metric_history(cfg, loaded.meta["run_id"], "train_loss")
     assert losses[1] < losses[0]
 
@@ -298,7 +317,7 @@ def test_users_score_their_own_group_first(first_run, spark):
 def test_ten_steps_lower_the_loss(spark, lake):
     # through the read-ahead thread (the default reads in the training loop)
     cfg = train_cfg(lake, "train.epochs=1", "train.max_steps=10", "train.log_every=1", "train.loader_workers=1")
-    version = train_mod.train(cfg, spark, AS_OF)
+    version = job.train(cfg, spark, AS_OF)
     run_id = registry.load_model(cfg, version).meta["run_id"]
     losses = _metric_history(cfg, run_id, "train_loss_step")
     assert len(losses) == 10
@@ -309,20 +328,20 @@ def test_ten_steps_lower_the_loss(spark, lake):
 def killed_run(first_run, spark, tmp_path_factory):
     """The reference run again, killed right after its epoch-1 checkpoint; keeps a copy of that checkpoint."""
     cfg = first_run["cfg"]
-    real_save = train_mod.save_checkpoint
+    real_save = job.save_checkpoint
 
     def save_then_die(path, state):
         real_save(path, state)
         raise KeyboardInterrupt("killed after epoch 1")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train_mod, "save_checkpoint", save_then_die)
+        mp.setattr(job, "save_checkpoint", save_then_die)
         with pytest.raises(KeyboardInterrupt):
-            train_mod.train(cfg, spark, AS_OF)
-    ckpt = train_mod.checkpoint_path(cfg, AS_OF)
+            job.train(cfg, spark, AS_OF)
+    ckpt = checkpoint.checkpoint_path(cfg, AS_OF)
     copy = tmp_path_factory.mktemp("killed") / "last.pt"
     shutil.copyfile(ckpt, copy)
-    return {"checkpoint": train_mod.load_checkpoint(str(copy)), "copy": copy}
+    return {"checkpoint": checkpoint.load_checkpoint(str(copy)), "copy": copy}
 
 
 def test_same_seed_same_weights(first_run, killed_run):
@@ -339,10 +358,10 @@ def test_resume_after_a_kill_matches_the_uninterrupted_run(first_run, killed_run
     killed = killed_run["checkpoint"]
     client = registry.client(cfg)
     assert client.get_run(killed["run_id"]).info.status == "FAILED"
-    ckpt = train_mod.checkpoint_path(cfg, AS_OF)
+    ckpt = checkpoint.checkpoint_path(cfg, AS_OF)
     shutil.copyfile(killed_run["copy"], ckpt)  # as the killed run left it
 
-    version = train_mod.train(cfg, spark, AS_OF, resume=True)
+    version = job.train(cfg, spark, AS_OF, resume=True)
     loaded = registry.load_model(cfg, version)
     _assert_same_weights(loaded.model.state_dict(), registry.load_model(cfg, first_run["version"]).model.state_dict())
     assert loaded.meta["run_id"] == killed["run_id"]  # the resumed run continues the same MLflow run
@@ -353,13 +372,13 @@ def test_resume_after_a_kill_matches_the_uninterrupted_run(first_run, killed_run
 
 def test_corrupted_checkpoint_is_a_clear_error(spark, lake):
     cfg = train_cfg(lake)
-    ckpt = train_mod.checkpoint_path(cfg, AS_OF)
+    ckpt = checkpoint.checkpoint_path(cfg, AS_OF)
     os.makedirs(os.path.dirname(ckpt), exist_ok=True)
     with open(ckpt, "wb") as f:
         f.write(b"\x00 not a checkpoint")
     try:
         with pytest.raises(HmrecError, match=rf"{ckpt} is corrupted.*delete it or rerun without --resume"):
-            train_mod.train(cfg, spark, AS_OF, resume=True)
+            job.train(cfg, spark, AS_OF, resume=True)
     finally:
         os.remove(ckpt)
 
@@ -400,21 +419,9 @@ def test_registry_attaches_artifacts_and_metrics_to_a_version(first_run, tmp_pat
         registry.load_model(cfg, "999")
 
 
-def test_two_processes_through_torch_distributor(spark, lake):
-    cfg = train_cfg(lake, "train.num_processes=2", "train.log_every=0")
-    started = time.perf_counter()
-    version = train_mod.train(cfg, spark, AS_OF)
-    print(f"2-process TorchDistributor run: {time.perf_counter() - started:.1f}s")
-    loaded = registry.load_model(cfg, version)
-    history = loaded.meta["history"]
-    assert len(history) == 2
-    for epoch in history:
-        # both ranks contributed: one rank alone sees at most steps * batch_size rows
-        assert epoch["samples"] > epoch["steps"] * 64
-        assert epoch["samples"] <= N_ROWS
-    assert history[-1]["train_loss"] < history[0]["train_loss"]
-    recall = history[-1]["val_recall@8"]
-    assert recall > 0.5, recall  # chance is 1/3
+# Long enough that no start-up of two processes on a loaded machine comes near it, short enough
+# for pytest's timeout: a rank left waiting for the failed one would show as a run this long.
+GLOO_TIMEOUT_S = 300
 
 
 def test_a_failing_process_fails_the_job_with_its_error():
@@ -426,12 +433,14 @@ def test_a_failing_process_fails_the_job_with_its_error():
         import torch as _torch
         import torch.distributed as _dist
 
-        _dist.init_process_group("gloo", timeout=_dt.timedelta(seconds=60))
+        _dist.init_process_group("gloo", timeout=_dt.timedelta(seconds=GLOO_TIMEOUT_S))
         if _dist.get_rank() == 1:
             raise ValueError("table gold/train, column article_idx: bad value 7")
         _dist.all_reduce(_torch.ones(1))
 
     started = time.perf_counter()
     with pytest.raises(HmrecError, match=r"\[rank1\]: ValueError: table gold/train, column article_idx: bad value 7"):
-        train_mod.run_distributed(fails_on_rank_1, num_processes=2, local_mode=True)
-    assert time.perf_counter() - started < 50  # far below the 60 s gloo timeout: torchrun stopped rank 0
+        distributed.run_distributed(fails_on_rank_1, num_processes=2, local_mode=True)
+    seconds = time.perf_counter() - started
+    print(f"failing 2-process run stopped after {seconds:.1f}s")
+    assert seconds < GLOO_TIMEOUT_S / 2  # far below the gloo timeout: rank 0 was stopped, not timed out

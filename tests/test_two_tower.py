@@ -1,6 +1,7 @@
 """The two-tower model, its feature tensors and its loss, without Spark."""
 from __future__ import annotations
 
+import inspect
 import json
 import math
 
@@ -11,22 +12,12 @@ import torch
 import torch.nn.functional as F
 
 from hmrec.lake import schemas
-from hmrec.model.two_tower import (
-    TwoTower,
-    accidental_hits,
-    build_model,
-    candidate_log_q,
-    item_inputs,
-    model_args_from_features,
-    retrieval_loss,
-    unique_candidates,
-    unique_retrieval_loss,
-    user_inputs,
-)
+from hmrec.model.loss import accidental_hits, candidate_log_q, retrieval_loss, unique_candidates, unique_retrieval_loss
+from hmrec.model.two_tower import TwoTower, build_model, item_inputs, model_args_from_features, user_inputs
 
 
 def user_frame() -> pd.DataFrame:
-    """Three rows of gold/user_features as Arrow's toPandas returns them (nulls included)."""
+    """Three rows of ``tables.USER_FEATURES`` as Arrow's toPandas returns them (nulls included)."""
     rows = {
         "customer_idx": [0, 1, 2],
         "age_bucket": [1, np.nan, 3],
@@ -166,15 +157,25 @@ def test_rebuilt_model_gives_the_same_embeddings():
         assert torch.equal(rebuilt.item_tower(items), trained.item_tower(items))
 
 
+# The id tables, whose gradients are sparse; every other parameter is dense.
+SPARSE_PARAMETERS = {"user_id.weight", "user_history.weight", "item_id.weight"}
+
+
 def test_sparse_and_dense_parameters_are_split():
     model = build_model(small_args(), seed=1)
     sparse, dense = model.parameter_groups()
-    assert {id(p) for p in sparse} == {id(model.user_id.weight), id(model.user_history.weight), id(model.item_id.weight)}
-    assert len(sparse) + len(dense) == len(list(model.parameters()))
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    # each parameter of the model in exactly one group, and nothing else
+    grouped = [name_of.get(id(p), "not a parameter of the model") for p in [*sparse, *dense]]
+    assert sorted(grouped) == sorted(name_of.values())
+    assert {name_of[id(p)] for p in sparse} == SPARSE_PARAMETERS
+    assert {name_of[id(p)] for p in dense} == set(name_of.values()) - SPARSE_PARAMETERS
     users = user_inputs(user_frame())
     items = item_inputs(item_frame())
     u, v = model(users, items)
     (u @ v.T).sum().backward()
+    # the groups agree with the gradients autograd actually produced
+    assert {name for name, p in model.named_parameters() if p.grad.is_sparse} == SPARSE_PARAMETERS
     assert all(p.grad.is_sparse for p in sparse)
     assert all(not p.grad.is_sparse for p in dense)
 
@@ -300,6 +301,16 @@ def test_logq_correction_moves_loss_only_when_not_constant():
 
 
 def test_constructor_kwargs_round_trip():
+    """``model_args`` hold every constructor argument, and the constructor rebuilds the same model from them."""
     args = small_args()
     model = TwoTower(**args)
-    assert model.model_args == args
+    assert set(model.model_args) == set(inspect.signature(TwoTower).parameters)
+    original = build_model(args, seed=2)
+    rebuilt = TwoTower(**json.loads(json.dumps(original.model_args)))
+    # the state dict does not hold the vocabulary sizes and offsets: the rebuild must get those from model_args
+    rebuilt.load_state_dict(original.state_dict())
+    users = user_inputs(user_frame())
+    items = item_inputs(item_frame())
+    with torch.no_grad():
+        assert torch.equal(rebuilt.user_tower(users), original.user_tower(users))
+        assert torch.equal(rebuilt.item_tower(items), original.item_tower(items))

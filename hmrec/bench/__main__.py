@@ -189,7 +189,9 @@ def prepared(scale: float, seed: int, overrides: list[str], rows: list[dict]):
 def bench_train(scale: float, seed: int, overrides: list[str]) -> None:
     from hmrec.lake import storage
     from hmrec.model.registry import load_model
-    from hmrec.train.job import compute_dtype_name, loader_throughput, synthetic_model_args, train, trainer_throughput
+    from hmrec.bench.probes import loader_throughput, synthetic_model_args, trainer_throughput
+    from hmrec.train.job import train
+    from hmrec.train.step import compute_dtype_name
 
     rows: list[dict] = []
     # one epoch over the whole training window unless --set train.train_days=N says otherwise

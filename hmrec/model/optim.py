@@ -11,7 +11,7 @@ rows gathered, updated densely and written back.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -57,7 +57,8 @@ class RowAdam(torch.optim.Optimizer):
                     raise ValueError(f"RowAdam updates rows of 2-D tables; got a parameter of shape {tuple(p.shape)}")
 
     @torch.no_grad()
-    def step(self, closure=None):  # noqa: ANN001 - the Optimizer signature
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Update the rows each parameter's sparse gradient touched; returns ``closure()`` if given."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

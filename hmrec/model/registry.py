@@ -24,13 +24,15 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlparse
 
 import torch
+from mlflow.artifacts import download_artifacts
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from hmrec.lake import schemas
 from hmrec.config import Config
 from hmrec.errors import HmrecError
+from hmrec.lake import schemas
 from hmrec.model.two_tower import TwoTower, build_model
 
 MODEL_DIR = "model"
@@ -183,7 +185,7 @@ def latest_version(cfg: Config, as_of: dt.date | None = None) -> str | None:
     return str(max(int(v.version) for v in versions))
 
 
-def _model_version(cfg: Config, version: str):
+def _model_version(cfg: Config, version: str) -> ModelVersion:
     c = client(cfg)
     try:
         return c.get_model_version(cfg.paths.registered_model, str(version))
@@ -221,8 +223,6 @@ def load_model(cfg: Config, model_version: str | None = None, as_of: dt.date | N
     mv = _model_version(cfg, version)
     artifact_dir = _local_dir(mv.source)
     if not artifact_dir:
-        from mlflow.artifacts import download_artifacts
-
         artifact_dir = download_artifacts(
             artifact_uri=mv.source,
             dst_path=tempfile.mkdtemp(prefix=f"hmrec-model-v{version}-"),
