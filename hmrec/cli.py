@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun stages whose outputs already exist")
     add_common(p)
 
+    p = sub.add_parser("backtest", help="the refresh at N weekly cutoffs, each judged on its following week")
+    p.add_argument("--data", required=True, help="directory holding the three CSV files")
+    p.add_argument("--as-of", type=_date, required=True, help="the last cutoff YYYY-MM-DD; the others are 7, 14, ... days before")
+    p.add_argument("--weeks", type=int, default=4, help="number of weekly cutoffs (default 4)")
+    p.add_argument("--force", action="store_true", help="rerun stages whose outputs already exist")
+    add_common(p)
+
     p = sub.add_parser("recommend", help="print one customer's precomputed recommendations")
     p.add_argument("--customer-id", required=True, help="64-character customer id")
     p.add_argument("--k", type=int, default=None, help="how many to show (default: all stored)")
@@ -103,6 +110,11 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> object:
         from hmrec.pipeline import run
 
         return _with_spark(cfg, lambda spark: run(cfg, spark, data_dir=args.data, as_of=args.as_of, force=args.force))
+    if cmd == "backtest":
+        from hmrec.backtest import backtest
+
+        return _with_spark(cfg, lambda spark: backtest(cfg, spark, data_dir=args.data, as_of=args.as_of,
+                                                       weeks=args.weeks, force=args.force))
     if cmd == "features":
         from hmrec.etl.features import build_features
 

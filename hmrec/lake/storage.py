@@ -39,8 +39,34 @@ def read(spark: SparkSession, cfg: Config, table: Table, version: int | None = N
 
 
 def read_as_of(spark: SparkSession, cfg: Config, table: Table, as_of: dt.date) -> DataFrame:
-    """Rows of a per-cutoff table for one as-of date."""
-    return read(spark, cfg, table).where(F.col("as_of") == F.lit(as_of))
+    """Rows of a per-cutoff table for one as-of date.
+
+    A table replaced as a whole by each run (``table.replaced_whole``) is read
+    at its last version written for ``as_of``, by time travel when a later run
+    has replaced it since; no such version reads as no rows.
+    """
+    version = None
+    if table.replaced_whole:
+        version = version_for_as_of(spark, cfg, table, as_of)
+        if version is None:
+            return spark.createDataFrame([], table.schema)
+    return read(spark, cfg, table, version=version).where(F.col("as_of") == F.lit(as_of))
+
+
+def version_for_as_of(spark: SparkSession, cfg: Config, table: Table, as_of: dt.date) -> int | None:
+    """The latest version of a whole-replaced table whose commit was written for ``as_of`` (its userMetadata)."""
+    p = path(cfg, table)
+    if not DeltaTable.isDeltaTable(spark, p):
+        return None
+    wanted = as_of.isoformat()
+    for row in DeltaTable.forPath(spark, p).history().select("version", "userMetadata").orderBy(F.col("version").desc()).collect():
+        try:
+            meta = json.loads(row["userMetadata"]) if row["userMetadata"] else {}
+        except ValueError:
+            continue
+        if meta.get("as_of") == wanted:
+            return int(row["version"])
+    return None
 
 
 def version(spark: SparkSession, cfg: Config, table: Table) -> int | None:

@@ -26,6 +26,9 @@ class Table:
     per_as_of: bool = False
     # a finished stage may leave its as-of empty here (no purchase after the cutoff yet)
     may_be_empty: bool = False
+    # replaced as a whole by each run, one as-of at a time: earlier as-ofs live on in the table's
+    # history and are read by time travel to the last commit made for them
+    replaced_whole: bool = False
 
     def __str__(self) -> str:
         return self.name
@@ -56,7 +59,7 @@ HOLDOUT = Table("gold/holdout", schemas.SPLIT_ROWS, "split", ("as_of",), per_as_
 POPULARITY = Table("gold/popularity", schemas.POPULARITY, "popularity", ("as_of",), per_as_of=True)
 ITEM_EMBEDDINGS = Table("gold/item_embeddings", schemas.ITEM_EMBEDDINGS, "index", ("as_of",), per_as_of=True)
 # Replaced as a whole by each refresh (one atomic commit); as_of is a column.
-RECOMMENDATIONS = Table("gold/recommendations", schemas.RECOMMENDATIONS, "score", per_as_of=True)
+RECOMMENDATIONS = Table("gold/recommendations", schemas.RECOMMENDATIONS, "score", per_as_of=True, replaced_whole=True)
 EVAL_METRICS = Table("gold/eval_metrics", schemas.EVAL_METRICS, "evaluate", ("as_of",), per_as_of=True)
 
 # ---- meta: the pipeline's own records ---------------------------------------------------
