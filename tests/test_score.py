@@ -16,25 +16,22 @@ import pytest
 
 from hmrec.lake import schemas, storage
 from hmrec.errors import HmrecError
-from hmrec.serve.index import LookupEmbedder, ShippedIndex, make_index
+from hmrec.bench.serving import search_throughput
 from hmrec.lake import tables
-from hmrec.serve.score import (
-    build_context,
+from hmrec.serve.blend import (
+    MODEL,
     POPULAR,
     REPURCHASE,
-    MODEL,
-    ScoringContext,
     blend_batch,
     compact_left,
     drop_repeats,
     fill_lists,
     pad_lists,
-    recent_purchases,
     rows_isin,
-    score_customers,
-    score_frame,
-    search_throughput,
 )
+from hmrec.serve.embedders import LookupEmbedder
+from hmrec.serve.index import ShippedIndex, make_index
+from hmrec.serve.score import ScoringContext, build_context, recent_purchases, score_customers, score_frame
 
 AS_OF = dt.date(2020, 9, 16)
 N_ITEMS = 40

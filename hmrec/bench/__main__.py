@@ -233,9 +233,11 @@ def bench_score(scale: float, seed: int, overrides: list[str], job_kinds: tuple[
     import numpy as np
 
     from hmrec.lake import storage
-    from hmrec.serve.index import ModelEmbedder, build_index
+    from hmrec.bench.serving import embed_throughput, search_throughput
+    from hmrec.serve.embedders import ModelEmbedder
+    from hmrec.serve.index import build_index
     from hmrec.model.registry import load_model
-    from hmrec.serve.score import embed_throughput, score, search_throughput
+    from hmrec.serve.score import score
 
     rows: list[dict] = []
     cfg, spark = prepared(scale, seed, ["train.epochs=1", *overrides], rows)

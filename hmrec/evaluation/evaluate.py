@@ -309,12 +309,12 @@ def model_retrieval_lists(cfg: Config, spark: "SparkSession", as_of: dt.date, ve
 
     from hmrec.model import registry
     from hmrec.lake import storage
-    from hmrec.serve.index import ModelEmbedder, embed_in_batches
-    from hmrec.serve.score import item_tables
+    from hmrec.serve.embedders import ModelEmbedder, embed_in_batches
+    from hmrec.serve.index import read_item_embeddings
 
     try:
         embedder = ModelEmbedder.from_loaded(registry.load_model(cfg, version))
-        items, item_emb = item_tables(spark, cfg, as_of, version, need_vectors=True)
+        items, item_emb = read_item_embeddings(spark, cfg, as_of, version, need_vectors=True)
     except HmrecError as exc:
         log("evaluate", f"no {RETRIEVAL} curve: {exc}")
         return None
