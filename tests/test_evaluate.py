@@ -20,7 +20,9 @@ import pytest
 
 from hmrec.lake import schemas, storage
 from hmrec.errors import HmrecError
-from hmrec.evaluation.evaluate import customer_segments, fill_list, run_evaluation
+from hmrec.evaluation.baselines import customer_segments
+from hmrec.evaluation.evaluate import run_evaluation
+from hmrec.serve.blend import fill_list
 from hmrec.lake import tables
 
 AS_OF = dt.date(2020, 9, 16)

@@ -13,11 +13,10 @@ import pytest
 from hmrec.lake import schemas, storage
 from hmrec.errors import HmrecError
 from hmrec.lake import tables
+from hmrec.serve.embedders import LookupEmbedder, check_embeddings
 from hmrec.serve.index import (
     KINDS,
-    LookupEmbedder,
     ShippedIndex,
-    check_embeddings,
     index_dir,
     index_items,
     ivf_nlist,
@@ -161,7 +160,7 @@ def test_model_embedder_rebuilds_the_model_from_its_pickled_weights():
 
     import torch
 
-    from hmrec.serve import index as index_module
+    from hmrec.serve import embedders
     from hmrec.model import two_tower
 
     rng = np.random.default_rng(2)
@@ -183,16 +182,16 @@ def test_model_embedder_rebuilds_the_model_from_its_pickled_weights():
         want_users = model.user_tower(two_tower.user_inputs(users)).numpy()
         want_items = model.item_tower(two_tower.item_inputs(items)).numpy()
 
-    from hmrec.serve.index import ModelEmbedder
+    from hmrec.serve.embedders import ModelEmbedder
 
     threads = torch.get_num_threads()
     shipped = pickle.dumps(ModelEmbedder.from_loaded(SimpleNamespace(model=model, version="t1")))
-    del index_module._WORKER_CACHE["model:t1"]  # as in a fresh Spark worker
+    del embedders._WORKER_CACHE["model:t1"]  # as in a fresh Spark worker
     embedder = pickle.loads(shipped)
     got_users = embedder.embed_users(users)
     assert got_users.dtype == np.float32 and got_users.shape == (6, 8)
     np.testing.assert_allclose(got_users, want_users, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(embedder.embed_items(items), want_items, rtol=1e-5, atol=1e-6)
-    assert index_module._WORKER_CACHE["model:t1"] is not model  # rebuilt from the bytes, then cached
-    index_module._WORKER_CACHE.pop("model:t1")
+    assert embedders._WORKER_CACHE["model:t1"] is not model  # rebuilt from the bytes, then cached
+    embedders._WORKER_CACHE.pop("model:t1")
     torch.set_num_threads(threads)  # the rebuild capped torch's threads as a Spark worker would

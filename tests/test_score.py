@@ -7,6 +7,7 @@ vector of axis g. So a customer's model list is known: g, g+4, g+8, ...
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 
@@ -16,25 +17,22 @@ import pytest
 
 from hmrec.lake import schemas, storage
 from hmrec.errors import HmrecError
-from hmrec.serve.index import LookupEmbedder, ShippedIndex, make_index
+from hmrec.bench.serving import search_throughput
 from hmrec.lake import tables
-from hmrec.serve.score import (
-    build_context,
+from hmrec.serve.blend import (
+    MODEL,
     POPULAR,
     REPURCHASE,
-    MODEL,
-    ScoringContext,
     blend_batch,
     compact_left,
     drop_repeats,
     fill_lists,
     pad_lists,
-    recent_purchases,
     rows_isin,
-    score_customers,
-    score_frame,
-    search_throughput,
 )
+from hmrec.serve.embedders import LookupEmbedder
+from hmrec.serve.index import ShippedIndex, make_index, recall_vs_exact, search
+from hmrec.serve.score import ScoringContext, build_context, recent_purchases, score_customers, score_frame
 
 AS_OF = dt.date(2020, 9, 16)
 N_ITEMS = 40
@@ -242,8 +240,16 @@ def test_search_throughput_reports_every_kind(cfg):
     rng = np.random.default_rng(0)
     items = rng.normal(size=(500, 8)).astype(np.float32)
     users = rng.normal(size=(50, 8)).astype(np.float32)
-    out = search_throughput(items, users, ["flat", "ivf"], 5, cfg.index)
-    assert out["flat"]["recall@5"] == 1.0
+    # One list probed of the twelve: an approximate search, whose recall is well below 1.
+    index_cfg = dataclasses.replace(cfg.index, ivf_nprobe=1)
+    out = search_throughput(items, users, ["flat", "ivf"], 5, index_cfg)
+    # The exact top 5 by numpy, independent of FAISS: the flat index must find all of it, and
+    # each kind's reported recall must be that kind's recall against it.
+    truth = np.argsort(-(users @ items.T), axis=1)[:, :5]
+    _, flat_ids = search(make_index("flat", items, index_cfg), users, 5)
+    _, ivf_ids = search(make_index("ivf", items, index_cfg), users, 5)
+    assert out["flat"]["recall@5"] == recall_vs_exact(flat_ids, truth) == 1.0
+    assert out["ivf"]["recall@5"] == pytest.approx(recall_vs_exact(ivf_ids, truth), abs=1e-4)
     assert 0.0 < out["ivf"]["recall@5"] <= 1.0
     assert out["ivf"]["queries_per_s"] > 0
 

@@ -235,9 +235,11 @@ def bench_score(scale: float, seed: int, overrides: list[str], job_kinds: tuple[
     import numpy as np
 
     from hmrec.lake import storage
-    from hmrec.serve.index import ModelEmbedder, build_index
+    from hmrec.bench.serving import embed_throughput, search_throughput
+    from hmrec.serve.embedders import ModelEmbedder
+    from hmrec.serve.index import build_index
     from hmrec.model.registry import load_model
-    from hmrec.serve.score import embed_throughput, score, search_throughput
+    from hmrec.serve.score import score
 
     rows: list[dict] = []
     cfg, spark = prepared(scale, seed, ["train.epochs=1", *overrides], rows)
@@ -276,15 +278,9 @@ def bench_all(scale: float, seed: int, overrides: list[str], kinds: tuple[str, .
 
     from hmrec.lake import storage
     from hmrec.bench.als import als_top_k, train_als
-    from hmrec.evaluation.evaluate import (
-        METHODS,
-        _gather,
-        _lists_by_customer,
-        baseline_lists,
-        compute_metrics,
-        customer_segments,
-        fill_list,
-    )
+    from hmrec.evaluation.baselines import baseline_lists, customer_segments
+    from hmrec.evaluation.evaluate import METHODS, compute_metrics, gather_holdout, lists_by_customer
+    from hmrec.serve.blend import fill_list
     from hmrec.serve.index import build_index
     from hmrec.serve.score import score
     from hmrec.train.job import train
@@ -305,12 +301,12 @@ def bench_all(scale: float, seed: int, overrides: list[str], kinds: tuple[str, .
             score(kcfg, spark, as_of=AS_OF, model_version=version)
         if not lists:
             # holdout, histories and popularity once; each later kind only re-reads its served lists
-            frame, _, popularity, catalogue = _gather(kcfg, spark, AS_OF, k, version)
+            frame, _, popularity, catalogue = gather_holdout(kcfg, spark, AS_OF, k, version)
             holdout_ids = F.broadcast(spark.createDataFrame(frame[["customer_id"]]))
             served = frame
         else:
             recs = storage.read(spark, cfg, tables.RECOMMENDATIONS).where(F.col("as_of") == F.lit(AS_OF))
-            served = _lists_by_customer(recs.join(holdout_ids, "customer_id"), "rank", "article_id", "model").toPandas()
+            served = lists_by_customer(recs.join(holdout_ids, "customer_id"), "rank", "article_id", "model").toPandas()
         lists[f"hmrec_{kind}"] = dict(zip(served["customer_id"], served["model"]))
     rows.append({"stage": "hmrec run, ingest to scoring", "seconds": round(time.perf_counter() - run_start, 2)})
 

@@ -74,16 +74,6 @@ def map_at_k(actuals: Sequence[Sequence[Hashable]], predictions: Sequence[Sequen
     return _mean_over_buyers(average_precision, actuals, predictions, k)
 
 
-def recall_at_k(actuals: Sequence[Sequence[Hashable]], predictions: Sequence[Sequence[Hashable]], k: int) -> float:
-    """Mean Recall@k over customers who bought something."""
-    return _mean_over_buyers(recall, actuals, predictions, k)
-
-
-def ndcg_at_k(actuals: Sequence[Sequence[Hashable]], predictions: Sequence[Sequence[Hashable]], k: int) -> float:
-    """Mean NDCG@k over customers who bought something."""
-    return _mean_over_buyers(ndcg, actuals, predictions, k)
-
-
 def hitrate_at_k(actuals: Sequence[Sequence[Hashable]], predictions: Sequence[Sequence[Hashable]], k: int) -> float:
     """Share of customers who bought something with at least one hit in the first k."""
     return _mean_over_buyers(hit, actuals, predictions, k)

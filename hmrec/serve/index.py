@@ -1,204 +1,39 @@
-"""Item embeddings and the FAISS index that the scoring job searches.
-
-The model is reached through the :class:`Embedder` protocol so that the jobs
-can be exercised with a hand-made embedder whose right answers are known, and
-so that the two-tower code is imported only when a real model is used.
+"""The FAISS index that the scoring job searches: factory, search, files and the index job.
 
 Every index holds L2-normalised item vectors and searches by inner product
 (cosine); ids stored in the index are ``article_idx`` values, so a search
-answers in the same dense ids as ``gold/user_features.last_articles`` and
-``gold/popularity``.
+answers in the same dense ids as ``last_articles`` of ``tables.USER_FEATURES``
+and ``tables.POPULARITY``. The index job also writes the item vectors to
+``tables.ITEM_EMBEDDINGS``, and :func:`read_item_embeddings` is how later
+stages read them back.
 """
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import json
 import os
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable
 
 import faiss
 import numpy as np
 import pandas as pd
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from hmrec.config import Config, IndexConfig
 from hmrec.errors import HmrecError
+from hmrec.lake import schemas, storage, tables
 from hmrec.progress import log, stage
-from hmrec.lake import tables
-
-if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+from hmrec.serve.embedders import Embedder, ModelEmbedder, check_embeddings, embed_in_batches, worker_cached
 
 KINDS = ("flat", "hnsw", "ivf")
 INDEX_FILE = "items.faiss"
 META_FILE = "meta.json"
-
-# Rebuilt models and deserialised indexes, per Python process. Spark reuses its
-# Python workers, so each is built once per worker rather than once per task.
-_WORKER_CACHE: dict[str, Any] = {}
-
-
-# ---- embedders -----------------------------------------------------------------
-
-
-@runtime_checkable
-class Embedder(Protocol):
-    """What the index, score and evaluate jobs need from a model.
-
-    Implementations must be picklable with the standard pickle module (Spark
-    ships them to its Python workers) and cheap to pickle: keep weights as
-    bytes and rebuild lazily, cached by ``version``.
-    """
-
-    version: str
-
-    def embed_users(self, pdf: pd.DataFrame) -> np.ndarray:
-        """(B, D) float32 vectors for rows of gold/user_features."""
-        ...
-
-    def embed_items(self, pdf: pd.DataFrame) -> np.ndarray:
-        """(N, D) float32 vectors for rows of gold/item_features."""
-        ...
-
-
-class LookupEmbedder:
-    """Embeddings read from fixed tables indexed by ``customer_idx`` / ``article_idx``.
-
-    Used to replay precomputed embeddings (benchmarks time FAISS and the
-    scoring job without a model) and, in tests, to plant vectors whose nearest
-    neighbours are known. An index outside a table is an error naming it.
-    """
-
-    def __init__(self, version: str, user_vectors: np.ndarray, item_vectors: np.ndarray) -> None:
-        self.version = version
-        self.user_vectors = np.ascontiguousarray(user_vectors, dtype=np.float32)
-        self.item_vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
-
-    @staticmethod
-    def _take(table: np.ndarray, idx: pd.Series, column: str) -> np.ndarray:
-        ids = idx.to_numpy(dtype=np.int64, na_value=-1)
-        bad = (ids < 0) | (ids >= len(table))
-        if bad.any():
-            raise HmrecError(
-                f"{column} {ids[bad][:5].tolist()} outside the embedding table of {len(table)} rows; "
-                f"rebuild the embeddings for the current silver/ index tables"
-            )
-        return table[ids]
-
-    def embed_users(self, pdf: pd.DataFrame) -> np.ndarray:
-        """Rows of the user table at ``pdf.customer_idx``."""
-        return self._take(self.user_vectors, pdf["customer_idx"], "customer_idx")
-
-    def embed_items(self, pdf: pd.DataFrame) -> np.ndarray:
-        """Rows of the item table at ``pdf.article_idx``."""
-        return self._take(self.item_vectors, pdf["article_idx"], "article_idx")
-
-
-class ModelEmbedder:
-    """Adapter from a registered two-tower model to :class:`Embedder`.
-
-    Pickles as the state_dict bytes plus the model's arguments; a Spark worker
-    rebuilds the model on first use and keeps it in a per-process cache keyed
-    by version. ``threads`` caps torch's intra-op threads in that worker so a
-    task uses the cores Spark gave it and no more.
-    """
-
-    def __init__(self, version: str, model_args: dict, state: bytes, threads: int = 1) -> None:
-        self.version = version
-        self.model_args = dict(model_args)
-        self.state = state
-        self.threads = threads
-
-    @classmethod
-    def from_loaded(cls, loaded: Any, threads: int = 1) -> "ModelEmbedder":
-        """Build from a ``registry.LoadedModel``; the driver keeps using the loaded model itself."""
-        import torch
-
-        buf = io.BytesIO()
-        torch.save(loaded.model.state_dict(), buf)
-        emb = cls(str(loaded.version), loaded.model.model_args, buf.getvalue(), threads)
-        _WORKER_CACHE[emb._cache_key()] = loaded.model
-        return emb
-
-    def _cache_key(self) -> str:
-        return f"model:{self.version}"
-
-    def _model(self) -> Any:
-        key = self._cache_key()
-        model = _WORKER_CACHE.get(key)
-        if model is None:
-            import torch
-
-            from hmrec.model import two_tower
-
-            torch.set_num_threads(max(1, self.threads))
-            model = two_tower.build_model(self.model_args, device="cpu")
-            state = torch.load(io.BytesIO(self.state), map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-            model.eval()
-            _WORKER_CACHE[key] = model
-        return model
-
-    def embed_users(self, pdf: pd.DataFrame) -> np.ndarray:
-        """User tower on rows of gold/user_features, (B, D) float32."""
-        import torch
-
-        from hmrec.model import two_tower
-
-        model = self._model()
-        with torch.inference_mode():
-            out = model.user_tower(two_tower.user_inputs(pdf))  # (B, D)
-        return out.detach().to(torch.float32).cpu().numpy()
-
-    def embed_items(self, pdf: pd.DataFrame) -> np.ndarray:
-        """Item tower on rows of gold/item_features, (N, D) float32."""
-        import torch
-
-        from hmrec.model import two_tower
-
-        model = self._model()
-        with torch.inference_mode():
-            out = model.item_tower(two_tower.item_inputs(pdf))  # (N, D)
-        return out.detach().to(torch.float32).cpu().numpy()
-
-
-def embed_in_batches(fn: Callable[[pd.DataFrame], np.ndarray], pdf: pd.DataFrame, batch_size: int) -> np.ndarray:
-    """Apply an embed function to ``pdf`` in slices of ``batch_size`` rows, (N, D) float32."""
-    parts = [np.asarray(fn(pdf.iloc[i : i + batch_size]), dtype=np.float32) for i in range(0, len(pdf), batch_size)]
-    if not parts:
-        return np.zeros((0, 0), dtype=np.float32)
-    return np.concatenate(parts, axis=0)
-
-
-def check_embeddings(emb: np.ndarray, ids: np.ndarray | pd.Series, what: str, dim: int | None = None) -> np.ndarray:
-    """Refuse embeddings that are not a finite (N, dim) matrix; errors name the offending ids.
-
-    ``what`` names the rows, e.g. ``"article_id"``; returns ``emb`` as contiguous float32.
-    """
-    ids = np.asarray(ids)
-    emb = np.asarray(emb)
-    if emb.ndim != 2 or emb.shape[0] != len(ids):
-        raise HmrecError(
-            f"embedder returned shape {emb.shape} for {len(ids)} {what}s (first: {ids[:3].tolist()}); "
-            f"expected ({len(ids)}, D): check the model's towers"
-        )
-    if dim is not None and emb.shape[1] != dim:
-        raise HmrecError(
-            f"embeddings of {what} {ids[:5].tolist()} have dimension {emb.shape[1]}, the index expects {dim}: "
-            f"rebuild the index with `hmrec index` for this model version"
-        )
-    bad = ~np.isfinite(emb).all(axis=1)
-    if bad.any():
-        raise HmrecError(
-            f"{int(bad.sum())} embeddings contain NaN or inf, {what} {ids[bad][:10].tolist()}: "
-            f"the model is broken (retrain it) or its input features hold NaN (rerun features)"
-        )
-    return np.ascontiguousarray(emb, dtype=np.float32)
 
 
 # ---- index factory ----------------------------------------------------------------
@@ -230,7 +65,7 @@ def make_index(kind: str, embeddings: np.ndarray, index_cfg: IndexConfig, ids: n
     emb = check_embeddings(embeddings, ids if ids is not None else np.arange(len(embeddings)), "article_idx")
     n, dim = emb.shape
     if n == 0:
-        raise HmrecError("no item embeddings to index: gold/item_features is empty for this as-of; rerun features")
+        raise HmrecError(f"no item embeddings to index: {tables.ITEM_FEATURES} is empty for this as-of; rerun features")
     params = build_params(kind, n, index_cfg)
     if kind == "flat":
         base = faiss.IndexFlatIP(dim)
@@ -315,11 +150,7 @@ class ShippedIndex:
 
     def get(self) -> faiss.Index:
         """The deserialised index, cached in this process."""
-        index = _WORKER_CACHE.get(self.key)
-        if index is None:
-            index = faiss.deserialize_index(np.frombuffer(self.data, dtype=np.uint8))
-            _WORKER_CACHE[self.key] = index
-        return index
+        return worker_cached(self.key, lambda: faiss.deserialize_index(np.frombuffer(self.data, dtype=np.uint8)))
 
 
 # ---- index files --------------------------------------------------------------------
@@ -363,12 +194,8 @@ def load_index(cfg: Config, model_version: str, as_of: dt.date | None = None) ->
 # ---- the index job ------------------------------------------------------------------
 
 
-def _sample_user_queries(cfg: Config, spark: "SparkSession", as_of: dt.date, embedder: Embedder) -> tuple[np.ndarray, str]:
+def _sample_user_queries(cfg: Config, spark: SparkSession, as_of: dt.date, embedder: Embedder) -> tuple[np.ndarray, str]:
     """Up to ``index.recall_sample`` user embeddings of customers with history; items stand in when there are none."""
-    from pyspark.sql import functions as F
-
-    from hmrec.lake import storage
-
     n = cfg.index.recall_sample
     if n <= 0 or not storage.exists(spark, cfg, tables.USER_FEATURES):
         return np.zeros((0, 0), np.float32), "none"
@@ -383,21 +210,17 @@ def _sample_user_queries(cfg: Config, spark: "SparkSession", as_of: dt.date, emb
 
 def index_items(
     cfg: Config,
-    spark: "SparkSession",
+    spark: SparkSession,
     as_of: dt.date,
     embedder: Embedder,
     publish: Callable[[str], None] | None = None,
     kind: str | None = None,
 ) -> dict:
-    """Embed every article of gold/item_features, write gold/item_embeddings and the FAISS index.
+    """Embed every article of ``tables.ITEM_FEATURES``, write ``tables.ITEM_EMBEDDINGS`` and the FAISS index.
 
     ``publish(local_dir)`` attaches the index directory to the model version
     (the registry); the returned summary holds counts, timings and recall.
     """
-    from pyspark.sql import functions as F
-
-    from hmrec.lake import schemas, storage
-
     kind = kind or cfg.index.kind
     version = str(embedder.version)
     with stage("index") as summary:
@@ -405,13 +228,13 @@ def index_items(
         summary["kind"] = kind
         items = storage.read_as_of(spark, cfg, tables.ITEM_FEATURES, as_of).toPandas()
         if items.empty:
-            raise HmrecError(f"gold/item_features has no rows for as_of {as_of}; run `hmrec features --as-of {as_of}`")
+            raise HmrecError(f"{tables.ITEM_FEATURES} has no rows for as_of {as_of}; run `hmrec features --as-of {as_of}`")
         if items["article_idx"].isna().any():
             bad = items.loc[items["article_idx"].isna(), "article_id"].head(5).tolist()
-            raise HmrecError(f"gold/item_features: article_idx is null for article_id {bad}; rerun features")
+            raise HmrecError(f"{tables.ITEM_FEATURES}: article_idx is null for article_id {bad}; rerun features")
         if items["article_id"].duplicated().any():
             bad = items.loc[items["article_id"].duplicated(), "article_id"].head(5).tolist()
-            raise HmrecError(f"gold/item_features holds article_id {bad} more than once for as_of {as_of}; rerun features")
+            raise HmrecError(f"{tables.ITEM_FEATURES} holds article_id {bad} more than once for as_of {as_of}; rerun features")
         items = items.sort_values("article_idx", kind="stable").reset_index(drop=True)
         t0 = time.perf_counter()
         emb = embed_in_batches(embedder.embed_items, items, cfg.score.batch_size)
@@ -482,8 +305,10 @@ def index_items(
     return dict(summary)
 
 
-def build_index(cfg: Config, spark: "SparkSession", as_of: dt.date, model_version: str | None = None) -> dict:
+def build_index(cfg: Config, spark: SparkSession, as_of: dt.date, model_version: str | None = None) -> dict:
     """The ``hmrec index`` stage: embed items with the registered model and index them."""
+    # Spark workers import this module to unpickle a ShippedIndex; the registry
+    # (mlflow, torch) is loaded only by the driver stage that needs it.
     from hmrec.model import registry
 
     loaded = registry.load_model(cfg, model_version=model_version, as_of=as_of)
@@ -495,3 +320,35 @@ def build_index(cfg: Config, spark: "SparkSession", as_of: dt.date, model_versio
         embedder,
         publish=lambda local_dir: registry.log_artifacts(cfg, str(loaded.version), local_dir, "index"),
     )
+
+
+# ---- reading the item vectors back ------------------------------------------------
+
+
+def read_item_embeddings(
+    spark: SparkSession, cfg: Config, as_of: dt.date, version: str, need_vectors: bool, dim: int | None = None
+) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """The item vectors the index job wrote for one model version and as-of date.
+
+    Returns (article_id and article_idx of every row of ``tables.ITEM_EMBEDDINGS``
+    for ``version`` and ``as_of``, their checked (N, D) float32 vectors or None).
+    The vectors are read only with ``need_vectors`` and are refused, naming the
+    articles, when not finite or not of dimension ``dim`` (when given). No rows
+    at all is an error that names ``hmrec index``.
+    """
+    cols = ["article_id", "article_idx"] + (["embedding"] if need_vectors else [])
+    items = (
+        storage.read_as_of(spark, cfg, tables.ITEM_EMBEDDINGS, as_of)
+        .where(F.col("model_version") == F.lit(version))
+        .select(*cols)
+        .toPandas()
+    )
+    if items.empty:
+        raise HmrecError(
+            f"{tables.ITEM_EMBEDDINGS} has no rows for as_of {as_of} and model version {version}; "
+            f"run `hmrec index --as-of {as_of}` first"
+        )
+    if not need_vectors:
+        return items, None
+    vectors = check_embeddings(np.stack(items["embedding"].to_numpy()), items["article_id"], "article_id", dim=dim)
+    return items.drop(columns="embedding"), vectors

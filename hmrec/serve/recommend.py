@@ -50,8 +50,8 @@ def recommend(cfg: Config, customer_id: str, k: int | None = None, out: TextIO |
     stored = read_matching(files, "customer_id", {cid}, ["article_id", "rank", "score", "source", "model_version", "as_of"])
     if not stored:
         raise HmrecError(
-            f"customer_id {cid} has no recommendations in gold/recommendations at {cfg.table_path(tables.RECOMMENDATIONS.name)}: "
-            f"it is not in bronze/customers of the last refresh; check the id, or ingest the new customers and rerun `hmrec run`"
+            f"customer_id {cid} has no recommendations in {tables.RECOMMENDATIONS} at {cfg.table_path(tables.RECOMMENDATIONS.name)}: "
+            f"it is not in {tables.CUSTOMERS} of the last refresh; check the id, or ingest the new customers and rerun `hmrec run`"
         )
     stored.sort(key=lambda r: r["rank"])
     if k is not None:

@@ -1,12 +1,12 @@
 """Batch scoring: exactly K distinct articles for every customer, in one Delta commit.
 
 The work happens in Spark's Python workers (``mapInPandas`` over
-gold/user_features): a batch of ``score.batch_size`` customers is embedded,
-searched in FAISS for ``index.candidates`` neighbours, blended with the
-customer's recent purchases and filled with the popular items of their age
-segment, all with array operations on the whole batch. The embedder, the
-serialised index and the lookup arrays travel in one broadcast and are rebuilt
-once per Python worker (cached by model version).
+``tables.USER_FEATURES``): a batch of ``score.batch_size`` customers is
+embedded, searched in FAISS for ``index.candidates`` neighbours, blended with
+the customer's recent purchases and filled with the popular items of their age
+segment, all with array operations on the whole batch (:mod:`hmrec.serve.blend`).
+The embedder, the serialised index and the lookup arrays travel in one
+broadcast and are rebuilt once per Python worker (cached by model version).
 
 Sources, in the ``source`` column:
 
@@ -23,10 +23,10 @@ Sources, in the ``source`` column:
   window (0 for catalogue filler): scores compare only within one source.
 
 Recent purchases are the distinct articles of ``last_articles`` in
-gold/user_features (the last ``features.last_n`` bought, latest first) with
-``score.repurchase_days: 0``, the default; with a day count they are the
+``tables.USER_FEATURES`` (the last ``features.last_n`` bought, latest first)
+with ``score.repurchase_days: 0``, the default; with a day count they are the
 distinct articles bought in that many days before the as-of date (from
-gold/train, latest first).
+``tables.TRAIN``, latest first).
 ``score.filter_bought`` drops from the model's candidates everything in
 ``last_articles`` and the recent purchases (the full history is not at hand
 per batch).
@@ -36,192 +36,27 @@ from __future__ import annotations
 import datetime as dt
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator
 
 import faiss
 import numpy as np
 import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
-from hmrec.config import Config, IndexConfig
+from hmrec.config import Config
 from hmrec.errors import HmrecError
-from hmrec.serve.index import (
-    Embedder,
-    ModelEmbedder,
-    ShippedIndex,
-    check_embeddings,
-    index_dim,
-    load_index,
-    make_index,
-    recall_vs_exact,
-    search,
-)
+from hmrec.etl import segments
+from hmrec.etl.features import purchase_lists
+from hmrec.etl.split import window
+from hmrec.lake import schemas, storage, tables
 from hmrec.progress import log, stage
-from hmrec.lake import tables
+from hmrec.serve.blend import SOURCES, blend_batch, compact_left, drop_repeats, fill_lists, pad_lists
+from hmrec.serve.embedders import Embedder, ModelEmbedder, check_embeddings
+from hmrec.serve.index import ShippedIndex, index_dim, load_index, read_item_embeddings, search
 
-if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
-
-SOURCES = np.array(["model", "repurchase", "popular"], dtype=object)
 REPURCHASE_ORDERS = ("recency", "model")
-MODEL, REPURCHASE, POPULAR = 0, 1, 2
-GLOBAL = "global"
 RECENT_COLUMN = "recent_articles"
-
-# ---- pure array helpers (one row per customer, -1 = empty slot) ------------------------
-
-
-def pad_lists(values: Sequence[Any], width: int | None = None) -> np.ndarray:
-    """Ragged lists of ints (None = empty) as a (B, width) int64 matrix padded with -1.
-
-    ``width`` None: as wide as the longest list.
-    """
-    n = len(values)
-    lengths = np.fromiter((0 if v is None else len(v) for v in values), dtype=np.int64, count=n)
-    if width is None:
-        width = int(lengths.max()) if n else 0
-    out = np.full((n, max(width, 0)), -1, dtype=np.int64)
-    if n == 0 or width <= 0:
-        return out
-    total = int(lengths.sum())
-    if total == 0:
-        return out
-    flat = np.concatenate([np.asarray(v, dtype=np.int64) for v in values if v is not None and len(v)])
-    rows = np.repeat(np.arange(n), lengths)
-    cols = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    keep = cols < width
-    out[rows[keep], cols[keep]] = flat[keep]
-    return out
-
-
-def rows_isin(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(B, X) bool: a[i, j] occurs in row i of b; -1 never matches."""
-    if a.shape[1] == 0 or b.shape[1] == 0:
-        return np.zeros(a.shape, dtype=bool)
-    return (a[:, :, None] == b[:, None, :]).any(axis=2) & (a >= 0)
-
-
-def drop_repeats(a: np.ndarray) -> np.ndarray:
-    """Copy of ``a`` with every later repeat within a row set to -1."""
-    if a.shape[1] < 2:
-        return a.copy()
-    same = a[:, :, None] == a[:, None, :]  # (B, X, X): same[i, j, l] = a[i, j] == a[i, l]
-    earlier = np.tril(np.ones((a.shape[1], a.shape[1]), dtype=bool), k=-1)  # l < j
-    repeat = (same & earlier).any(axis=2)
-    return np.where(repeat, -1, a)
-
-
-def compact_left(a: np.ndarray, keep: np.ndarray, width: int, *more: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Kept entries of each row moved to the front in their order, cut to ``width``; the rest -1 (0 for ``more``)."""
-    order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
-    kept = np.take_along_axis(keep, order, axis=1)
-    out = [np.where(kept, np.take_along_axis(a, order, axis=1), -1)]
-    out += [np.where(kept, np.take_along_axis(m, order, axis=1), 0) for m in more]
-    if out[0].shape[1] < width:
-        pad = width - out[0].shape[1]
-        out = [np.pad(o, ((0, 0), (0, pad)), constant_values=-1 if i == 0 else 0) for i, o in enumerate(out)]
-    return tuple(out)
-
-
-def blend_batch(
-    cand_idx: np.ndarray,
-    cand_score: np.ndarray,
-    rep_idx: np.ndarray,
-    rep_score: np.ndarray,
-    fill_idx: np.ndarray,
-    fill_score: np.ndarray,
-    k: int,
-    exclude: np.ndarray | None = None,
-    repurchase_first: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each row's final K items: (article_idx (B, K), score (B, K), source code (B, K)).
-
-    ``cand_*`` are model candidates best first (-1 = none), ``rep_*`` the
-    reserved recent purchases (distinct, at most K), ``fill_*`` the row's
-    popularity list (distinct, long enough to fill K after removing what was
-    chosen). Model candidates equal to a repurchase or in ``exclude`` are
-    dropped; the reserved purchases and the best remaining candidates, K in
-    all, are sorted by score; popular items fill what is left in list order.
-    With ``repurchase_first`` the reserved purchases lead instead, in their
-    given order (most recent first), and the candidates follow by score.
-    """
-    b = cand_idx.shape[0]
-    rep_ok = rep_idx >= 0
-    cand_ok = (cand_idx >= 0) & ~rows_isin(cand_idx, rep_idx)
-    if exclude is not None:
-        cand_ok &= ~rows_isin(cand_idx, exclude)
-    quota = k - rep_ok.sum(axis=1)  # (B,)
-    cand_ok &= np.cumsum(cand_ok, axis=1) <= quota[:, None]
-
-    idx = np.concatenate([rep_idx, cand_idx], axis=1)
-    score = np.concatenate([rep_score, cand_score], axis=1).astype(np.float64)
-    src = np.concatenate([np.full(rep_idx.shape, REPURCHASE), np.full(cand_idx.shape, MODEL)], axis=1)
-    ok = np.concatenate([rep_ok, cand_ok], axis=1)
-    if idx.shape[1] < k:
-        pad = k - idx.shape[1]
-        idx = np.pad(idx, ((0, 0), (0, pad)), constant_values=-1)
-        score = np.pad(score, ((0, 0), (0, pad)))
-        src = np.pad(src, ((0, 0), (0, pad)), constant_values=MODEL)
-        ok = np.pad(ok, ((0, 0), (0, pad)), constant_values=False)
-    key = np.where(ok, -score, np.inf)
-    if repurchase_first:
-        # -inf for every kept repurchase: the stable sort keeps them first, in their given order
-        key[:, : rep_idx.shape[1]] = np.where(rep_ok, -np.inf, np.inf)
-    order = np.argsort(key, axis=1, kind="stable")[:, :k]
-    sel_idx = np.take_along_axis(idx, order, axis=1)
-    sel_score = np.take_along_axis(score, order, axis=1)
-    sel_src = np.take_along_axis(src, order, axis=1)
-    sel_ok = np.take_along_axis(ok, order, axis=1)
-    n_sel = sel_ok.sum(axis=1)  # kept items sit first: the sort put every dropped one last
-
-    fill_ok = (fill_idx >= 0) & ~rows_isin(fill_idx, np.where(sel_ok, sel_idx, -1))
-    f_idx, f_score = compact_left(fill_idx, fill_ok, k, fill_score.astype(np.float64))
-
-    col = np.arange(k)[None, :]
-    from_fill = col >= n_sel[:, None]
-    fcol = np.clip(col - n_sel[:, None], 0, k - 1)
-    rows = np.arange(b)[:, None]
-    out_idx = np.where(from_fill, f_idx[rows, fcol], sel_idx)
-    out_score = np.where(from_fill, f_score[rows, fcol], sel_score)
-    out_src = np.where(from_fill, POPULAR, sel_src)
-    return out_idx, out_score, out_src
-
-
-def fill_lists(popularity: pd.DataFrame, catalogue_idx: np.ndarray, k: int) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Per-segment fallback lists: (segment names, article_idx (S, T), score (S, T)); row 0 is 'global'.
-
-    A segment's list is its popularity ranking, then the global ranking, then
-    the rest of the catalogue in article_idx order, all distinct and in the
-    catalogue, T = min(2K, catalogue size) long: with at most K items already
-    chosen, at least K - chosen remain to fill with.
-    """
-    catalogue_idx = np.unique(np.asarray(catalogue_idx, dtype=np.int64))
-    if len(catalogue_idx) < k:
-        raise HmrecError(
-            f"the catalogue has {len(catalogue_idx)} articles, fewer than score.k={k}: "
-            f"lower score.k or index more articles (gold/item_embeddings)"
-        )
-    width = min(2 * k, len(catalogue_idx))
-    pop = popularity[popularity["article_idx"].isin(catalogue_idx)].sort_values(["segment", "rank"], kind="stable")
-    by_segment = {seg: grp for seg, grp in pop.groupby("segment", sort=True)}
-    if GLOBAL not in by_segment:
-        raise HmrecError(
-            "gold/popularity has no 'global' list (of articles in the catalogue) for this as-of; "
-            "run `hmrec popularity` for it"
-        )
-    names = [GLOBAL] + [s for s in by_segment if s != GLOBAL]
-    glob = by_segment[GLOBAL]
-    rest = catalogue_idx[:width * 3]  # enough filler even if every one of them is already listed
-    idx = np.full((len(names), width), -1, dtype=np.int64)
-    score = np.zeros((len(names), width), dtype=np.float64)
-    for i, name in enumerate(names):
-        grp = by_segment[name]
-        ids = np.concatenate([grp["article_idx"].to_numpy(np.int64), glob["article_idx"].to_numpy(np.int64), rest])
-        scores = np.concatenate([grp["score"].to_numpy(np.float64), glob["score"].to_numpy(np.float64), np.zeros(len(rest))])
-        _, first = np.unique(ids, return_index=True)
-        first = np.sort(first)[:width]
-        idx[i, : len(first)] = ids[first]
-        score[i, : len(first)] = scores[first]
-    return names, idx, score
 
 
 # ---- the per-batch scorer (runs in Spark's Python workers) --------------------------------
@@ -238,7 +73,7 @@ class ScoringContext:
     n_candidates: int
     min_history: int
     repurchase_slots: int  # 0: no repurchase
-    repurchase_column: str  # recent_articles (dated, from gold/train) or last_articles
+    repurchase_column: str  # recent_articles (dated, from the training rows) or last_articles
     filter_bought: bool
     repurchase_first: bool
     batch_size: int
@@ -261,7 +96,7 @@ def _in_catalogue(idx: np.ndarray, item_pos: np.ndarray) -> np.ndarray:
 
 
 def score_frame(pdf: pd.DataFrame, ctx: ScoringContext) -> pd.DataFrame:
-    """RECOMMENDATIONS rows (K per customer) for one batch of gold/user_features rows.
+    """``tables.RECOMMENDATIONS`` rows (K per customer) for one batch of ``tables.USER_FEATURES`` rows.
 
     The batch also carries ``segment`` (age segment label) and, when
     ``ctx.repurchase_column`` says so, ``recent_articles``.
@@ -299,8 +134,8 @@ def score_frame(pdf: pd.DataFrame, ctx: ScoringContext) -> pd.DataFrame:
             exclude[model_rows] = np.concatenate(bought, axis=1)
 
     seg_row = {name: i for i, name in enumerate(ctx.segment_names)}
-    segments = pdf["segment"] if "segment" in pdf.columns else pd.Series([None] * n)
-    fill_row = np.fromiter((seg_row.get(s, 0) for s in segments), dtype=np.int64, count=n)
+    labels = pdf["segment"] if "segment" in pdf.columns else pd.Series([None] * n)
+    fill_row = np.fromiter((seg_row.get(s, 0) for s in labels), dtype=np.int64, count=n)
 
     out_idx, out_score, out_src = blend_batch(
         cand_idx, cand_score, rep_idx, rep_score, ctx.fill_idx[fill_row], ctx.fill_score[fill_row], k, exclude,
@@ -354,57 +189,17 @@ def score_batches(
 # ---- Spark plumbing -----------------------------------------------------------------------
 
 
-def recent_purchases(train: "DataFrame", as_of: dt.date, days: int, keep: int) -> "DataFrame":
-    """(customer_idx, recent_articles): distinct articles bought in the ``days`` before ``as_of``, most recent first.
+def recent_purchases(train: DataFrame, as_of: dt.date, days: int, keep: int) -> DataFrame:
+    """(customer_idx, recent_articles): distinct articles bought in the ``days`` (> 0) before ``as_of``, most recent first.
 
-    Ties on the day go to the article bought more often in the window.
+    Ties on the day go to the article bought more often in the window; at most ``keep`` per customer.
     """
-    from pyspark.sql import functions as F
-
-    start = as_of - dt.timedelta(days=days)
-    per_item = (
-        train.where((F.col("t_dat") >= F.lit(start)) & (F.col("t_dat") < F.lit(as_of)))
-        .groupBy("customer_idx", "article_idx")
-        .agg(F.max("t_dat").alias("last"), F.count(F.lit(1)).alias("n"))
-    )
-    ordered = F.sort_array(F.collect_list(F.struct("last", "n", "article_idx")), asc=False)
-    return per_item.groupBy("customer_idx").agg(
-        F.transform(F.slice(ordered, 1, keep), lambda s: s["article_idx"]).alias(RECENT_COLUMN)
-    )
+    recent = purchase_lists(window(train, as_of, days), "customer_idx", "article_idx", keep)
+    return recent.select("customer_idx", F.col("history").alias(RECENT_COLUMN))
 
 
-def _task_cpus(spark: "SparkSession") -> int:
+def _task_cpus(spark: SparkSession) -> int:
     return int(spark.sparkContext.getConf().get("spark.task.cpus", "1"))
-
-
-def item_tables(
-    spark: "SparkSession", cfg: Config, as_of: dt.date, version: str, need_vectors: bool, dim: int | None = None
-) -> tuple[pd.DataFrame, np.ndarray | None]:
-    """(article_id and article_idx of gold/item_embeddings for a model version, its checked (N, D) vectors or None).
-
-    The vectors are read only with ``need_vectors`` and are refused, naming the
-    articles, when not finite or not of dimension ``dim`` (when given).
-    """
-    from pyspark.sql import functions as F
-
-    from hmrec.lake import storage
-
-    cols = ["article_id", "article_idx"] + (["embedding"] if need_vectors else [])
-    items = (
-        storage.read_as_of(spark, cfg, tables.ITEM_EMBEDDINGS, as_of)
-        .where(F.col("model_version") == F.lit(version))
-        .select(*cols)
-        .toPandas()
-    )
-    if items.empty:
-        raise HmrecError(
-            f"gold/item_embeddings has no rows for as_of {as_of} and model version {version}; "
-            f"run `hmrec index --as-of {as_of}` first"
-        )
-    if not need_vectors:
-        return items, None
-    vectors = check_embeddings(np.stack(items["embedding"].to_numpy()), items["article_id"], "article_id", dim=dim)
-    return items.drop(columns="embedding"), vectors
 
 
 def candidate_count(cfg: Config, repurchase_slots: int, n_items: int) -> int:
@@ -424,15 +219,13 @@ def candidate_count(cfg: Config, repurchase_slots: int, n_items: int) -> int:
 
 def build_context(
     cfg: Config,
-    spark: "SparkSession",
+    spark: SparkSession,
     as_of: dt.date,
     embedder: Embedder,
     index: faiss.Index,
     repurchase_column: str,
 ) -> ScoringContext:
     """Gather the lookup arrays (catalogue, popularity fallbacks, item vectors) on the driver."""
-    from hmrec.lake import storage
-
     version = str(embedder.version)
     if cfg.score.repurchase_order not in REPURCHASE_ORDERS:
         raise HmrecError(
@@ -440,10 +233,10 @@ def build_context(
             f"got {cfg.score.repurchase_order!r}"
         )
     slots = min(cfg.score.repurchase_slots, cfg.score.k) if cfg.score.repurchase else 0
-    items, vectors = item_tables(spark, cfg, as_of, version, need_vectors=slots > 0, dim=index_dim(index))
+    items, vectors = read_item_embeddings(spark, cfg, as_of, version, need_vectors=slots > 0, dim=index_dim(index))
     if len(items) != index.ntotal:
         raise HmrecError(
-            f"the index holds {index.ntotal} items but gold/item_embeddings has {len(items)} for model version "
+            f"the index holds {index.ntotal} items but {tables.ITEM_EMBEDDINGS} has {len(items)} for model version "
             f"{version}, as_of {as_of}: rebuild both with `hmrec index --as-of {as_of}`"
         )
     idx = items["article_idx"].to_numpy(np.int64)
@@ -481,23 +274,18 @@ def build_context(
 
 def score_customers(
     cfg: Config,
-    spark: "SparkSession",
+    spark: SparkSession,
     as_of: dt.date,
     embedder: Embedder,
     index: faiss.Index,
     index_meta: dict | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict:
-    """Score every customer of bronze/customers and replace gold/recommendations in one commit.
+    """Score every customer of ``tables.CUSTOMERS`` and replace ``tables.RECOMMENDATIONS`` in one commit.
 
     ``on_batch`` runs in the workers before each batch (a test hook for
     failures mid-write). Returns the stage summary.
     """
-    from pyspark.sql import functions as F
-
-    from hmrec.etl import segments
-    from hmrec.lake import schemas, storage
-
     version = str(embedder.version)
     with stage("score") as summary:
         summary["model_version"] = version
@@ -549,7 +337,7 @@ def score_customers(
             )
             out = recs.unionByName(fallback).select([F.col(f.name).cast(f.dataType) for f in schemas.RECOMMENDATIONS.fields])
             t0 = time.perf_counter()
-            storage.write(
+            rows = storage.write(
                 out,
                 cfg,
                 tables.RECOMMENDATIONS,
@@ -561,8 +349,7 @@ def score_customers(
             shipped.unpersist()
 
         counts = {source: acc.value for source, acc in counters.items()}
-        rows = storage.last_operation_metrics(spark, cfg, tables.RECOMMENDATIONS).get("numOutputRows", sum(counts.values()))
-        # Customers missing from gold/user_features got the global list outside mapInPandas.
+        # Customers missing from the user features got the global list outside mapInPandas.
         counts["popular"] += rows - sum(counts.values())
         summary["customers"] = rows // cfg.score.k
         summary["rows"] = rows
@@ -572,8 +359,10 @@ def score_customers(
     return dict(summary)
 
 
-def score(cfg: Config, spark: "SparkSession", as_of: dt.date, model_version: str | None = None) -> dict:
+def score(cfg: Config, spark: SparkSession, as_of: dt.date, model_version: str | None = None) -> dict:
     """The ``hmrec score`` stage with the registered model and its saved index."""
+    # Spark workers import this module to unpickle the ScoringContext; the
+    # registry (mlflow, torch) is loaded only by the driver stage that needs it.
     from hmrec.model import registry
 
     loaded = registry.load_model(cfg, model_version=model_version, as_of=as_of)
@@ -581,44 +370,3 @@ def score(cfg: Config, spark: "SparkSession", as_of: dt.date, model_version: str
     index, meta = load_index(cfg, str(loaded.version), as_of)
     log("score", f"model version {loaded.version}, {meta.get('kind')} index of {meta.get('count')} items")
     return score_customers(cfg, spark, as_of, embedder, index, index_meta=meta)
-
-
-# ---- helpers a benchmark times ------------------------------------------------------------
-
-
-def embed_throughput(embedder: Embedder, users: pd.DataFrame, batch_size: int) -> dict:
-    """Users embedded per second on this process, in batches of ``batch_size``."""
-    t0 = time.perf_counter()
-    n = 0
-    for start in range(0, len(users), batch_size):
-        n += len(embedder.embed_users(users.iloc[start : start + batch_size]))
-    secs = time.perf_counter() - t0
-    return {"users": n, "seconds": round(secs, 3), "users_per_s": round(n / max(secs, 1e-9), 1)}
-
-
-def search_throughput(
-    item_emb: np.ndarray,
-    user_emb: np.ndarray,
-    kinds: Sequence[str],
-    k: int,
-    index_cfg: IndexConfig,
-    batch_size: int = 4096,
-) -> dict:
-    """For each index kind: build time, queries per second and Recall@k against exact search."""
-    exact = make_index("flat", item_emb, index_cfg)
-    exact_ids = np.concatenate([search(exact, user_emb[i : i + batch_size], k)[1] for i in range(0, len(user_emb), batch_size)])
-    out = {}
-    for kind in kinds:
-        t0 = time.perf_counter()
-        index = exact if kind == "flat" else make_index(kind, item_emb, index_cfg)
-        build = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ids = np.concatenate([search(index, user_emb[i : i + batch_size], k)[1] for i in range(0, len(user_emb), batch_size)])
-        secs = time.perf_counter() - t0
-        out[kind] = {
-            "build_s": round(build, 3),
-            "search_s": round(secs, 3),
-            "queries_per_s": round(len(user_emb) / max(secs, 1e-9), 1),
-            f"recall@{k}": round(recall_vs_exact(ids, exact_ids), 4),
-        }
-    return out
