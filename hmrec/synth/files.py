@@ -21,14 +21,14 @@ import numpy as np
 from hmrec.config import GenerateConfig
 from hmrec.lake.schemas import ARTICLE_COLUMNS, CUSTOMER_COLUMNS, TRANSACTION_COLUMNS
 from hmrec.progress import log
-from hmrec.synth.params import CLUSTER_WEIGHTS, PARAMS
+from hmrec.synth.params import CLUSTER_WEIGHTS, PROFILE_SETTINGS, PROFILES, Params, record, segments_json_params
 from hmrec.synth.simulate import Chunk
 from hmrec.synth.vocab import DISCOUNTS, PRICE_DIVISOR
 from hmrec.synth.world import CLUSTERS, SEGMENTS, Catalogue, Customers
 
 STAGE = "generate"
 OUTPUT_FILES = ("articles.csv", "customers.csv", "transactions_train.csv", "planted/customer_segments.csv",
-                "planted/article_clusters.csv", "planted/segments.json")
+                "planted/article_clusters.csv", "planted/segments.json", "planted/profile.json")
 
 
 # ---- encoding ------------------------------------------------------------------
@@ -165,9 +165,14 @@ def write_transactions(path: Path, months: Iterable[Chunk], cat: Catalogue, cust
 # ---- planted/ ----------------------------------------------------------------------
 
 
-def write_planted(planted: Path, cat: Catalogue, cust: Customers, scale: float, seed: int,
-                  start: dt.date, end: dt.date, g: GenerateConfig, sizes: dict) -> list[Path]:
-    """The ground truth: customer_segments.csv, article_clusters.csv, segments.json; returns the .tmp paths."""
+def write_planted(planted: Path, cat: Catalogue, cust: Customers, scale: float, seed: int, start: dt.date,
+                  end: dt.date, g: GenerateConfig, p: Params, profile: str, sizes: dict) -> list[Path]:
+    """The ground truth and what made it into planted/; returns the .tmp paths.
+
+    customer_segments.csv and article_clusters.csv label every customer and
+    article; segments.json describes segments, clusters and parameters;
+    profile.json names the profile and every setting and parameter it used.
+    """
     paths = []
     seg_tab = _table([f"{s}\n".encode() for s in range(len(SEGMENTS))])
     tmp = tmp_path(planted / "customer_segments.csv")
@@ -202,10 +207,19 @@ def write_planted(planted: Path, cat: Catalogue, cust: Customers, scale: float, 
             "scale": scale, "seed": seed, "start_date": str(start), "end_date": str(end), **sizes,
             "repeat_share": g.repeat_share, "explore_share": g.explore_share,
             "never_buy_share": g.never_buy_share, "min_articles": g.min_articles,
-            "min_customers": g.min_customers, **PARAMS,
+            "min_customers": g.min_customers, **segments_json_params(p),
         },
     }
     tmp = tmp_path(planted / "segments.json")
+    tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    paths.append(tmp)
+
+    # segments.json keeps the layout it had before profiles; this file names
+    # the profile and lists every setting and parameter it resolved to.
+    settings = {k: getattr(g, k) for k in PROFILE_SETTINGS}
+    tmp = tmp_path(planted / "profile.json")
+    info = {"profile": profile, "overrides": PROFILES[profile], "scale": scale, "seed": seed,
+            "settings": settings, "params": record(p)}
     tmp.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     paths.append(tmp)
     return paths

@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 
 from hmrec.config import GenerateConfig
-from hmrec.synth.params import PARAMS
+from hmrec.synth.params import Params
 from hmrec.synth.vocab import DISCOUNT_PROBS, DISCOUNTS
 from hmrec.synth.world import CLUSTERS, SEGMENTS, Catalogue, Customers
 
@@ -29,14 +29,14 @@ class Days:
     doy: np.ndarray  # (n_days,) day of year, 1-based
 
 
-def day_weights(start: dt.date, n_days: int) -> Days:
+def day_weights(start: dt.date, n_days: int, p: Params) -> Days:
     """Relative volume of each of ``n_days`` days from ``start``: weekday, yearly wave, growth."""
     d = np.arange(n_days)
     weekday = (start.weekday() + d) % 7
     doy = np.array([(start + dt.timedelta(days=int(i))).timetuple().tm_yday for i in d])
-    lo, hi = PARAMS["trend"]
-    w = (np.asarray(PARAMS["weekday_weights"])[weekday]
-         * (1.0 + PARAMS["yearly_amplitude"] * np.cos(2 * np.pi * (doy - PARAMS["yearly_peak_doy"]) / 365.25))
+    lo, hi = p.trend
+    w = (np.asarray(p.weekday_weights)[weekday]
+         * (1.0 + p.yearly_amplitude * np.cos(2 * np.pi * (doy - p.yearly_peak_doy) / 365.25))
          * (lo + (hi - lo) * d / max(n_days - 1, 1)))
     return Days(weight=w, cum=np.concatenate([[0.0], np.cumsum(w)]), doy=doy)
 
@@ -55,15 +55,14 @@ class Plan:
 
 
 def plan_purchases(rng: np.random.Generator, cust: Customers, n_transactions: int, days: Days,
-                   g: GenerateConfig) -> Plan:
+                   g: GenerateConfig, p: Params) -> Plan:
     """Split ``n_transactions`` over the customers' active periods, and draw their repeat propensity."""
-    p = PARAMS
     n = len(cust.segment)
     n_days = len(days.weight)
 
-    joined = rng.random(n) < p["joined_before_share"]
+    joined = rng.random(n) < p.joined_before_share
     first_day = np.where(joined, 0, rng.integers(0, n_days - 1, n))
-    life_min, life_mean = p["lifetime_days"]
+    life_min, life_mean = p.lifetime_days
     last_day = np.minimum(first_day + life_min + rng.exponential(life_mean, n).astype(np.int64), n_days - 1)
 
     buys = rng.random(n) >= g.never_buy_share
@@ -72,8 +71,8 @@ def plan_purchases(rng: np.random.Generator, cust: Customers, n_transactions: in
         buys[np.flatnonzero(buys)[n_transactions:]] = False
         n_buyers = n_transactions
     # Clipped so that at tiny scales a single customer does not dominate the data.
-    sigma = p["activity_sigma"]
-    rate = np.exp(np.minimum(rng.normal(0.0, sigma, n), 2.5 * sigma)) * np.where(cust.fn, p["fn_activity"], 1.0)
+    sigma = p.activity_sigma
+    rate = np.exp(np.minimum(rng.normal(0.0, sigma, n), 2.5 * sigma)) * np.where(cust.fn, p.fn_activity, 1.0)
     window = days.cum[last_day + 1] - days.cum[first_day]
     n_items = buys.astype(np.int64)
     if n_buyers:
@@ -84,7 +83,7 @@ def plan_purchases(rng: np.random.Generator, cust: Customers, n_transactions: in
     # A customer's first visit (1 / new_visit_prob items on average) has nothing
     # to re-buy; the mean chance is raised by that share of all purchases so
     # that re-buys come out near repeat_share overall.
-    first_visit = np.minimum(n_items, 1.0 / p["new_visit_prob"]).sum() / max(n_items.sum(), 1)
+    first_visit = np.minimum(n_items, 1.0 / p.new_visit_prob).sum() / max(n_items.sum(), 1)
     mean_rep = min(0.95, g.repeat_share / max(1.0 - first_visit, 0.05))
     conc_rep = 6.0
     p_repeat = rng.beta(max(mean_rep * conc_rep, 1e-3), max((1 - mean_rep) * conc_rep, 1e-3), n)
@@ -111,11 +110,12 @@ class Simulation:
     """Day-by-day purchase simulation; yields one calendar month at a time."""
 
     def __init__(self, rng: np.random.Generator, cat: Catalogue, cust: Customers, plan: Plan, days: Days,
-                 start: dt.date, g: GenerateConfig) -> None:
+                 start: dt.date, g: GenerateConfig, p: Params) -> None:
         self.rng, self.cat, self.cust, self.plan, self.days, self.start = rng, cat, cust, plan, days, start
+        self.p = p
         self.explore = g.explore_share
         n = len(cust.segment)
-        r = PARAMS["history_size"]
+        r = p.history_size
         self.ring = np.full((n, r), -1, dtype=np.int32)  # last r articles bought, circular
         self.pushed = np.zeros(n, dtype=np.int64)  # articles pushed into the ring so far
         self.remaining = plan.n_items.copy()
@@ -155,7 +155,7 @@ class Simulation:
         owner = np.repeat(np.arange(len(idx)), k)
         first_item = np.ones(len(owner), dtype=bool)
         first_item[1:] = owner[1:] != owner[:-1]
-        new_visit = first_item | (rng.random(len(owner)) < PARAMS["new_visit_prob"])
+        new_visit = first_item | (rng.random(len(owner)) < self.p.new_visit_prob)
         visit = np.cumsum(new_visit) - 1
         v_owner = owner[new_visit]
         x = cum[lo[v_owner]] + rng.random(len(v_owner)) * (cum[hi[v_owner]] - cum[lo[v_owner]])
@@ -178,14 +178,14 @@ class Simulation:
         return Chunk(label, day, customer, article, level, channel)
 
     def _day(self, d: int, c: np.ndarray, visit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rng, cat, cust, p = self.rng, self.cat, self.cust, PARAMS
+        rng, cat, cust, p = self.rng, self.cat, self.cust, self.p
         n = len(c)
         r = self.ring.shape[1]
         # Sales weight of every article today: Zipf base x sales life x season.
         age = d - cat.launch
         life = np.where(age < 0, 0.0,
                         np.minimum(1.0, (age + 1.0) / cat.ramp) * np.exp(-np.maximum(age - cat.ramp, 0.0) / cat.decay)
-                        + p["life_floor"])
+                        + p.life_floor)
         w = cat.base * life * self.season[cat.cluster, d]
         cum = np.cumsum(w)
         starts = cat.cluster_start
@@ -193,11 +193,11 @@ class Simulation:
         c_hi = cum[starts[1:] - 1]
 
         pushed = self.pushed[c]
-        filled = np.minimum(pushed, p["repeat_from_last"])
+        filled = np.minimum(pushed, p.repeat_from_last)
         is_rep = (filled > 0) & (rng.random(n) < self.plan.p_repeat[c])
 
         # Re-buys: one of the last `filled` articles, the recent ones more likely.
-        slot = np.minimum((filled * rng.random(n) ** p["repeat_recency_power"]).astype(np.int64),
+        slot = np.minimum((filled * rng.random(n) ** p.repeat_recency_power).astype(np.int64),
                           np.maximum(filled - 1, 0))
         pos = (pushed - 1 - slot) % r
         article = np.where(is_rep, self.ring[c, pos], 0)
@@ -222,15 +222,24 @@ class Simulation:
             return np.clip(np.searchsorted(cum, target, side="right"), lo_i[rows], hi_i[rows] - 1)
 
         article[new] = draw(np.arange(m))
-        # A new purchase is an article the customer has not bought recently:
-        # redraw (in the same range) the few that hit their history. Heavy
-        # buyers in a small catalogue can exhaust a cluster's best sellers;
-        # their last chance is a uniform draw among the range's articles on sale.
-        for attempt in range(p["exclude_retries"] + 1):
-            hit = np.flatnonzero((self.ring[c[new]] == article[new, None]).any(axis=1))
+        # A new purchase is an article the customer has not bought recently
+        # (with exclude_same_day, nor earlier today): redraw (in the same
+        # range) the few that hit. Heavy buyers in a small catalogue can
+        # exhaust a cluster's best sellers; explore_retries more draws look in
+        # the whole catalogue, and the last chance is a uniform draw among the
+        # range's articles on sale. Only a redrawn row can newly hit the
+        # history (it does not change here); a same-day hit can be any row.
+        n_tries = p.exclude_retries + p.explore_retries
+        hit = np.arange(m)
+        for attempt in range(n_tries + 1):
+            hit = hit[(self.ring[c[new[hit]]] == article[new[hit], None]).any(axis=1)]
+            if p.exclude_same_day:
+                hit = np.union1d(hit, np.flatnonzero(_repeated(c, article)[new]))
             if len(hit) == 0:
                 break
-            if attempt < p["exclude_retries"]:
+            if attempt == p.exclude_retries and p.explore_retries:
+                lo_v[hit], hi_v[hit], lo_i[hit], hi_i[hit] = 0.0, cum[-1], 0, len(cum)
+            if attempt < n_tries:
                 article[new[hit]] = draw(hit)
             else:
                 on_sale = np.concatenate([[0], np.cumsum(w > 0)])
@@ -241,7 +250,7 @@ class Simulation:
 
         # Markdowns get likelier as an article ages (not for evergreen basics).
         a_age = np.maximum(d - cat.launch[article], 0.0)
-        base_md, max_md, tau_md = p["markdown"]
+        base_md, max_md, tau_md = p.markdown
         p_md = base_md + np.where(cat.evergreen[article], 0.0, max_md * (1.0 - np.exp(-a_age / tau_md)))
         level = np.where(rng.random(n) < p_md,
                          1 + np.searchsorted(np.cumsum(DISCOUNT_PROBS), rng.random(n) * DISCOUNT_PROBS.sum(),
@@ -251,7 +260,7 @@ class Simulation:
         # Two of the same item in one visit: identical rows, as in the Kaggle file.
         if n > 1:
             dup = np.zeros(n, dtype=bool)
-            dup[1:] = (visit[1:] == visit[:-1]) & (rng.random(n - 1) < p["same_day_duplicate"])
+            dup[1:] = (visit[1:] == visit[:-1]) & (rng.random(n - 1) < p.same_day_duplicate)
             dup[1:] &= ~dup[:-1]
             j = np.flatnonzero(dup)
             article[j] = article[j - 1]
@@ -268,3 +277,11 @@ class Simulation:
         self.pushed[c[heads]] += np.diff(np.append(heads, n))
         return article, level
 
+
+def _repeated(c: np.ndarray, article: np.ndarray) -> np.ndarray:
+    """Rows whose (customer, article) pair occurs in an earlier row."""
+    order = np.lexsort((np.arange(len(c)), article, c))
+    same = (c[order][1:] == c[order][:-1]) & (article[order][1:] == article[order][:-1])
+    out = np.zeros(len(c), dtype=bool)
+    out[order[1:][same]] = True
+    return out

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hmrec.lake.schemas import ARTICLE_COLUMNS
-from hmrec.synth.params import CLUSTER_WEIGHTS, PARAMS
+from hmrec.synth.params import CLUSTER_WEIGHTS, Params
 from hmrec.synth.vocab import (APPEARANCES, COLOURS, FEATURES, FITS, GARMENT_GROUPS, INDEXES, MATERIALS, MODIFIERS,
                                NAMES, PERCEIVED_MASTERS, PERCEIVED_VALUES, PRICE_POINTS, PRODUCT_CODE_RANGE,
                                PRODUCT_TYPES, SECTIONS)
@@ -211,14 +211,13 @@ def _largest_remainder(total: int, weights: np.ndarray, floor: int) -> np.ndarra
     return parts + floor
 
 
-def catalogue(rng: np.random.Generator, n_articles: int, n_days: int) -> tuple[Catalogue, list[list]]:
+def catalogue(rng: np.random.Generator, n_articles: int, n_days: int, p: Params) -> tuple[Catalogue, list[list]]:
     """``n_articles`` articles launched over ``n_days``, and their articles.csv rows (internal order).
 
     The rows are returned apart from the arrays because only the articles.csv
     writer needs them: the caller can drop them once written, which at full
     scale frees the largest object the catalogue has.
     """
-    p = PARAMS
     n_clusters = len(CLUSTERS)
     sizes = _largest_remainder(n_articles, rng.uniform(0.6, 1.4, n_clusters), 3)
     departments = _departments()
@@ -231,17 +230,17 @@ def catalogue(rng: np.random.Generator, n_articles: int, n_days: int) -> tuple[C
     product_of_article: list[int] = []
     variant_no: list[int] = []
     for c, (spec, size) in enumerate(zip(CLUSTERS, sizes)):
-        counts = np.minimum(rng.geometric(p["variant_p"], size), 10)
+        counts = np.minimum(rng.geometric(p.variant_p, size), 10)
         n_products = int(np.searchsorted(np.cumsum(counts), size) + 1)
         counts = counts[:n_products]
         counts[-1] -= counts.sum() - size
         # Every cluster keeps at least one evergreen product, so it always has
         # something on sale; launches are stratified over the period so that
         # every cluster has new articles throughout, also at tiny scales.
-        evergreen = rng.random(n_products) < p["evergreen_share"]
+        evergreen = rng.random(n_products) < p.evergreen_share
         evergreen[rng.integers(n_products)] = True
         n_new = int((~evergreen).sum())
-        lo, hi = -p["launch_before_days"], n_days - 3
+        lo, hi = -p.launch_before_days, n_days - 3
         strata = (rng.permutation(n_new) + rng.random(n_new)) / max(n_new, 1)
         launch = np.empty(n_products)
         launch[~evergreen] = np.floor(lo + strata * (hi - lo))
@@ -249,7 +248,7 @@ def catalogue(rng: np.random.Generator, n_articles: int, n_days: int) -> tuple[C
         type_idx = rng.integers(len(spec.types), size=n_products)
         section_idx = rng.integers(len(spec.sections), size=n_products)
         price = PRICE_POINTS[np.abs(np.log(PRICE_POINTS)[None, :] - (
-            np.log(spec.price) + rng.normal(0.0, p["price_sigma"], n_products))[:, None]).argmin(axis=1)]
+            np.log(spec.price) + rng.normal(0.0, p.price_sigma, n_products))[:, None]).argmin(axis=1)]
         for j in range(n_products):
             ptype, garment = spec.types[type_idx[j]]
             section = spec.sections[section_idx[j]]
@@ -263,10 +262,10 @@ def catalogue(rng: np.random.Generator, n_articles: int, n_days: int) -> tuple[C
             pid = len(product_launch)
             product_launch.append(float(launch[j]))
             for v in range(int(counts[j])):
-                colour = (spec.colours[rng.integers(len(spec.colours))] if rng.random() >= p["colour_noise"]
+                colour = (spec.colours[rng.integers(len(spec.colours))] if rng.random() >= p.colour_noise
                           else colour_names[rng.integers(len(colour_names))])
                 look = (spec.appearances[rng.integers(len(spec.appearances))]
-                        if rng.random() >= p["appearance_noise"]
+                        if rng.random() >= p.appearance_noise
                         else appearance_names[rng.integers(len(appearance_names))])
                 colour_code, value, master = COLOURS[colour]
                 rows.append([
@@ -302,13 +301,13 @@ def catalogue(rng: np.random.Generator, n_articles: int, n_days: int) -> tuple[C
     base = np.empty(n)
     for c in range(n_clusters):
         a, b = cluster_start[c], cluster_start[c + 1]
-        base[a:b] = (rng.permutation(b - a) + 1.0) ** -p["zipf_exponent"]
-    base[evergreen] *= p["evergreen_level"]
-    ramp = rng.uniform(*p["ramp_days"], n)
-    decay = rng.uniform(*p["decay_days"], n)
+        base[a:b] = (rng.permutation(b - a) + 1.0) ** -p.zipf_exponent
+    base[evergreen] *= p.evergreen_level
+    ramp = rng.uniform(*p.ramp_days, n)
+    decay = rng.uniform(*p.decay_days, n)
     decay[evergreen] = np.inf
 
-    n_empty = max(1, round(p["empty_desc_share"] * n))
+    n_empty = max(1, round(p.empty_desc_share * n))
     for i in rng.choice(n, n_empty, replace=False):
         rows[int(i)][_DESC] = ""
     for i, row in enumerate(rows):
@@ -378,32 +377,31 @@ def sorted_ids(rng: np.random.Generator, n: int) -> np.ndarray:
     return hex_digits(raw)
 
 
-def customers(rng: np.random.Generator, n: int) -> Customers:
+def customers(rng: np.random.Generator, n: int, p: Params) -> Customers:
     """``n`` customers with ids, profile columns, a taste segment and cluster weights."""
-    p = PARAMS
     hex_id = sorted_ids(rng, n)
     sizes = np.array([s.size for s in SEGMENTS])
     segment = rng.choice(len(SEGMENTS), n, p=sizes / sizes.sum()).astype(np.int8)
-    conc = p["cluster_weight_concentration"] * np.asarray(CLUSTER_WEIGHTS)
+    conc = p.cluster_weight_concentration * np.asarray(CLUSTER_WEIGHTS)
     gam = rng.gamma(np.broadcast_to(conc, (n, 3)))
     cluster_w = gam / gam.sum(axis=1, keepdims=True)
 
     band_lo = np.array([s.ages[0] for s in SEGMENTS])[segment]
     band_hi = np.array([s.ages[1] for s in SEGMENTS])[segment]
-    in_band = rng.random(n) < p["age_in_band"]
+    in_band = rng.random(n) < p.age_in_band
     age = np.where(in_band, rng.integers(band_lo, band_hi + 1), rng.integers(16, 86, n))
-    age = np.where(rng.random(n) < p["empty_age_share"], 0, age).astype(np.int16)
+    age = np.where(rng.random(n) < p.empty_age_share, 0, age).astype(np.int16)
 
     fn = rng.random(n) < 0.35
     active = np.where(fn, rng.random(n) < 0.95, rng.random(n) < 0.01)
     club = rng.choice(4, n, p=[0.0045, 0.9271, 0.068, 0.0004]).astype(np.int8)
     news = np.where(fn, rng.choice(4, n, p=[0.008, 0.02, 0.97, 0.002]),
                     rng.choice(4, n, p=[0.012, 0.986, 0.001, 0.001])).astype(np.int8)
-    n_postal = max(1, n // p["customers_per_postal_code"])
+    n_postal = max(1, n // p.customers_per_postal_code)
     postal_hex = hex_digits(rng.integers(0, 256, (n_postal, 32), dtype=np.uint8))
-    postal = np.where(rng.random(n) < p["default_postal_share"], 0, rng.integers(0, n_postal, n))
+    postal = np.where(rng.random(n) < p.default_postal_share, 0, rng.integers(0, n_postal, n))
 
-    online = rng.beta(*p["online_share_beta"], n)
+    online = rng.beta(*p.online_share_beta, n)
     return Customers(
         hex_id=hex_id, segment=segment, cluster_w=cluster_w, age=age, fn=fn, active=active, club=club,
         news=news, postal=postal, postal_hex=postal_hex, online=online,
