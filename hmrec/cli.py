@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory for the three CSV files")
     p.add_argument("--scale", type=float, default=None, help="1.0 is full H&M size (default: generate.scale)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: generate.seed)")
+    p.add_argument("--profile", default="default",
+                   help="shape of the data: default, no-repeat, trend, sparse or big-catalogue (docs/DATA.md)")
     add_common(p)
 
     p = sub.add_parser("ingest", help="CSV files into bronze Delta tables, bad rows to bronze/rejects")
@@ -97,7 +99,7 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> object:
     if cmd == "generate":
         from hmrec.synth.generate import generate
 
-        return generate(cfg, out=args.out, scale=args.scale, seed=args.seed)
+        return generate(cfg, out=args.out, scale=args.scale, seed=args.seed, profile=args.profile)
     if cmd == "recommend":
         from hmrec.serve.recommend import recommend
 

@@ -6,6 +6,7 @@ description, never read back from the generator's own constants.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -15,13 +16,31 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import hmrec.synth.generate as gen
 from conftest import make_cfg
 from hmrec.cli import main
 from hmrec.errors import HmrecError
 from hmrec.synth.generate import generate
+from hmrec.synth.params import PROFILE_SETTINGS, PROFILES, Params, resolve_profile
 
 FILES = ["articles.csv", "customers.csv", "transactions_train.csv",
-         "planted/customer_segments.csv", "planted/article_clusters.csv", "planted/segments.json"]
+         "planted/customer_segments.csv", "planted/article_clusters.csv", "planted/segments.json",
+         "planted/profile.json"]
+
+# planted/segments.json's params keys, in order, as the file has always had them.
+SEGMENTS_JSON_PARAMS = [
+    "scale", "seed", "start_date", "end_date", "articles", "customers", "transactions", "repeat_share",
+    "explore_share", "never_buy_share", "min_articles", "min_customers", "cluster_weights",
+    "cluster_weight_concentration", "age_in_band", "zipf_exponent", "evergreen_share", "evergreen_level",
+    "launch_before_days", "ramp_days", "decay_days", "life_floor", "colour_noise", "appearance_noise", "variant_p",
+    "history_size", "repeat_from_last", "repeat_recency_power", "exclude_retries", "new_visit_prob",
+    "same_day_duplicate", "online_share_beta", "activity_sigma", "fn_activity", "joined_before_share",
+    "lifetime_days", "weekday_weights", "yearly_amplitude", "yearly_peak_doy", "trend", "markdown", "discounts",
+    "price_sigma", "price_divisor", "customers_per_postal_code", "default_postal_share", "empty_desc_share",
+    "empty_age_share",
+]
+# Profiles are compared with the default at small_data's scale and seed.
+PROFILE_SCALE, PROFILE_SEED = 0.01, 11
 
 ARTICLE_HEADER = (
     "article_id,product_code,prod_name,product_type_no,product_type_name,product_group_name,"
@@ -76,6 +95,29 @@ def _labelled(tx: pd.DataFrame, segments: pd.DataFrame, clusters: pd.DataFrame) 
     # a re-buy of one of the customer's last 8 purchases: the planted mechanism
     tx["recent_rebuy"] = tx["rebuy"] & (tx["pos"] - earlier["pos"] <= 8)
     return tx
+
+
+def _shape(data: Path) -> dict:
+    """Shape figures of a data set, measured from its CSV files."""
+    tx = _read(data / "transactions_train.csv")
+    n_customers = len(_read(data / "customers.csv"))
+    per = tx.groupby("customer_id").size()
+    day = pd.to_datetime(tx["t_dat"])
+    first_sale = day.groupby(tx["article_id"]).transform("min")
+    # past the first 12 weeks, so that "first sold" is not just the first day
+    late = day >= day.min() + pd.Timedelta(days=84)
+    tx = tx.merge(_read(data / "planted/customer_segments.csv"), on="customer_id")
+    tx = tx.merge(_read(data / "planted/article_clusters.csv"), on="article_id")
+    prefs = json.loads((data / "planted/segments.json").read_text())["segments"]
+    return {
+        "repeat": tx.duplicated(["customer_id", "article_id"]).mean(),
+        "cold": (n_customers - len(per) + (per == 1).sum()) / n_customers,
+        "median": per.median(),
+        "articles_per_row": len(_read(data / "articles.csv")) / len(tx),
+        "sold_per_row": tx["article_id"].nunique() / len(tx),
+        "new": ((day - first_sale).dt.days[late] < 28).mean(),
+        "taste": np.mean([int(c) in prefs[s] for s, c in zip(tx["segment"], tx["cluster"])]),
+    }
 
 
 def _recall(truth: pd.Series, recs) -> float:
@@ -193,7 +235,13 @@ def test_same_seed_same_bytes_other_seed_other_data(tiny_data: Path, tmp_path: P
     assert not list(again.rglob("*.tmp"))
     other = tmp_path / "other"
     summary = generate(make_cfg(tmp_path / "lake"), out=str(other), scale=0.001, seed=4)
-    assert summary["transactions"] == 31788 and summary["seconds"] > 0
+    # the summary reports what the files hold
+    other_tx = _read(other / "transactions_train.csv")
+    assert summary["transactions"] == len(other_tx) == 31788
+    assert summary["articles"] == len(_read(other / "articles.csv"))
+    assert summary["customers"] == len(_read(other / "customers.csv"))
+    assert summary["buyers"] == other_tx["customer_id"].nunique()
+    assert summary["out"] == str(other)
     assert (other / "transactions_train.csv").read_bytes() != (tiny_data / "transactions_train.csv").read_bytes()
     assert (other / "customers.csv").read_bytes() != (tiny_data / "customers.csv").read_bytes()
 
@@ -302,16 +350,108 @@ def test_repeat_share_setting_is_honoured(tiny, tmp_path: Path):
     assert default["recent_rebuy"].mean() - without["recent_rebuy"].mean() > 0.1
 
 
+# ---- profiles -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_shape(small_data: Path) -> dict:
+    return _shape(small_data)
+
+
+@pytest.fixture(scope="module")
+def profile_data(tmp_path_factory):
+    """Generate a profile at small_data's scale and seed (once per profile)."""
+    made: dict[str, Path] = {}
+
+    def make(name: str) -> Path:
+        if name not in made:
+            out = tmp_path_factory.mktemp(name)
+            generate(make_cfg(out / "unused"), out=str(out), scale=PROFILE_SCALE, seed=PROFILE_SEED, profile=name)
+            made[name] = out
+        return made[name]
+    return make
+
+
+def test_profiles_override_known_parameters(tiny, tiny_data: Path):
+    fields = {f.name for f in dataclasses.fields(Params)}
+    assert set(PROFILES) == {"default", "no-repeat", "trend", "sparse", "big-catalogue"}
+    for name, over in PROFILES.items():
+        assert set(over) <= fields | set(PROFILE_SETTINGS), name
+        assert not fields & set(PROFILE_SETTINGS)
+    # default overrides nothing, so it is the generator with its defaults
+    g = make_cfg("unused").generate
+    assert resolve_profile("default", g) == (g, Params())
+    # segments.json keeps its layout whatever the profile: the same keys in the same order
+    assert list(tiny["info"]["params"]) == SEGMENTS_JSON_PARAMS
+    assert json.loads((tiny_data / "planted/profile.json").read_text())["profile"] == "default"
+
+
+def test_no_repeat_profile(profile_data, default_shape):
+    shape = _shape(profile_data("no-repeat"))
+    assert default_shape["repeat"] > 0.05, default_shape  # measured 0.36
+    assert shape["repeat"] < 0.01, shape  # measured 0.001
+
+
+def test_trend_profile(profile_data, default_shape):
+    shape = _shape(profile_data("trend"))
+    # most purchases are of articles first sold in the last four weeks (measured 0.56 against 0.13)
+    assert shape["new"] > 0.35 and shape["new"] > 2.5 * default_shape["new"], (shape, default_shape)
+    # and taste is weak: far fewer purchases in the customer's own clusters (0.45 against 0.89)
+    assert shape["taste"] < default_shape["taste"] - 0.25, (shape, default_shape)
+
+
+def test_sparse_profile(profile_data, default_shape):
+    shape = _shape(profile_data("sparse"))
+    assert shape["median"] <= 2, shape  # per buying customer; 11 in the default
+    # most customers bought nothing or once (measured 0.59 against 0.10)
+    assert shape["cold"] > 0.45 and shape["cold"] > 3 * default_shape["cold"], (shape, default_shape)
+
+
+def test_big_catalogue_profile(profile_data, default_shape):
+    shape = _shape(profile_data("big-catalogue"))
+    # six times the articles for the same transactions, and they do sell (rarely)
+    assert shape["articles_per_row"] > 4 * default_shape["articles_per_row"], (shape, default_shape)
+    assert shape["sold_per_row"] > 4 * default_shape["sold_per_row"], (shape, default_shape)
+
+
+def test_profile_is_recorded(profile_data):
+    planted = profile_data("no-repeat") / "planted"
+    record = json.loads((planted / "profile.json").read_text())
+    assert record["profile"] == "no-repeat"
+    assert record["overrides"]["history_size"] == 384 and record["params"]["history_size"] == 384
+    assert record["settings"]["repeat_share"] == 0.0
+    assert record["params"]["article_factor"] == 1.0, "parameters the profile leaves alone are listed too"
+    # segments.json lists the values the profile resolved to
+    params = json.loads((planted / "segments.json").read_text())["params"]
+    assert params["history_size"] == 384 and params["repeat_share"] == 0.0
+
+
+def test_profile_errors_and_command_line(tmp_path: Path, capsys):
+    with pytest.raises(HmrecError, match=r"unknown profile 'dense'; the profiles are: default, no-repeat, trend, "
+                                         r"sparse, big-catalogue"):
+        generate(make_cfg(tmp_path / "lake"), out=str(tmp_path), scale=0.001, profile="dense")
+    # six times the articles of the Kaggle catalogue per unit of scale run out of product codes sooner
+    with pytest.raises(HmrecError, match=r"profile big-catalogue .* use scale <= 1\.66667"):
+        generate(make_cfg(tmp_path / "lake"), out=str(tmp_path), scale=2.0, profile="big-catalogue")
+    code = main(["generate", "--out", str(tmp_path / "x"), "--scale", "0.001", "--profile", "dense",
+                 "--set", f"paths.lakehouse={tmp_path}"])
+    assert code == 2
+    assert "hmrec generate: error: unknown profile 'dense'" in capsys.readouterr().err
+    assert not (tmp_path / "x" / "articles.csv").exists()
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    generate_help = capsys.readouterr().out
+    assert all(name in generate_help for name in PROFILES), "--help names every profile"
+
+
 # ---- failures -----------------------------------------------------------------
 
 
 def test_failed_run_leaves_no_complete_looking_file(tmp_path: Path, monkeypatch):
-    import hmrec.synth.generate as gen
-
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(gen, "_write_planted", boom)
+    monkeypatch.setattr(gen, "write_planted", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         generate(make_cfg(tmp_path / "lake"), out=str(tmp_path / "out"), scale=0.001, seed=3)
     left = sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file())
