@@ -19,6 +19,7 @@ import pytest
 import hmrec.synth.generate as gen
 from conftest import make_cfg
 from hmrec.cli import main
+from hmrec.config import ConfigError
 from hmrec.errors import HmrecError
 from hmrec.synth.generate import generate
 from hmrec.synth.params import PROFILE_SETTINGS, PROFILES, Params, resolve_profile
@@ -461,8 +462,8 @@ def test_failed_run_leaves_no_complete_looking_file(tmp_path: Path, monkeypatch)
 def test_bad_settings_are_one_clear_error(tmp_path: Path, capsys):
     with pytest.raises(HmrecError, match=r"scale 0\.0 is out of range"):
         generate(make_cfg(tmp_path / "lake"), out=str(tmp_path), scale=0.0, seed=3)
-    with pytest.raises(HmrecError, match=r"generate.end_date is '22/09/2020', not a date YYYY-MM-DD"):
-        generate(make_cfg(tmp_path / "lake", "generate.end_date=22/09/2020"), out=str(tmp_path), scale=0.001)
+    with pytest.raises(ConfigError, match=r"generate.end_date must be a date of the form YYYY-MM-DD, got '22/09/2020'"):
+        make_cfg(tmp_path / "lake", "generate.end_date=22/09/2020")
     code = main(["generate", "--out", str(tmp_path / "x"), "--scale", "-1", "--set", f"paths.lakehouse={tmp_path}"])
     err = capsys.readouterr().err
     assert code == 2

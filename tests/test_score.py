@@ -17,6 +17,7 @@ import pytest
 
 from hmrec.lake import schemas, storage
 from hmrec.errors import HmrecError
+from hmrec.config import ConfigError
 from hmrec.bench.serving import search_throughput
 from hmrec.lake import tables
 from hmrec.serve.blend import (
@@ -200,13 +201,11 @@ def test_score_frame_planted_lists(cfg):
     assert out.groupby("customer_id")["rank"].apply(list).map(lambda r: r == [1, 2, 3, 4]).all()
 
 
-def test_unknown_repurchase_order_is_refused(tmp_path):
+def test_unknown_repurchase_order_is_refused_when_the_config_loads(tmp_path):
     from conftest import make_cfg
 
-    bad = make_cfg(tmp_path / "lake", "score.repurchase_order=newest")
-    vectors = item_vectors()
-    with pytest.raises(HmrecError, match="score.repurchase_order must be one of recency, model, got 'newest'"):
-        build_context(bad, None, AS_OF, planted_embedder(8), make_index("flat", vectors, bad.index), "last_articles")
+    with pytest.raises(ConfigError, match="score.repurchase_order must be one of recency, model, got 'newest'"):
+        make_cfg(tmp_path / "lake", "score.repurchase_order=newest")
 
 
 def test_score_frame_recent_purchases_first(cfg):

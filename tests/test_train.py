@@ -21,6 +21,7 @@ import torch
 
 from hmrec.bench import probes
 from hmrec.errors import HmrecError
+from hmrec.config import ConfigError
 from hmrec.lake import schemas, storage, tables
 from hmrec.model import registry, two_tower
 from hmrec.model.two_tower import item_inputs, user_inputs
@@ -137,9 +138,8 @@ def test_lookup_table_places_rows_by_id():
 
 
 def test_unknown_compute_dtype_is_refused_before_any_work(tmp_path):
-    cfg = make_cfg(tmp_path, "train.compute_dtype=float16")
-    with pytest.raises(HmrecError, match=r"train\.compute_dtype must be auto, bfloat16 or float32, got 'float16'"):
-        job._check_train_config(cfg.train)
+    with pytest.raises(ConfigError, match=r"train\.compute_dtype must be one of auto, bfloat16, float32, got 'float16'"):
+        make_cfg(tmp_path, "train.compute_dtype=float16")
 
 
 def test_auto_compute_dtype_follows_the_cpu(tmp_path, monkeypatch):

@@ -25,13 +25,13 @@ import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from hmrec.config import Config, IndexConfig
+from hmrec.config import RULES, Config, IndexConfig
 from hmrec.errors import HmrecError
 from hmrec.lake import schemas, storage, tables
 from hmrec.progress import log, stage
 from hmrec.serve.embedders import Embedder, ModelEmbedder, check_embeddings, embed_in_batches, worker_cached
 
-KINDS = ("flat", "hnsw", "ivf")
+KINDS = RULES["index.kind"].values  # flat, hnsw, ivf: the config's rule is their one list
 INDEX_FILE = "items.faiss"
 META_FILE = "meta.json"
 

@@ -55,7 +55,6 @@ from hmrec.serve.blend import SOURCES, blend_batch, compact_left, drop_repeats, 
 from hmrec.serve.embedders import Embedder, ModelEmbedder, check_embeddings
 from hmrec.serve.index import ShippedIndex, index_dim, load_index, read_item_embeddings, search
 
-REPURCHASE_ORDERS = ("recency", "model")
 RECENT_COLUMN = "recent_articles"
 
 
@@ -227,11 +226,6 @@ def build_context(
 ) -> ScoringContext:
     """Gather the lookup arrays (catalogue, popularity fallbacks, item vectors) on the driver."""
     version = str(embedder.version)
-    if cfg.score.repurchase_order not in REPURCHASE_ORDERS:
-        raise HmrecError(
-            f"config key score.repurchase_order must be one of {', '.join(REPURCHASE_ORDERS)}, "
-            f"got {cfg.score.repurchase_order!r}"
-        )
     slots = min(cfg.score.repurchase_slots, cfg.score.k) if cfg.score.repurchase else 0
     items, vectors = read_item_embeddings(spark, cfg, as_of, version, need_vectors=slots > 0, dim=index_dim(index))
     if len(items) != index.ntotal:

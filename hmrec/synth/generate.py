@@ -127,13 +127,8 @@ def generate(cfg: Config, out: str, scale: float | None = None, seed: int | None
 
 
 def _date_range(start_text: str, end_text: str) -> tuple[dt.date, dt.date]:
-    dates = []
-    for key, text in (("generate.start_date", start_text), ("generate.end_date", end_text)):
-        try:
-            dates.append(dt.date.fromisoformat(str(text)))
-        except ValueError:
-            raise HmrecError(f"config key {key} is '{text}', not a date YYYY-MM-DD; "
-                             f"fix it with --set {key}=2020-09-22") from None
+    # both are dates of the form YYYY-MM-DD: the config checks that when it loads
+    dates = [dt.date.fromisoformat(start_text), dt.date.fromisoformat(end_text)]
     if (dates[1] - dates[0]).days < 28:
         raise HmrecError(f"generate.start_date {dates[0]} .. generate.end_date {dates[1]} spans less than "
                          f"28 days; the simulation needs at least four weeks")

@@ -357,24 +357,6 @@ def prepare_data(spark: Any, cfg: Config, as_of: dt.date) -> TrainingData:
 # ---- config checks ---------------------------------------------------------------------
 
 
-def _check_train_config(tc: TrainConfig) -> None:
-    positive = ["epochs", "batch_size", "num_processes", "embedding_dim", "id_dim", "attr_dim", "hidden_dim", "val_k"]
-    for key in positive:
-        if getattr(tc, key) < 1:
-            raise HmrecError(f"config key train.{key} must be at least 1, got {getattr(tc, key)}; fix it with --set train.{key}=N")
-    for key in ["random_negatives", "warmup_steps", "max_steps", "train_days", "val_users", "log_every"]:
-        if getattr(tc, key) < 0:
-            raise HmrecError(f"config key train.{key} must not be negative, got {getattr(tc, key)}")
-    if tc.loader_workers not in (0, 1):
-        raise HmrecError(
-            f"config key train.loader_workers must be 0 (read in the training loop) or 1 (one read-ahead "
-            f"thread), got {tc.loader_workers}: more reader threads make petastorm 0.13.1 drop row groups"
-        )
-    if tc.temperature <= 0:
-        raise HmrecError(f"config key train.temperature must be positive, got {tc.temperature}")
-    compute_dtype(tc)
-
-
 # A batch is made smaller when an epoch would otherwise have fewer steps than
 # this (small data sets: the demo's 25k rows would be 13 steps of 2048), but
 # never below FITTED_BATCH_FLOOR rows.
@@ -437,7 +419,6 @@ def train(cfg: Config, spark: Any, as_of: dt.date, resume: bool = False) -> str:
     from hmrec.model import registry
 
     tc = cfg.train
-    _check_train_config(tc)
     with stage(STAGE) as summary:
         started = time.perf_counter()
         versions = {table.name: storage.version(spark, cfg, table) for table in LINEAGE_TABLES}
