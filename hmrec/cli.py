@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 from hmrec.config import Config, load_config
 from hmrec.errors import HmrecError
 
-STAGES = ["ingest", "features", "split", "popularity", "train", "index", "score", "evaluate"]
+STAGES = ["ingest", "features", "split", "popularity", "choose", "train", "index", "score", "evaluate"]
 
 
 def _date(text: str) -> dt.date:
@@ -129,6 +129,10 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> object:
         from hmrec.etl.popularity import popularity
 
         return _with_spark(cfg, lambda spark: popularity(cfg, spark, as_of=args.as_of))
+    if cmd == "choose":
+        from hmrec.evaluation.choose import choose
+
+        return _with_spark(cfg, lambda spark: choose(cfg, spark, as_of=args.as_of))
     if cmd == "train":
         from hmrec.train.job import train
 

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal, Union
 
 import yaml
 
@@ -24,6 +24,12 @@ from hmrec.errors import HmrecError
 
 class ConfigError(HmrecError):
     """A configuration file or override is wrong; the message says where."""
+
+
+# A setting that may say ``auto``: chosen at each as-of on its validation week
+# (see hmrec.evaluation.choose), or pinned to a value by the user.
+AUTO = "auto"
+AutoInt = Union[int, Literal["auto"]]
 
 
 @dataclass(frozen=True)
@@ -93,7 +99,8 @@ class TrainConfig:
     id_dim: int
     attr_dim: int
     hidden_dim: int
-    epochs: int
+    epochs: AutoInt  # auto: the best epoch count on the validation week, up to max_epochs
+    max_epochs: int
     batch_size: int
     lr: float
     sparse_lr: float
@@ -132,9 +139,10 @@ class ScoreConfig:
     k: int
     min_history: int
     repurchase: bool
-    repurchase_slots: int
+    repurchase_slots: AutoInt
     repurchase_days: int
     repurchase_order: str
+    fallback: str
     filter_bought: bool
     batch_size: int
 
@@ -298,6 +306,7 @@ RULES: dict[str, Rule] = {
     "train.attr_dim": at_least(1),
     "train.hidden_dim": at_least(1),
     "train.epochs": at_least(1),
+    "train.max_epochs": at_least(1),
     "train.batch_size": at_least(1),
     "train.lr": above(0),
     "train.sparse_lr": above(0),
@@ -328,7 +337,8 @@ RULES: dict[str, Rule] = {
     "score.min_history": at_least(0),
     "score.repurchase_slots": at_least(0),
     "score.repurchase_days": at_least(0),
-    "score.repurchase_order": one_of("recency", "model"),
+    "score.repurchase_order": one_of(AUTO, "recency", "model"),
+    "score.fallback": one_of(AUTO, "segment", "global"),
     "score.batch_size": at_least(1),
     "evaluate.k": at_least(1),
     "evaluate.curve_max_k": at_least(1),
@@ -341,6 +351,8 @@ def _check_rules(cfg: "Config") -> None:
     for key, rule in RULES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
+        if value == AUTO and not isinstance(rule, OneOf):
+            continue
         wanted = rule(value)
         if wanted is not None:
             raise ConfigError(
@@ -379,6 +391,21 @@ def _merge(base: dict, over: dict, where: str) -> dict:
 def _coerce(value: Any, typ: Any, name: str) -> Any:
     """Check ``value`` against a dataclass field type; ints are accepted as floats."""
     origin = typing.get_origin(typ) or typ
+    if origin is Union:
+        # AutoInt: the word auto, or a value of the other type
+        if value == AUTO:
+            return AUTO
+        others = [t for t in typing.get_args(typ) if typing.get_origin(t) is not Literal]
+        if isinstance(value, str):
+            # a --set over a default of auto keeps its text: read it as YAML, as other values are
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                pass
+        try:
+            return _coerce(value, others[0], name)
+        except ConfigError:
+            raise ConfigError(f"config key '{name}' must be auto or {others[0].__name__}, got {value!r}") from None
     if origin is bool:
         if isinstance(value, bool):
             return value

@@ -1,5 +1,12 @@
 """`hmrec run`: the scheduled refresh, every stage in order for one as-of date.
 
+The stages, for as-of D: features, split and popularity at D; then, when some
+setting says ``auto``, the same three at the fit cutoff v = D -
+``split.validation_days``, a model of role fit trained at v and validated on
+the week [v, D), its index, and the choose stage, which decides the auto
+settings on that week (:mod:`hmrec.evaluation.choose`); then the model served
+at D, its index, scoring and evaluation.
+
 A stage is skipped when it already finished for this as-of on the same bronze
 data and with the same settings (both recorded in ``tables.STAGE_RUNS``) and
 its outputs are still there, unless ``force``. The settings are the config
@@ -20,49 +27,92 @@ from typing import Any, Callable
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from hmrec.config import Config
+from hmrec.config import AUTO, Config
 from hmrec.etl import features, ingest, popularity, split
-from hmrec.evaluation import evaluate
+from hmrec.etl.split import fit_cutoff
+from hmrec.evaluation import choose, evaluate
 from hmrec.lake import storage, tables
 from hmrec.model import registry
 from hmrec.progress import log, stage
 from hmrec.serve import index, score
+from hmrec.serve.plans import is_auto
 from hmrec.train import job as train_job
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of the refresh: what it runs and which settings decide its output."""
+    """One stage of the refresh: what it runs, at which cutoff, after what, and which settings shape it."""
 
-    name: str
-    run: Callable[[Config, SparkSession, dt.date], object]
+    key: str  # its name in this refresh; the stage runs table records ``name`` at its cutoff
+    run: Callable[[Config, SparkSession, dt.date, dt.date], object]  # (cfg, spark, cutoff, as_of of the refresh)
     # config sections ("train") or keys ("features.age_buckets") whose values shape the output;
     # keys that only change speed or logging are left out, so changing them reruns nothing
     settings: tuple[str, ...]
+    after: tuple[str, ...] = ()  # the stages whose output it reads: when one of them runs, it runs again
+    # fit: runs at the refresh's fit cutoff (as_of - split.validation_days), and only when some
+    # setting is chosen there (auto)
+    at_fit: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.key.removesuffix("@fit")
+
+
+FEATURES = ("features.last_n", "features.recent_days", "features.age_buckets")
+POPULARITY = ("popularity", "features.age_buckets")
+TRAIN = ("train.embedding_dim", "train.id_dim", "train.attr_dim", "train.hidden_dim", "train.epochs",
+         "train.max_epochs", "train.batch_size", "train.lr", "train.sparse_lr", "train.weight_decay",
+         "train.warmup_steps", "train.temperature", "train.random_negatives", "train.logq_correction",
+         "train.num_processes", "train.local_mode", "train.seed", "train.train_days", "train.val_users",
+         "train.val_k", "train.max_steps", "train.compute_dtype")
+INDEX = ("index.kind", "index.hnsw_m", "index.hnsw_ef_search", "index.hnsw_ef_construction", "index.ivf_nlist",
+         "index.ivf_nprobe")
+LISTS = ("score.k", "score.min_history", "score.repurchase", "score.repurchase_slots", "score.repurchase_days",
+         "score.repurchase_order", "score.fallback", "score.filter_bought", "index.candidates",
+         "features.age_buckets", "evaluate.lapsed_days")
+
+
+def _features(cfg: Config, spark: SparkSession, cutoff: dt.date, as_of: dt.date) -> object:
+    return features.build_features(cfg, spark, as_of=cutoff)
+
+
+def _split(cfg: Config, spark: SparkSession, cutoff: dt.date, as_of: dt.date) -> object:
+    return split.split(cfg, spark, as_of=cutoff)
+
+
+def _popularity(cfg: Config, spark: SparkSession, cutoff: dt.date, as_of: dt.date) -> object:
+    return popularity.popularity(cfg, spark, as_of=cutoff)
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("features", lambda cfg, spark, as_of: features.build_features(cfg, spark, as_of=as_of),
-          ("features.last_n", "features.recent_days", "features.age_buckets")),
-    Stage("split", lambda cfg, spark, as_of: split.split(cfg, spark, as_of=as_of), ("split",)),
-    Stage("popularity", lambda cfg, spark, as_of: popularity.popularity(cfg, spark, as_of=as_of),
-          ("popularity", "features.age_buckets")),
-    Stage("train", lambda cfg, spark, as_of: train_job.train(cfg, spark, as_of=as_of),
-          ("train.embedding_dim", "train.id_dim", "train.attr_dim", "train.hidden_dim", "train.epochs",
-           "train.batch_size", "train.lr", "train.sparse_lr", "train.weight_decay", "train.warmup_steps",
-           "train.temperature", "train.random_negatives", "train.logq_correction", "train.num_processes",
-           "train.local_mode", "train.seed", "train.train_days", "train.val_users", "train.val_k",
-           "train.max_steps", "train.compute_dtype")),
-    Stage("index", lambda cfg, spark, as_of: index.build_index(cfg, spark, as_of=as_of),
-          ("index.kind", "index.hnsw_m", "index.hnsw_ef_search", "index.hnsw_ef_construction", "index.ivf_nlist",
-           "index.ivf_nprobe")),
-    Stage("score", lambda cfg, spark, as_of: score.score(cfg, spark, as_of=as_of),
-          ("score.k", "score.min_history", "score.repurchase", "score.repurchase_slots", "score.repurchase_days",
-           "score.repurchase_order", "score.filter_bought", "index.candidates", "features.age_buckets")),
-    Stage("evaluate", lambda cfg, spark, as_of: evaluate.evaluate(cfg, spark, as_of=as_of),
-          ("evaluate", "score.min_history", "features.age_buckets")),
+    Stage("features", _features, FEATURES),
+    Stage("split", _split, ("split",), after=("features",)),
+    Stage("popularity", _popularity, POPULARITY, after=("features",)),
+    # The fit cutoff's own features, split and popularity are the same stages at that cutoff:
+    # a backtest's earlier cutoff and this refresh's fit share them.
+    Stage("features@fit", _features, FEATURES, at_fit=True),
+    Stage("split@fit", _split, ("split",), after=("features@fit",), at_fit=True),
+    Stage("popularity@fit", _popularity, POPULARITY, after=("features@fit",), at_fit=True),
+    Stage("train-fit", lambda cfg, spark, c, as_of: train_job.train(cfg, spark, as_of=c, role="fit", fitted_for=as_of),
+          TRAIN, after=("features@fit", "split@fit", "split"), at_fit=True),
+    Stage("index-fit", lambda cfg, spark, c, as_of: index.build_index(cfg, spark, as_of=c, role="fit"), INDEX,
+          after=("train-fit",), at_fit=True),
+    Stage("choose", lambda cfg, spark, c, as_of: choose.choose(cfg, spark, as_of=c),
+          (*LISTS, "train.epochs", "train.max_epochs"), after=("index-fit", "popularity@fit", "split")),
+    Stage("train", lambda cfg, spark, c, as_of: train_job.train(cfg, spark, as_of=c), TRAIN,
+          after=("features", "split", "choose")),
+    Stage("index", lambda cfg, spark, c, as_of: index.build_index(cfg, spark, as_of=c), INDEX, after=("train",)),
+    Stage("score", lambda cfg, spark, c, as_of: score.score(cfg, spark, as_of=c), LISTS,
+          after=("index", "popularity", "choose")),
+    Stage("evaluate", lambda cfg, spark, c, as_of: evaluate.evaluate(cfg, spark, as_of=c),
+          ("evaluate", "score.min_history", "features.age_buckets"), after=("score", "split", "popularity", "choose")),
 )
-PIPELINE = [s.name for s in STAGES]
+PIPELINE = [s.key for s in STAGES]
+
+
+def chooses(cfg: Config) -> bool:
+    """Whether any setting is chosen on the validation week, so the fit stages and choose run."""
+    return cfg.train.epochs == AUTO or is_auto(cfg)
 
 
 def stage_settings(cfg: Config, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -85,8 +135,12 @@ def fingerprint(settings: dict[str, Any]) -> str:
 
 def _outputs_exist(spark: SparkSession, cfg: Config, name: str, as_of: dt.date) -> bool:
     """Whether the stage's output for ``as_of`` is still in the lakehouse (by the table catalogue)."""
-    if name == "train":
-        return registry.latest_version(cfg, as_of) is not None
+    role = "fit" if name.endswith("-fit") else "serve"
+    if name in ("train", "train-fit"):
+        return registry.latest_version(cfg, as_of, role=role) is not None
+    if name in ("index", "index-fit"):
+        version = registry.latest_version(cfg, as_of, role=role)
+        return version is not None and index.has_index(cfg, version, as_of)
     outputs = [t for t in tables.written_by(name) if t.per_as_of and not t.may_be_empty]
     return all(storage.has_as_of(spark, cfg, t, as_of) for t in outputs)
 
@@ -133,32 +187,36 @@ def run(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, force: 
         results["ingest"] = ingest.ingest(cfg, spark, data_dir=data_dir)
         ran = [] if results["ingest"].get("skipped") else ["ingest"]
         bronze_version = storage.version(spark, cfg, tables.TRANSACTIONS)
-        rerun = force
-        skipped = []
+        skipped: list[str] = []
+        fit_at = fit_cutoff(cfg, as_of)
         for st in STAGES:
+            if (st.at_fit or st.key == "choose") and not chooses(cfg):
+                continue
+            cutoff = fit_at if st.at_fit else as_of
             settings = stage_settings(cfg, st.settings)
-            if not rerun:
-                last = _last_run(spark, cfg, st.name, as_of)
-                why = None
+            why = "--force" if force else None
+            upstream = [k for k in st.after if k in ran]
+            if why is None and upstream:
+                why = f"{', '.join(upstream)} ran"
+            last = None if why else _last_run(spark, cfg, st.name, cutoff)
+            if why is None:
                 if last is None:
-                    why = "not run yet for this as-of"
+                    why = "not run yet"
                 elif last["bronze_version"] != bronze_version:
                     why = f"bronze data changed (version {last['bronze_version']} -> {bronze_version})"
                 elif last["fingerprint"] != fingerprint(settings):
                     why = f"settings changed ({_changed(last['settings'], settings)})"
-                elif not _outputs_exist(spark, cfg, st.name, as_of):
+                elif not _outputs_exist(spark, cfg, st.name, cutoff):
                     why = "its output is missing"
-                if why is None:
-                    log("run", f"{st.name}: already done for {as_of} with these settings, skipped (--force reruns it)")
-                    skipped.append(st.name)
-                    continue
-                if last is not None:
-                    log("run", f"{st.name}: runs again: {why}")
-            # Everything after a stage that ran consumes its new output.
-            rerun = True
-            results[st.name] = st.run(cfg, spark, as_of)
-            _record(spark, cfg, st.name, as_of, bronze_version, results[st.name], settings)
-            ran.append(st.name)
+            if why is None:
+                log("run", f"{st.key}: already done for {cutoff} with these settings, skipped (--force reruns it)")
+                skipped.append(st.key)
+                continue
+            if last is not None or upstream:
+                log("run", f"{st.key} at {cutoff}: runs again, {why}")
+            results[st.key] = st.run(cfg, spark, cutoff, as_of)
+            _record(spark, cfg, st.name, cutoff, bronze_version, results[st.key], settings)
+            ran.append(st.key)
         summary["as_of"] = as_of.isoformat()
         summary["ran"] = "+".join(ran) or "-"
         summary["skipped"] = "+".join(skipped) or "-"

@@ -73,15 +73,22 @@ import typing  # noqa: E402
 from hmrec.config import RULES, Bound, OneOf  # noqa: E402
 
 
-def _numeric_keys() -> list[str]:
+def _field_types() -> dict[str, object]:
+    """section.key -> the field's base type (int for a setting that may also say auto)."""
     cfg = load_config(None)
-    keys = []
+    out = {}
     for section in dataclasses.fields(cfg):
         hints = typing.get_type_hints(type(getattr(cfg, section.name)))
         for f in dataclasses.fields(getattr(cfg, section.name)):
-            if hints[f.name] in (int, float):
-                keys.append(f"{section.name}.{f.name}")
-    return keys
+            typ = hints[f.name]
+            if typing.get_origin(typ) is typing.Union:
+                typ = next(t for t in typing.get_args(typ) if typing.get_origin(t) is not typing.Literal)
+            out[f"{section.name}.{f.name}"] = typ
+    return out
+
+
+def _numeric_keys() -> list[str]:
+    return [k for k, t in _field_types().items() if t in (int, float)]
 
 
 def test_every_numeric_setting_has_a_range_rule():
@@ -92,12 +99,10 @@ def test_every_numeric_setting_has_a_range_rule():
 def _cases() -> list[tuple[str, object, bool]]:
     """(key, value, accepted) at and just past each numeric bound and for each enum."""
     cases = []
-    defaults = load_config(None)
+    types = _field_types()
     for key, rule in RULES.items():
-        section, name = key.split(".")
-        default = getattr(getattr(defaults, section), name)
         if isinstance(rule, Bound):
-            step = 1 if isinstance(default, int) else 1e-6
+            step = 1 if types[key] is int else 1e-6
             if rule.lo is not None:
                 if rule.open_lo:
                     cases += [(key, rule.lo + step, True), (key, rule.lo, False)]
@@ -106,7 +111,7 @@ def _cases() -> list[tuple[str, object, bool]]:
             if rule.hi is not None:
                 cases += [(key, rule.hi, True), (key, rule.hi + step, False)]
         elif isinstance(rule, OneOf):
-            past = max(rule.values) + 1 if isinstance(default, int) else "no-such-value"
+            past = max(rule.values) + 1 if types[key] is int else "no-such-value"
             cases += [(key, v, True) for v in rule.values] + [(key, past, False)]
     return cases
 
@@ -126,7 +131,7 @@ def test_settings_at_and_past_their_bounds(key, value, accepted):
     ("score.k=0", "score.k must be at least 1, got 0"),
     ("score.k=-5", "score.k must be at least 1, got -5"),
     ("index.kind=annoy", "index.kind must be one of flat, hnsw, ivf, got 'annoy'"),
-    ("score.repurchase_order=random", "score.repurchase_order must be one of recency, model"),
+    ("score.repurchase_order=random", "score.repurchase_order must be one of auto, recency, model"),
     ("features.age_buckets=[0,30,20]", "features.age_buckets must be a list of at least 2 increasing"),
     ("features.recent_days=[7]", "features.recent_days must be a list of 2 positive whole numbers"),
     ("ingest.min_date=2020-13-01", "ingest.min_date must be a date of the form YYYY-MM-DD, got '2020-13-01'"),
@@ -137,6 +142,19 @@ def test_settings_at_and_past_their_bounds(key, value, accepted):
 def test_bad_settings_fail_at_load_naming_key_and_value(assignment, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [assignment])
+
+
+@pytest.mark.parametrize("key", ["train.epochs", "score.repurchase_slots", "score.repurchase_order", "score.fallback"])
+def test_settings_that_may_be_chosen_take_auto_or_a_value(key):
+    section, name = key.split(".")
+    assert getattr(getattr(load_config(None, [f"{key}=auto"]), section), name) == "auto"
+    value = {"train.epochs": 3, "score.repurchase_slots": 4, "score.repurchase_order": "model", "score.fallback": "global"}[key]
+    assert getattr(getattr(load_config(None, [f"{key}={value}"]), section), name) == value
+
+
+def test_an_int_that_may_be_auto_refuses_other_words():
+    with pytest.raises(ConfigError, match="train.epochs' must be auto or int, got 'many'"):
+        load_config(None, ["train.epochs=many"])
 
 
 def test_unquoted_yaml_dates_in_a_file_are_read_as_dates(tmp_path):

@@ -161,15 +161,15 @@ def test_a_changed_setting_reruns_the_stages_it_affects(spark, ran, tiny_data, t
     lake = tmp_path / "lake"
     shutil.copytree(cfg0.lakehouse, lake)
     data = str(tiny_data)
-    # evaluate.lapsed_days is read by evaluate only: nothing before it runs again
-    cfg = make_cfg(lake, *TINY_TRAIN, "evaluate.lapsed_days=30")
+    # evaluate.curve_max_k is read by evaluate only: nothing before it runs again
+    cfg = make_cfg(lake, *TINY_TRAIN, "evaluate.curve_max_k=50")
     before = storage.version(spark, cfg, tables.RECOMMENDATIONS)
     results = pipeline.run(cfg, spark, data_dir=data, as_of=TINY_AS_OF)
     assert set(results) == {"ingest", "evaluate"}
-    assert "settings changed (evaluate.lapsed_days 90 -> 30)" in capsys.readouterr().err
+    assert "settings changed (evaluate.curve_max_k 100 -> 50)" in capsys.readouterr().err
     assert storage.version(spark, cfg, tables.RECOMMENDATIONS) == before
     # a setting that only changes speed reruns nothing
-    cfg = make_cfg(lake, *TINY_TRAIN, "evaluate.lapsed_days=30", "score.batch_size=1024", "train.log_every=7")
+    cfg = make_cfg(lake, *TINY_TRAIN, "evaluate.curve_max_k=50", "score.batch_size=1024", "train.log_every=7")
     assert set(pipeline.run(cfg, spark, data_dir=data, as_of=TINY_AS_OF)) == {"ingest"}
 
 

@@ -33,6 +33,7 @@ from hmrec.serve.blend import (
 )
 from hmrec.serve.embedders import LookupEmbedder
 from hmrec.serve.index import ShippedIndex, make_index, recall_vs_exact, search
+from hmrec.serve.plans import ListPlan
 from hmrec.serve.score import ScoringContext, build_context, recent_purchases, score_customers, score_frame
 
 AS_OF = dt.date(2020, 9, 16)
@@ -155,7 +156,9 @@ def test_fill_lists_segment_then_global_then_catalogue():
 # ---- one batch, no Spark -----------------------------------------------------------------
 
 
-def _context(cfg, embedder, **overrides) -> ScoringContext:
+def _context(cfg, embedder, repurchase_first: bool = False, plans: tuple | None = None, **overrides) -> ScoringContext:
+    """A scoring context over the planted items; lapsed and active customers get the model's lists."""
+    model = ListPlan("model", slots=overrides.get("repurchase_slots", 2), order="recency" if repurchase_first else "model")
     vectors = item_vectors()
     index = make_index("flat", vectors, cfg.index, ids=np.arange(N_ITEMS))
     pop = pd.DataFrame({"segment": ["global"] * 6, "rank": range(1, 7), "article_idx": [39, 38, 37, 36, 35, 34],
@@ -163,8 +166,8 @@ def _context(cfg, embedder, **overrides) -> ScoringContext:
     names, f_idx, f_score = fill_lists(pop, np.arange(N_ITEMS), K)
     fields = dict(
         embedder=embedder, index=ShippedIndex.of(index, embedder.version), dim=GROUPS, k=K, n_candidates=10,
-        min_history=1, repurchase_slots=2, repurchase_column="last_articles", filter_bought=False, repurchase_first=False,
-        batch_size=8,
+        min_history=1, repurchase_slots=2, repurchase_column="last_articles", filter_bought=False,
+        batch_size=8, plans=plans or (ListPlan("popular"), model, model),
         item_pos=np.arange(N_ITEMS), item_vectors=vectors, article_ids=np.array([aid(i) for i in range(N_ITEMS)], dtype=object),
         segment_names=names, fill_idx=f_idx, fill_score=f_score, model_version=embedder.version, as_of=AS_OF,
     )
@@ -178,6 +181,8 @@ def _batch(rows: list[tuple[int, int, list[int]]]) -> pd.DataFrame:
             "customer_id": [cid(i) for i, _, _ in rows],
             "customer_idx": [i for i, _, _ in rows],
             "n_purchases": [n for _, n, _ in rows],
+            # bought 5 days before the as-of (active), or never
+            "days_since_last_log": [np.log1p(5.0 if n else 3650.0) for _, n, _ in rows],
             "last_articles": [np.array(last, dtype=np.int32) for _, _, last in rows],
             "segment": ["age_unknown"] * len(rows),
         }
@@ -201,10 +206,33 @@ def test_score_frame_planted_lists(cfg):
     assert out.groupby("customer_id")["rank"].apply(list).map(lambda r: r == [1, 2, 3, 4]).all()
 
 
+def test_each_history_group_follows_its_own_plan(cfg):
+    from hmrec.serve.plans import ListPlan as P
+
+    pop = pd.DataFrame({"segment": ["global"] * 6 + ["age_25_34"] * 3, "rank": [*range(1, 7), 1, 2, 3],
+                        "article_idx": [39, 38, 37, 36, 35, 34, 11, 12, 13], "score": [60.0, 50, 40, 30, 20, 10, 9, 8, 7]})
+    names, f_idx, f_score = fill_lists(pop, np.arange(N_ITEMS), K)
+    plans = (P("popular", fallback="segment"), P("popular", fallback="global"), P("model", slots=1, order="recency"))
+    ctx = _context(cfg, planted_embedder(8), plans=plans, segment_names=names, fill_idx=f_idx, fill_score=f_score,
+                   repurchase_slots=1)
+    pdf = _batch([(1, 3, [6, 2]), (2, 4, [3]), (3, 0, [])])
+    pdf.loc[1, "days_since_last_log"] = np.log1p(200.0)  # customer 2 lapsed (over 90 days)
+    pdf["segment"] = "age_25_34"
+    out = score_frame(pdf, ctx)
+    by = {c: g.sort_values("rank") for c, g in out.groupby("customer_id")}
+    # active: their latest purchase leads, then the model's nearest two of group 1
+    assert by[cid(1)]["article_id"].tolist() == [aid(i) for i in [6, 1, 5, 9]]
+    assert by[cid(1)]["source"].tolist() == ["repurchase", "model", "model", "model"]
+    # lapsed: the global list; cold: their age segment's list, then the global one
+    assert by[cid(2)]["article_id"].tolist() == [aid(i) for i in [39, 38, 37, 36]]
+    assert by[cid(3)]["article_id"].tolist() == [aid(i) for i in [11, 12, 13, 39]]
+    assert set(out[out.customer_id != cid(1)]["source"]) == {"popular"}
+
+
 def test_unknown_repurchase_order_is_refused_when_the_config_loads(tmp_path):
     from conftest import make_cfg
 
-    with pytest.raises(ConfigError, match="score.repurchase_order must be one of recency, model, got 'newest'"):
+    with pytest.raises(ConfigError, match="score.repurchase_order must be one of auto, recency, model, got 'newest'"):
         make_cfg(tmp_path / "lake", "score.repurchase_order=newest")
 
 

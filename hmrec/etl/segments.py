@@ -59,3 +59,24 @@ def age_labels(ages: pd.Series, buckets: list[int]) -> pd.Series:
     code = np.searchsorted(np.asarray(buckets, dtype=float), values, side="right")
     inside = np.isfinite(values) & (code >= 1) & (code < len(buckets))
     return pd.Series(np.where(inside, labels[np.where(inside, code, 0)], UNKNOWN_SEGMENT), index=ages.index, dtype=object)
+
+
+# ---- history groups: cold, lapsed, active ------------------------------------------------------
+
+# By a customer's purchases before the cutoff: none (cold), the last one more
+# than ``evaluate.lapsed_days`` before it (lapsed), or a recent one (active).
+# Scoring chooses each group's list on the validation week; evaluation reports by them.
+HISTORY_GROUPS = ("cold", "lapsed", "active")
+COLD, LAPSED, ACTIVE = 0, 1, 2
+
+
+def history_groups(n_purchases: np.ndarray, days_since_last: np.ndarray, lapsed_days: int) -> np.ndarray:
+    """(B,) group codes (COLD, LAPSED, ACTIVE) from purchase counts and days since the last purchase."""
+    n = np.asarray(n_purchases, dtype=np.float64)
+    days = np.asarray(days_since_last, dtype=np.float64)
+    return np.where(~(n > 0), COLD, np.where(days > lapsed_days, LAPSED, ACTIVE)).astype(np.int64)
+
+
+def days_since_last(days_since_last_log: np.ndarray) -> np.ndarray:
+    """Whole days since the last purchase from ``tables.USER_FEATURES``' days_since_last_log (log1p of the days)."""
+    return np.rint(np.expm1(np.asarray(days_since_last_log, dtype=np.float64)))

@@ -22,10 +22,11 @@ import numpy as np
 import pandas as pd
 
 from hmrec.etl.popularity import GLOBAL
+from hmrec.etl.segments import HISTORY_GROUPS, history_groups
 from hmrec.serve.blend import fill_list, segment_fallbacks
 
 BASELINES = ["popularity", "popularity_segment", "repurchase"]
-SEGMENTS = ["cold", "lapsed", "active"]
+SEGMENTS = list(HISTORY_GROUPS)
 ALL = "all"
 
 
@@ -33,8 +34,8 @@ def customer_segments(last_purchase: pd.Series, as_of: dt.date, lapsed_days: int
     """'cold' (no purchase before as_of), 'lapsed' (last one more than ``lapsed_days`` earlier) or 'active'."""
     last = pd.to_datetime(last_purchase)
     gap = (pd.Timestamp(as_of) - last).dt.days
-    out = np.where(last.isna(), "cold", np.where(gap > lapsed_days, "lapsed", "active"))
-    return pd.Series(out, index=last_purchase.index, dtype=object)
+    codes = history_groups(np.where(last.isna(), 0, 1), gap.to_numpy(dtype=np.float64, na_value=np.nan), lapsed_days)
+    return pd.Series(np.array(HISTORY_GROUPS, dtype=object)[codes], index=last_purchase.index, dtype=object)
 
 
 def baseline_lists(frame: pd.DataFrame, popularity: dict[str, list[str]], length: int) -> pd.DataFrame:

@@ -40,10 +40,12 @@ from hmrec.evaluation import metrics as M
 from hmrec.evaluation.baselines import ALL, BASELINES, SEGMENTS, baseline_lists, customer_segments
 from hmrec.evaluation.report import format_table, metric_rows, metrics_document, write_report
 from hmrec.lake import schemas, storage, tables
+from hmrec.lake.choices import read_choices
 from hmrec.model import registry
 from hmrec.progress import log, stage
 from hmrec.serve.embedders import ModelEmbedder, embed_in_batches
 from hmrec.serve.index import make_index, read_item_embeddings, search
+from hmrec.serve.plans import ListPlan
 
 METHODS = ["model", *BASELINES]
 RETRIEVAL = "model_retrieval"
@@ -104,7 +106,8 @@ def gather_holdout(cfg: Config, spark: SparkSession, as_of: dt.date, length: int
     catalogue size counts ``tables.ARTICLES``. Refuses lists scored with
     another model version than ``model_version`` (when given).
     """
-    recs = storage.read(spark, cfg, tables.RECOMMENDATIONS).where(F.col("as_of") == F.lit(as_of))
+    # the lists served for this as-of, by time travel when a later refresh has replaced them
+    recs = storage.read_as_of(spark, cfg, tables.RECOMMENDATIONS, as_of)
     versions = sorted(r[0] for r in recs.select("model_version").distinct().collect())
     if not versions:
         held = [r[0] for r in storage.read(spark, cfg, tables.RECOMMENDATIONS).select("as_of").distinct().limit(3).collect()]
@@ -123,9 +126,7 @@ def gather_holdout(cfg: Config, spark: SparkSession, as_of: dt.date, length: int
     actual = holdout.groupBy("customer_id").agg(F.collect_set("article_id").alias("actual"))
     frame = actual.toPandas()
     if frame.empty:
-        raise HmrecError(
-            f"{tables.HOLDOUT} has no rows for as_of {as_of}: nothing to evaluate; run `hmrec split --as-of {as_of}`"
-        )
+        return frame, served_version, {}, 0
     ids = spark.createDataFrame(frame[["customer_id"]])
     ids = F.broadcast(ids)
 
@@ -210,6 +211,10 @@ def run_evaluation(
     with stage("evaluate") as summary:
         length = max(k, cfg.evaluate.curve_max_k)
         frame, version, popularity, catalogue = gather_holdout(cfg, spark, as_of, length, model_version)
+        validation = validation_section(read_choices(spark, cfg, as_of), k)
+        report_dir = Path(cfg.lakehouse) / "reports" / as_of.isoformat()
+        if frame.empty:
+            return dict(summary, **_without_holdout(cfg, spark, as_of, version, validation, report_dir, k))
         frame["segment"] = customer_segments(frame["last_purchase"], as_of, cfg.evaluate.lapsed_days)
         frame = baseline_lists(frame, popularity, length)
         methods = list(METHODS)
@@ -219,9 +224,9 @@ def run_evaluation(
             methods.append(RETRIEVAL)
         results = compute_metrics(frame, methods, k, catalogue)
         curves = recall_curves(frame, methods, cfg.evaluate.curve_max_k)
-        doc = metrics_document(as_of, k, version, results, curves)
+        doc = metrics_document(as_of, k, version, results, curves, validation)
 
-        rows = metric_rows(as_of, version, results)
+        rows = metric_rows(as_of, version, results) + validation_rows(as_of, version, validation)
         storage.write_partition(
             spark.createDataFrame(rows, schemas.EVAL_METRICS),
             cfg,
@@ -230,7 +235,6 @@ def run_evaluation(
             metadata={"as_of": as_of.isoformat(), "model_version": version},
             model_version=version,
         )
-        report_dir = Path(cfg.lakehouse) / "reports" / as_of.isoformat()
         write_report(report_dir, doc, results, curves, k)
         print(format_table(results, k), flush=True)
 
@@ -247,6 +251,50 @@ def run_evaluation(
         summary[f"popularity_map@{k}"] = round(results[ALL]["popularity"][f"map@{k}"], 5)
         summary["report"] = str(report_dir)
     return dict(summary, metrics=doc)
+
+
+def validation_section(chosen: dict | None, k: int) -> dict | None:
+    """The metrics document's ``validation`` part from the choices recorded for the as-of (None when none were made)."""
+    if chosen is None:
+        return None
+    figures, choices = chosen["figures"], chosen["choices"]
+    shown = {key: v for key, v in choices.items() if key != "plans"}
+    if "plans" in choices:
+        shown["plans"] = {g: ListPlan.from_dict(p).label() for g, p in choices["plans"].items()}
+    return {
+        "cutoff": chosen["fit_cutoff"],
+        "fit_model_version": chosen["fit_model_version"],
+        "users": figures.get("users", 0),
+        "methods": figures.get("methods", {}),
+        "groups": {g: {"users": v["users"], "chosen": v["chosen"]} for g, v in figures.get("groups", {}).items()},
+        "choices": shown,
+        "epochs": figures.get("epochs", []),
+        **({"note": figures["reason"]} if "reason" in figures else {}),
+    }
+
+
+def validation_rows(as_of: dt.date, version: str, validation: dict | None) -> list[tuple]:
+    """``tables.EVAL_METRICS`` rows of the validation week (segment ``validation``): the figures the choices rest on."""
+    if not validation:
+        return []
+    rows = [(as_of, version, method, "validation", metric, float(v))
+            for method, values in validation["methods"].items() for metric, v in values.items()]
+    return rows + [(as_of, version, "model", "validation", "users", float(validation["users"]))]
+
+
+def _without_holdout(cfg: Config, spark: SparkSession, as_of: dt.date, version: str, validation: dict | None,
+                     report_dir: Path, k: int) -> dict:
+    """A refresh whose as-of is past the last purchase: the report gives the validation week only."""
+    last = storage.read(spark, cfg, tables.INTERACTIONS).agg(F.max("t_dat")).first()[0]
+    log("evaluate", f"no holdout week to evaluate yet: nothing was bought from {as_of} on (the data ends {last}); "
+                    f"the report gives the validation week")
+    doc = metrics_document(as_of, k, version, {}, {}, validation)
+    rows = validation_rows(as_of, version, validation)
+    if rows:
+        storage.write_partition(spark.createDataFrame(rows, schemas.EVAL_METRICS), cfg, tables.EVAL_METRICS, as_of,
+                                metadata={"as_of": as_of.isoformat(), "model_version": version}, model_version=version)
+    write_report(report_dir, doc, {}, {}, k)
+    return {"users": 0, "holdout": "none yet", "report": str(report_dir), "metrics": doc}
 
 
 def evaluate(cfg: Config, spark: SparkSession, as_of: dt.date, model_version: str | None = None) -> dict:

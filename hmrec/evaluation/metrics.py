@@ -140,3 +140,40 @@ def all_metrics(
         f"hitrate@{k}": mean(h),
         "coverage": coverage(predictions, catalogue_size, k),
     }
+
+
+# ---- many customers at once --------------------------------------------------------------
+
+
+def row_metrics(predicted: np.ndarray, actual: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """AP@k, recall@k, NDCG@k and hit@k of every row at once, with the conventions above.
+
+    ``predicted`` (B, P) and ``actual`` (B, A) hold integer ids padded with -1
+    (-1 never matches). Returns (B,) float arrays; rows with no actual item
+    get 0 (leave them out of means, as :func:`map_at_k` does). The same
+    values as :func:`average_precision`, :func:`recall`, :func:`ndcg` and
+    :func:`hit` per row, for choices made over hundreds of thousands of
+    customers.
+    """
+    pred = predicted[:, :k]
+    b, kk = pred.shape
+    truth = actual.copy()
+    # distinct actual items: later repeats of an id in a row become -1
+    if truth.shape[1] > 1:
+        same = truth[:, :, None] == truth[:, None, :]
+        truth = np.where((same & np.tril(np.ones((truth.shape[1],) * 2, dtype=bool), k=-1)).any(axis=2), -1, truth)
+    n_true = (truth >= 0).sum(axis=1)  # (B,)
+    rel = ((pred[:, :, None] == truth[:, None, :]) & (pred[:, :, None] >= 0)).any(axis=2)  # (B, K)
+    if kk > 1:  # a repeated prediction counts once, at its first position
+        earlier = (pred[:, :, None] == pred[:, None, :]) & np.tril(np.ones((kk, kk), dtype=bool), k=-1)
+        rel &= ~earlier.any(axis=2)
+    rel = rel.astype(np.float64)
+    positions = np.arange(1, kk + 1)
+    denom = np.minimum(n_true, k).astype(np.float64)
+    safe = np.where(denom > 0, denom, 1.0)
+    ap = np.where(n_true > 0, (np.cumsum(rel, axis=1) / positions * rel).sum(axis=1) / safe, 0.0)
+    recall_ = np.where(n_true > 0, rel.sum(axis=1) / np.where(n_true > 0, n_true, 1), 0.0)
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))
+    idcg = np.cumsum(discounts)[np.clip(np.minimum(n_true, k) - 1, 0, k - 1)]
+    ndcg_ = np.where(n_true > 0, (rel * discounts[:kk]).sum(axis=1) / idcg, 0.0)
+    return {f"map@{k}": ap, f"recall@{k}": recall_, f"ndcg@{k}": ndcg_, f"hitrate@{k}": rel.any(axis=1).astype(np.float64)}

@@ -215,6 +215,18 @@ EVAL_METRICS = _struct(
 
 # ---- meta ----------------------------------------------------------------------
 
+# What was chosen for an as-of on its validation week (hmrec.evaluation.choose).
+CHOICES = _struct(
+    [
+        ("as_of", DateType()),
+        ("fit_cutoff", DateType()),  # the cutoff the choices were fitted at: as_of - split.validation_days
+        ("fit_model_version", S),
+        ("chosen_at", TimestampType()),
+        ("choices", S),  # JSON: setting -> chosen value (train.epochs, the list plan of each customer group)
+        ("figures", S),  # JSON: the validation figures behind each choice
+    ]
+)
+
 # One row per finished stage of `hmrec run`, so a rerun skips what is done.
 STAGE_RUNS = _struct(
     [

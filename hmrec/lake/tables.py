@@ -65,12 +65,13 @@ EVAL_METRICS = Table("gold/eval_metrics", schemas.EVAL_METRICS, "evaluate", ("as
 # ---- meta: the pipeline's own records ---------------------------------------------------
 
 STAGE_RUNS = Table("meta/stage_runs", schemas.STAGE_RUNS, "run")
+CHOICES = Table("meta/choices", schemas.CHOICES, "choose", per_as_of=True)
 
 ALL: tuple[Table, ...] = (
     ARTICLES, CUSTOMERS, TRANSACTIONS, REJECTS,
     CUSTOMER_INDEX, ARTICLE_INDEX, INTERACTIONS,
     USER_FEATURES, ITEM_FEATURES, TRAIN, VALIDATION, HOLDOUT, POPULARITY, ITEM_EMBEDDINGS, RECOMMENDATIONS, EVAL_METRICS,
-    STAGE_RUNS,
+    STAGE_RUNS, CHOICES,
 )
 BRONZE: tuple[Table, ...] = (ARTICLES, CUSTOMERS, TRANSACTIONS)
 

@@ -40,6 +40,10 @@ WEIGHTS_FILE = "model.pt"
 META_FILE = "meta.json"
 META_FORMAT = 1
 AS_OF_TAG = "as_of"
+# serve: trained on everything before its as-of, to be scored and served;
+# fit: trained at an earlier cutoff, whose following week decides the choices of a later as-of
+ROLE_TAG = "role"
+ROLES = ("serve", "fit")
 
 # What the model's input tensors were built from; checked again when loading.
 FEATURE_COLUMNS = {
@@ -146,6 +150,7 @@ def register_model(
     model_args: dict,
     as_of: dt.date,
     extra_meta: dict | None = None,
+    role: str = "serve",
 ) -> str:
     """Attach weights + meta.json to the run as ``model/`` and register them; returns the version."""
     c = client(cfg)
@@ -156,6 +161,7 @@ def register_model(
         "as_of": as_of.isoformat(),
         "run_id": run_id,
         "feature_columns": FEATURE_COLUMNS,
+        "role": role,
         **(extra_meta or {}),
     }
     with tempfile.TemporaryDirectory(prefix="hmrec-model-") as tmp:
@@ -170,14 +176,18 @@ def register_model(
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     source = f"{c.get_run(run_id).info.artifact_uri}/{MODEL_DIR}"
-    mv = c.create_model_version(name, source=source, run_id=run_id, tags={AS_OF_TAG: as_of.isoformat()})
+    mv = c.create_model_version(name, source=source, run_id=run_id, tags={AS_OF_TAG: as_of.isoformat(), ROLE_TAG: role})
     return str(mv.version)
 
 
-def latest_version(cfg: Config, as_of: dt.date | None = None) -> str | None:
-    """The highest registered version (trained for ``as_of`` if given), or None."""
+def latest_version(cfg: Config, as_of: dt.date | None = None, role: str = "serve") -> str | None:
+    """The highest registered version of ``role`` (trained for ``as_of`` if given), or None.
+
+    Versions registered before roles were recorded count as ``serve``.
+    """
     c = client(cfg)
     versions = c.search_model_versions(f"name='{cfg.paths.registered_model}'")
+    versions = [v for v in versions if (v.tags or {}).get(ROLE_TAG, "serve") == role]
     if as_of is not None:
         versions = [v for v in versions if (v.tags or {}).get(AS_OF_TAG) == as_of.isoformat()]
     if not versions:
@@ -206,13 +216,14 @@ def _local_dir(uri: str) -> str:
     return ""
 
 
-def load_model(cfg: Config, model_version: str | None = None, as_of: dt.date | None = None) -> LoadedModel:
+def load_model(cfg: Config, model_version: str | None = None, as_of: dt.date | None = None,
+               role: str = "serve") -> LoadedModel:
     """Rebuild a registered model from its artifacts alone, in eval mode on the CPU.
 
-    ``model_version`` None means the latest registered version, for ``as_of``
-    when that is given (``as_of`` only narrows that search).
+    ``model_version`` None means the latest registered version of ``role``, for
+    ``as_of`` when that is given (``as_of`` only narrows that search).
     """
-    version = model_version if model_version is not None else latest_version(cfg, as_of)
+    version = model_version if model_version is not None else latest_version(cfg, as_of, role)
     if version is None:
         which = f" for as-of {as_of.isoformat()}" if as_of is not None else ""
         day = as_of.isoformat() if as_of is not None else "YYYY-MM-DD"

@@ -92,7 +92,7 @@ def blend_batch(
     fill_score: np.ndarray,
     k: int,
     exclude: np.ndarray | None = None,
-    repurchase_first: bool = False,
+    repurchase_first: bool | np.ndarray = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each row's final K items: (article_idx (B, K), score (B, K), source code (B, K)).
 
@@ -103,7 +103,8 @@ def blend_batch(
     dropped; the reserved purchases and the best remaining candidates, K in
     all, are sorted by score; popular items fill what is left in list order.
     With ``repurchase_first`` the reserved purchases lead instead, in their
-    given order (most recent first), and the candidates follow by score.
+    given order (most recent first), and the candidates follow by score; it
+    may be one flag for the batch or one per row (B,).
     """
     b = cand_idx.shape[0]
     rep_ok = rep_idx >= 0
@@ -124,9 +125,11 @@ def blend_batch(
         src = np.pad(src, ((0, 0), (0, pad)), constant_values=MODEL)
         ok = np.pad(ok, ((0, 0), (0, pad)), constant_values=False)
     key = np.where(ok, -score, np.inf)
-    if repurchase_first:
-        # -inf for every kept repurchase: the stable sort keeps them first, in their given order
-        key[:, : rep_idx.shape[1]] = np.where(rep_ok, -np.inf, np.inf)
+    first = np.broadcast_to(np.asarray(repurchase_first, dtype=bool), (b,))
+    if first.any():
+        # -inf for every kept repurchase of those rows: the stable sort keeps them first, in their given order
+        r = rep_idx.shape[1]
+        key[:, :r] = np.where(rep_ok & first[:, None], -np.inf, key[:, :r])
     order = np.argsort(key, axis=1, kind="stable")[:, :k]
     sel_idx = np.take_along_axis(idx, order, axis=1)
     sel_score = np.take_along_axis(score, order, axis=1)

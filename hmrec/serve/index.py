@@ -173,6 +173,17 @@ def save_index(index: faiss.Index, directory: Path, meta: dict) -> Path:
     return directory
 
 
+def has_index(cfg: Config, model_version: str, as_of: dt.date) -> bool:
+    """Whether a model version's index files are saved, built for ``as_of``."""
+    meta_path = index_dir(cfg, model_version) / META_FILE
+    if not meta_path.exists() or not (index_dir(cfg, model_version) / INDEX_FILE).exists():
+        return False
+    try:
+        return json.loads(meta_path.read_text()).get("as_of") == as_of.isoformat()
+    except ValueError:
+        return False
+
+
 def load_index(cfg: Config, model_version: str, as_of: dt.date | None = None) -> tuple[faiss.Index, dict]:
     """The saved index of a model version and its meta.json; checks it was built for ``as_of``."""
     directory = index_dir(cfg, model_version)
@@ -305,13 +316,14 @@ def index_items(
     return dict(summary)
 
 
-def build_index(cfg: Config, spark: SparkSession, as_of: dt.date, model_version: str | None = None) -> dict:
-    """The ``hmrec index`` stage: embed items with the registered model and index them."""
+def build_index(cfg: Config, spark: SparkSession, as_of: dt.date, model_version: str | None = None,
+                role: str = "serve") -> dict:
+    """The ``hmrec index`` stage: embed items with the registered model (of ``role``, unless a version is given) and index them."""
     # Spark workers import this module to unpickle a ShippedIndex; the registry
     # (mlflow, torch) is loaded only by the driver stage that needs it.
     from hmrec.model import registry
 
-    loaded = registry.load_model(cfg, model_version=model_version, as_of=as_of)
+    loaded = registry.load_model(cfg, model_version=model_version, as_of=as_of, role=role)
     embedder = ModelEmbedder.from_loaded(loaded)
     return index_items(
         cfg,

@@ -54,6 +54,8 @@ from hmrec.progress import log, stage
 from hmrec.serve.blend import SOURCES, blend_batch, compact_left, drop_repeats, fill_lists, pad_lists
 from hmrec.serve.embedders import Embedder, ModelEmbedder, check_embeddings
 from hmrec.serve.index import ShippedIndex, index_dim, load_index, read_item_embeddings, search
+from hmrec.serve.plans import ListPlan, Plans, is_auto, plans_from_json, unchosen
+from hmrec.lake.choices import read_choices
 
 RECENT_COLUMN = "recent_articles"
 
@@ -71,10 +73,9 @@ class ScoringContext:
     k: int
     n_candidates: int
     min_history: int
-    repurchase_slots: int  # 0: no repurchase
+    repurchase_slots: int  # the widest plan's recent purchases: the width of the arrays
     repurchase_column: str  # recent_articles (dated, from the training rows) or last_articles
     filter_bought: bool
-    repurchase_first: bool
     batch_size: int
     item_pos: np.ndarray  # (max article_idx + 1,) row in item_vectors, -1 = not indexed
     item_vectors: np.ndarray | None  # (N, D), only for scoring recent purchases
@@ -84,6 +85,8 @@ class ScoringContext:
     fill_score: np.ndarray  # (S, T)
     model_version: str
     as_of: dt.date
+    plans: tuple[ListPlan, ...] = ()  # by history group code (cold, lapsed, active)
+    lapsed_days: int = 90
     threads: int = 1
 
 
@@ -94,14 +97,30 @@ def _in_catalogue(idx: np.ndarray, item_pos: np.ndarray) -> np.ndarray:
     return out
 
 
-def score_frame(pdf: pd.DataFrame, ctx: ScoringContext) -> pd.DataFrame:
-    """``tables.RECOMMENDATIONS`` rows (K per customer) for one batch of ``tables.USER_FEATURES`` rows.
+@dataclass
+class BatchInputs:
+    """What any plan's lists are assembled from, for one batch of customers."""
 
-    The batch also carries ``segment`` (age segment label) and, when
+    group: np.ndarray  # (B,) history group code
+    eligible: np.ndarray  # (B,) enough history for the model (score.min_history)
+    cand_idx: np.ndarray  # (B, C) model neighbours, best first, -1 = none
+    cand_score: np.ndarray  # (B, C)
+    rep_idx: np.ndarray  # (B, R) recent purchases, latest first, -1 = none
+    rep_score: np.ndarray  # (B, R) the model's score of each
+    exclude: np.ndarray | None  # (B, X) articles the model's candidates may not repeat
+    segment_row: np.ndarray  # (B,) row of the customer's age segment in ctx.fill_idx
+
+
+def batch_inputs(pdf: pd.DataFrame, ctx: ScoringContext, model_groups: np.ndarray | None = None) -> BatchInputs:
+    """Embed, search and gather the recent purchases of one batch of ``tables.USER_FEATURES`` rows.
+
+    ``model_groups`` (one flag per history group) says whose rows need the
+    model's candidates (None: every row with enough history); the others keep
+    -1 candidates. The batch
+    also carries ``segment`` (age segment label) and, when
     ``ctx.repurchase_column`` says so, ``recent_articles``.
     """
     n = len(pdf)
-    k = ctx.k
     c = ctx.n_candidates
     r = ctx.repurchase_slots
     cand_idx = np.full((n, c), -1, dtype=np.int64)
@@ -111,7 +130,11 @@ def score_frame(pdf: pd.DataFrame, ctx: ScoringContext) -> pd.DataFrame:
     exclude = None
 
     n_purchases = pdf["n_purchases"].to_numpy(dtype=np.int64, na_value=0)
-    model_rows = np.flatnonzero(n_purchases >= max(ctx.min_history, 1))
+    days = segments.days_since_last(pdf["days_since_last_log"].to_numpy(dtype=np.float64, na_value=np.nan))
+    group = segments.history_groups(n_purchases, days, ctx.lapsed_days)
+    eligible = n_purchases >= max(ctx.min_history, 1)
+    wanted = model_groups[group] if model_groups is not None else True
+    model_rows = np.flatnonzero(eligible & wanted)
     if len(model_rows):
         sub = pdf.iloc[model_rows]
         users = check_embeddings(ctx.embedder.embed_users(sub), sub["customer_id"], "customer_id", dim=ctx.dim)  # (Bm, D)
@@ -134,12 +157,34 @@ def score_frame(pdf: pd.DataFrame, ctx: ScoringContext) -> pd.DataFrame:
 
     seg_row = {name: i for i, name in enumerate(ctx.segment_names)}
     labels = pdf["segment"] if "segment" in pdf.columns else pd.Series([None] * n)
-    fill_row = np.fromiter((seg_row.get(s, 0) for s in labels), dtype=np.int64, count=n)
+    segment_row = np.fromiter((seg_row.get(s, 0) for s in labels), dtype=np.int64, count=n)
+    return BatchInputs(group, eligible, cand_idx, cand_score, rep_idx, rep_score, exclude, segment_row)
 
-    out_idx, out_score, out_src = blend_batch(
-        cand_idx, cand_score, rep_idx, rep_score, ctx.fill_idx[fill_row], ctx.fill_score[fill_row], k, exclude,
-        repurchase_first=ctx.repurchase_first,
+
+def assemble(inp: BatchInputs, ctx: ScoringContext, plans: tuple[ListPlan, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's K items under the plan of its history group: (article_idx, score, source code), (B, K) each."""
+    use_model = np.array([p.source == "model" for p in plans])[inp.group] & inp.eligible  # (B,)
+    use_history = np.array([p.source != "popular" for p in plans])[inp.group] & inp.eligible  # (B,)
+    slots = np.array([p.slots for p in plans])[inp.group]  # (B,)
+    first = np.array([p.order == "recency" or p.source == "repurchase" for p in plans])[inp.group]  # (B,)
+    global_fill = np.array([p.fallback == "global" for p in plans])[inp.group]  # (B,)
+    cand_idx = np.where(use_model[:, None], inp.cand_idx, -1)
+    keep = use_history[:, None] & (np.arange(inp.rep_idx.shape[1])[None, :] < slots[:, None])
+    rep_idx = np.where(keep, inp.rep_idx, -1)
+    rep_score = np.where(keep, inp.rep_score, 0.0)
+    fill_row = np.where(global_fill, 0, inp.segment_row)
+    return blend_batch(
+        cand_idx, inp.cand_score, rep_idx, rep_score, ctx.fill_idx[fill_row], ctx.fill_score[fill_row], ctx.k,
+        inp.exclude, repurchase_first=first,
     )
+
+
+def score_frame(pdf: pd.DataFrame, ctx: ScoringContext) -> pd.DataFrame:
+    """``tables.RECOMMENDATIONS`` rows (K per customer) for one batch of ``tables.USER_FEATURES`` rows."""
+    n = len(pdf)
+    k = ctx.k
+    inp = batch_inputs(pdf, ctx, model_groups=np.array([p.source != "popular" for p in ctx.plans]))
+    out_idx, out_score, out_src = assemble(inp, ctx, ctx.plans)
     short = (out_idx < 0).any(axis=1)
     if short.any():
         bad = pdf["customer_id"].iloc[np.flatnonzero(short)[:3]].tolist()
@@ -223,10 +268,17 @@ def build_context(
     embedder: Embedder,
     index: faiss.Index,
     repurchase_column: str,
+    plans: Plans | None = None,
 ) -> ScoringContext:
-    """Gather the lookup arrays (catalogue, popularity fallbacks, item vectors) on the driver."""
+    """Gather the lookup arrays (catalogue, popularity fallbacks, item vectors) on the driver.
+
+    ``plans`` (each history group's :class:`ListPlan`; default: the pinned
+    settings, see :func:`hmrec.serve.plans.unchosen`) decide each group's lists.
+    """
     version = str(embedder.version)
-    slots = min(cfg.score.repurchase_slots, cfg.score.k) if cfg.score.repurchase else 0
+    plans = plans or unchosen(cfg)
+    by_code = tuple(plans[g] for g in segments.HISTORY_GROUPS)
+    slots = max(min(p.slots, cfg.score.k) for p in by_code)
     items, vectors = read_item_embeddings(spark, cfg, as_of, version, need_vectors=slots > 0, dim=index_dim(index))
     if len(items) != index.ntotal:
         raise HmrecError(
@@ -252,7 +304,6 @@ def build_context(
         repurchase_slots=slots,
         repurchase_column=repurchase_column,
         filter_bought=cfg.score.filter_bought,
-        repurchase_first=cfg.score.repurchase_order == "recency",
         batch_size=cfg.score.batch_size,
         item_pos=item_pos,
         item_vectors=vectors,
@@ -262,8 +313,25 @@ def build_context(
         fill_score=f_score,
         model_version=version,
         as_of=as_of,
+        plans=by_code,
+        lapsed_days=cfg.evaluate.lapsed_days,
         threads=_task_cpus(spark),
     )
+
+
+def served_plans(spark: SparkSession, cfg: Config, as_of: dt.date) -> tuple[Plans, str]:
+    """Each history group's plan at ``as_of``, and where it comes from.
+
+    Pinned settings apply as they are; ``auto`` ones follow the choice
+    recorded for the as-of on its validation week, or :data:`hmrec.serve.plans.UNCHOSEN`
+    when none was made.
+    """
+    if not is_auto(cfg):
+        return unchosen(cfg), "pinned by the settings"
+    chosen = read_choices(spark, cfg, as_of)
+    if chosen is None or "plans" not in chosen["choices"]:
+        return unchosen(cfg), f"nothing chosen for {as_of}: the defaults"
+    return plans_from_json(chosen["choices"]["plans"]), f"chosen on the validation week from {chosen['fit_cutoff']}"
 
 
 def score_customers(
@@ -274,25 +342,30 @@ def score_customers(
     index: faiss.Index,
     index_meta: dict | None = None,
     on_batch: Callable[[int], None] | None = None,
+    plans: Plans | None = None,
 ) -> dict:
     """Score every customer of ``tables.CUSTOMERS`` and replace ``tables.RECOMMENDATIONS`` in one commit.
 
-    ``on_batch`` runs in the workers before each batch (a test hook for
-    failures mid-write). Returns the stage summary.
+    ``plans`` are the history groups' list plans (default: the pinned
+    settings). ``on_batch`` runs in the workers before each batch (a test hook
+    for failures mid-write). Returns the stage summary.
     """
     version = str(embedder.version)
+    plans = plans or unchosen(cfg)
     with stage("score") as summary:
         summary["model_version"] = version
+        summary["plans"] = ", ".join(f"{g}: {plans[g].label()}" for g in segments.HISTORY_GROUPS)
         features_df = storage.read_as_of(spark, cfg, tables.USER_FEATURES, as_of)
         users = features_df.withColumn("segment", segments.age_segment(F.col("age_bucket"), cfg.features.age_buckets))
         rep_col = "last_articles"
         if cfg.score.repurchase and cfg.score.repurchase_days > 0 and storage.exists(spark, cfg, tables.TRAIN):
             train = storage.read_as_of(spark, cfg, tables.TRAIN, as_of)
-            recent = recent_purchases(train, as_of, cfg.score.repurchase_days, max(cfg.features.last_n, cfg.score.repurchase_slots))
+            widest = max(p.slots for p in plans.values())
+            recent = recent_purchases(train, as_of, cfg.score.repurchase_days, max(cfg.features.last_n, widest))
             # Small (customers active in the window × a few ints): broadcast, so user_features is not shuffled.
             users = users.join(F.broadcast(recent), "customer_idx", "left")
             rep_col = RECENT_COLUMN
-        ctx = build_context(cfg, spark, as_of, embedder, index, rep_col)
+        ctx = build_context(cfg, spark, as_of, embedder, index, rep_col, plans)
         summary["index_kind"] = (index_meta or {}).get("kind", type(index).__name__)
         summary["candidates"] = ctx.n_candidates
 
@@ -362,5 +435,7 @@ def score(cfg: Config, spark: SparkSession, as_of: dt.date, model_version: str |
     loaded = registry.load_model(cfg, model_version=model_version, as_of=as_of)
     embedder = ModelEmbedder.from_loaded(loaded, threads=_task_cpus(spark))
     index, meta = load_index(cfg, str(loaded.version), as_of)
-    log("score", f"model version {loaded.version}, {meta.get('kind')} index of {meta.get('count')} items")
-    return score_customers(cfg, spark, as_of, embedder, index, index_meta=meta)
+    plans, why = served_plans(spark, cfg, as_of)
+    log("score", f"model version {loaded.version}, {meta.get('kind')} index of {meta.get('count')} items; "
+                 f"lists {why}: " + ", ".join(f"{g} {plans[g].label()}" for g in segments.HISTORY_GROUPS))
+    return score_customers(cfg, spark, as_of, embedder, index, index_meta=meta, plans=plans)

@@ -82,8 +82,8 @@ def load_checkpoint(path: str) -> dict:
     return state
 
 
-def checkpoint_path(cfg: Config, as_of: dt.date) -> str:
-    """Local path of the epoch checkpoint of the training run for ``as_of``."""
+def checkpoint_path(cfg: Config, as_of: dt.date, role: str = "serve") -> str:
+    """Local path of the epoch checkpoint of the training run of ``role`` for ``as_of``."""
     root = cfg.lakehouse
     if root.startswith("file://"):
         root = root[len("file://") :]
@@ -92,7 +92,8 @@ def checkpoint_path(cfg: Config, as_of: dt.date) -> str:
             f"paths.lakehouse={cfg.paths.lakehouse}: training checkpoints need a local or mounted "
             f"file system path; mount the storage and point paths.lakehouse at the mount"
         )
-    return os.path.join(root, "_checkpoints", STAGE, as_of.isoformat(), CHECKPOINT_FILE)
+    name = as_of.isoformat() if role == "serve" else f"{as_of.isoformat()}-{role}"
+    return os.path.join(root, "_checkpoints", STAGE, name, CHECKPOINT_FILE)
 
 
 def resume_state(path: str, model_args: dict, cfg: Config) -> dict | None:

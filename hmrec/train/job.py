@@ -27,10 +27,11 @@ import torch.distributed as dist
 from pyspark.sql import functions as F
 from torch import Tensor
 
-from hmrec.config import Config, TrainConfig
+from hmrec.config import AUTO, Config, TrainConfig
 from hmrec.errors import HmrecError
 from hmrec.etl.split import training_window
 from hmrec.lake import schemas, storage, tables
+from hmrec.lake.choices import read_choices
 from hmrec.model.two_tower import ITEM_ID, USER_ID, TwoTower, build_model, item_inputs, model_args_from_features, user_inputs
 from hmrec.progress import log, stage
 from hmrec.train import STAGE
@@ -51,7 +52,7 @@ from hmrec.train.validation import ValSet, recall_at_k, validation_set
 # Tables whose Delta version is recorded with every trained model.
 LINEAGE_TABLES = [
     tables.TRAIN,
-    tables.HOLDOUT,
+    tables.VALIDATION,
     tables.USER_FEATURES,
     tables.ITEM_FEATURES,
     tables.CUSTOMER_INDEX,
@@ -74,11 +75,15 @@ class TrainJob:
     item_prob: Tensor  # (num_items,) share of training rows per article
     converter: Any  # petastorm SparkDatasetConverter of (customer_idx, article_idx)
     world_size: int
-    steps_per_epoch: int  # horizon of the learning-rate schedule, per epoch
+    steps_per_epoch: int
     checkpoint_path: str
     run_id: str
     start: dict | None  # checkpoint to continue from
     val: ValSet | None
+    # the learning rate decays over this many epochs, whatever the epochs trained: a run
+    # that stops at the epoch count chosen on its fitted twin follows the twin's schedule
+    horizon_epochs: int = 0
+    keep_best: bool = False  # keep the weights of the epoch that validated best
 
 
 def _log_to_run(job: TrainJob, metrics: dict[str, float], step: int) -> None:
@@ -118,7 +123,7 @@ def _run_epoch(
     """One pass over this rank's shard; returns (losses, samples on this rank, global step after it)."""
     tc = job.cfg.train
     world = job.world_size
-    total_steps = tc.epochs * job.steps_per_epoch
+    total_steps = max(job.horizon_epochs, tc.epochs) * job.steps_per_epoch
     num_items = job.model_args["num_items"]
     negatives_gen = torch.Generator().manual_seed(derived_seed(tc.seed, "negatives", epoch, rank))
     losses: list[Tensor] = []
@@ -176,12 +181,14 @@ def train_worker(job: TrainJob) -> None:
         model = build_model(job.model_args, seed=tc.seed)
         sparse_opt, dense_opt = make_optimizers(model, tc)
         epoch, step, history = 0, 0, []
+        best: dict | None = None  # {"epoch", "metric", "model"} of the best validated epoch so far
         if job.start is not None:
             model.load_state_dict(job.start["model"])
             sparse_opt.load_state_dict(job.start["sparse_opt"])
             dense_opt.load_state_dict(job.start["dense_opt"])
             epoch, step, history = job.start["epoch"], job.start["step"], list(job.start["history"])
             set_rng_state(job.start["rng"])
+            best = job.start.get("best")
         model.train()
         while epoch < tc.epochs:
             started = time.perf_counter()
@@ -200,7 +207,12 @@ def train_worker(job: TrainJob) -> None:
                 "train_loss": float(torch.stack(losses).mean()),
             }
             if job.val is not None:
-                record[f"val_recall@{tc.val_k}"] = recall_at_k(model, job.users, job.items, job.val, tc.val_k)
+                metric = recall_at_k(model, job.users, job.items, job.val, tc.val_k)
+                record[f"val_recall@{tc.val_k}"] = metric
+                # the earliest of equally good epochs: fewer epochs cost less
+                if job.keep_best and (best is None or metric > best["metric"]):
+                    best = {"epoch": epoch, "metric": metric,
+                            "model": {k: v.detach().clone() for k, v in model.state_dict().items()}}
             history.append(record)
             figures = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
             log(STAGE, f"epoch done: {figures}")
@@ -220,6 +232,7 @@ def train_worker(job: TrainJob) -> None:
                     "as_of": job.as_of,
                     "run_id": job.run_id,
                     "history": history,
+                    "best": best,
                 },
             )
     finally:
@@ -383,11 +396,16 @@ def fit_batch_size(cfg: Config, n_rows: int) -> Config:
 
 
 def _train_epochs(
-    spark: Any, cfg: Config, data: TrainingData, as_of: dt.date, ckpt: str, run_id: str, start: dict | None
+    spark: Any, cfg: Config, data: TrainingData, as_of: dt.date, ckpt: str, run_id: str, start: dict | None,
+    plan: "EpochPlan",
 ) -> None:
     """Materialise the pairs, run the training processes, and always delete the pairs again."""
     tc = cfg.train
-    val = validation_set(spark, cfg, as_of, data.model_args["num_users"], data.model_args["num_items"])
+    val = None
+    if plan.labels_as_of is not None:
+        val = validation_set(spark, cfg, plan.labels_as_of, data.model_args["num_users"], data.model_args["num_items"])
+        if val is None:
+            log(STAGE, f"no purchase in the validation week of {plan.labels_as_of}: every epoch is kept to the last")
     steps = max(1, data.n_rows // (tc.batch_size * tc.num_processes))
     if tc.max_steps > 0:
         steps = min(steps, tc.max_steps)
@@ -398,10 +416,48 @@ def _train_epochs(
                 cfg=cfg, as_of=as_of.isoformat(), model_args=data.model_args, users=data.users, items=data.items,
                 item_prob=data.item_prob, converter=converter, world_size=tc.num_processes, steps_per_epoch=steps,
                 checkpoint_path=ckpt, run_id=run_id, start=start, val=val,
+                horizon_epochs=plan.horizon, keep_best=plan.keep_best and val is not None,
             )
         )
     finally:
         converter.delete()
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """How many epochs a run trains, over which learning-rate horizon, and what it is validated on."""
+
+    epochs: int
+    horizon: int
+    keep_best: bool
+    labels_as_of: dt.date | None  # the as-of whose validation week monitors the run (fit runs only)
+    why: str
+
+
+def epoch_plan(spark: Any, cfg: Config, as_of: dt.date, role: str, fitted_for: dt.date | None) -> EpochPlan:
+    """The epochs of a run of ``role`` at ``as_of``.
+
+    ``train.epochs: auto``: a fit run (fitted for the as-of ``fitted_for``,
+    whose validation week starts at this run's cutoff) trains
+    ``train.max_epochs`` and keeps the epoch that validates best; a serve run
+    trains the epoch count chosen on its validation week (``tables.CHOICES``),
+    on the same learning-rate horizon, so it follows the fitted run's
+    schedule. A number is trained as it is, by either role.
+    """
+    tc = cfg.train
+    labels = fitted_for if role == "fit" else None
+    if tc.epochs != AUTO:
+        return EpochPlan(tc.epochs, tc.epochs, False, labels, f"train.epochs={tc.epochs}")
+    if role == "fit":
+        return EpochPlan(tc.max_epochs, tc.max_epochs, True, labels,
+                         f"train.epochs=auto: up to train.max_epochs={tc.max_epochs}, the best validated kept")
+    chosen = read_choices(spark, cfg, as_of)
+    epochs = (chosen or {}).get("choices", {}).get("train.epochs")
+    if epochs is None:
+        return EpochPlan(tc.max_epochs, tc.max_epochs, False, None,
+                         f"train.epochs=auto but nothing was chosen for {as_of}: train.max_epochs={tc.max_epochs}")
+    return EpochPlan(int(epochs), tc.max_epochs, False, None,
+                     f"train.epochs=auto: {epochs}, chosen on the validation week from {chosen['fit_cutoff']}")
 
 
 def flat_train_params(tc: TrainConfig) -> dict[str, object]:
@@ -409,41 +465,50 @@ def flat_train_params(tc: TrainConfig) -> dict[str, object]:
     return {f"train.{k}": v for k, v in asdict(tc).items()}
 
 
-def train(cfg: Config, spark: Any, as_of: dt.date, resume: bool = False) -> str:
+def train(cfg: Config, spark: Any, as_of: dt.date, resume: bool = False, role: str = "serve",
+          fitted_for: dt.date | None = None) -> str:
     """Train the two-tower model on ``tables.TRAIN`` for ``as_of``, register it, return the version.
 
+    ``role`` serve (the default) is the model scored at ``as_of``; fit is the
+    model of an earlier cutoff whose following week, the validation week of
+    ``fitted_for``, decides the choices of that as-of (see :func:`epoch_plan`).
     ``resume`` continues from the last epoch checkpoint of a killed run for
-    the same as-of (and ends with the same weights as an uninterrupted run).
+    the same as-of and role (and ends with the same weights as an uninterrupted run).
     """
     # imported here, not at the top: the training ranks import this module and never need mlflow
     from hmrec.model import registry
 
-    tc = cfg.train
+    if role == "fit" and fitted_for is None:
+        raise HmrecError("a fit run needs the as-of it is fitted for (fitted_for)")
     with stage(STAGE) as summary:
         started = time.perf_counter()
         versions = {table.name: storage.version(spark, cfg, table) for table in LINEAGE_TABLES}
+        plan = epoch_plan(spark, cfg, as_of, role, fitted_for)
+        cfg = replace(cfg, train=replace(cfg.train, epochs=plan.epochs))
         data = prepare_data(spark, cfg, as_of)
         cfg = fit_batch_size(cfg, data.n_rows)
         tc = cfg.train
         args = data.model_args
         log(
             STAGE,
-            f"{data.n_rows:,} training rows, {args['num_users']:,} customers, {args['num_items']:,} articles; "
-            f"matrix products in {compute_dtype_name(tc)}",
+            f"{role} model at {as_of}: {data.n_rows:,} training rows, {args['num_users']:,} customers, "
+            f"{args['num_items']:,} articles; {plan.why}; matrix products in {compute_dtype_name(tc)}",
         )
 
-        ckpt = checkpoint_path(cfg, as_of)
+        ckpt = checkpoint_path(cfg, as_of, role)
         start = resume_state(ckpt, args, cfg) if resume else None
         if start is None and os.path.exists(ckpt):
             os.remove(ckpt)  # left by an earlier run that was not resumed
         tags = {f"delta_version.{name}": "missing" if v is None else str(v) for name, v in versions.items()}
-        tags.update({"stage": STAGE, "train_rows": str(data.n_rows)})
+        tags.update({"stage": STAGE, "train_rows": str(data.n_rows), "role": role, "epochs_why": plan.why})
+        if fitted_for is not None:
+            tags["fitted_for"] = fitted_for.isoformat()
         params = {**flat_train_params(tc), "data.num_users": args["num_users"], "data.num_items": args["num_items"]}
         run_id = registry.start_run(cfg, as_of, params, tags, run_id=start["run_id"] if start else None)
         try:
             epochs_before = start["epoch"] if start else 0
             if epochs_before < tc.epochs:
-                _train_epochs(spark, cfg, data, as_of, ckpt, run_id, start)
+                _train_epochs(spark, cfg, data, as_of, ckpt, run_id, start, plan)
             final = load_checkpoint(ckpt)
             if final["epoch"] < tc.epochs:
                 raise HmrecError(
@@ -452,9 +517,15 @@ def train(cfg: Config, spark: Any, as_of: dt.date, resume: bool = False) -> str:
                 )
             history = final["history"]
             trained = history[epochs_before:]
+            best = final.get("best")
+            weights = best["model"] if best is not None else final["model"]
+            best_epoch = best["epoch"] if best is not None else final["epoch"]
             version = registry.register_model(
-                cfg, run_id, final["model"], args, as_of,
-                extra_meta={"table_versions": versions, "history": history, "train_rows": data.n_rows},
+                cfg, run_id, weights, args, as_of,
+                extra_meta={"table_versions": versions, "history": history, "train_rows": data.n_rows,
+                            "best_epoch": best_epoch, "epochs_why": plan.why,
+                            "fitted_for": fitted_for.isoformat() if fitted_for else None},
+                role=role,
             )
             end_to_end = sum(r["samples"] for r in trained) / max(time.perf_counter() - started, 1e-9)
             registry.log_run_metrics(cfg, run_id, {"end_to_end_samples_per_s": end_to_end}, step=len(history))
@@ -467,8 +538,10 @@ def train(cfg: Config, spark: Any, as_of: dt.date, resume: bool = False) -> str:
         train_seconds = sum(r["seconds"] for r in trained)
         summary.update(
             model_version=version,
+            role=role,
             rows=data.n_rows,
             epochs=len(history),
+            best_epoch=best_epoch,
             steps=final["step"],
             loss=round(last["train_loss"], 4),
             **{k: round(v, 4) for k, v in last.items() if k.startswith("val_")},

@@ -1,7 +1,10 @@
-"""Validation after every epoch: recall@k over a seeded sample of the buyers in ``tables.HOLDOUT``.
+"""Validation after every epoch: recall@k over a seeded sample of the buyers of a later week.
 
-Rank 0 ranks every article for each sampled user with the model as it
-stands and counts how many of the user's holdout purchases reach the top k.
+A run fitted at a cutoff (role ``fit``) is monitored on the validation week
+of the as-of it is fitted for (``tables.VALIDATION``): purchases after the
+run's own cutoff, so none of them is among its training rows. Rank 0 ranks
+every article for each sampled user with the model as it stands and counts
+how many of the user's purchases in that week reach the top k.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ VAL_USER_CHUNK = 256
 
 @dataclass
 class ValSet:
-    """Holdout purchases of a sample of users: user i bought targets[offsets[i]:offsets[i+1]]."""
+    """The week's purchases of a sample of users: user i bought targets[offsets[i]:offsets[i+1]]."""
 
     users: Tensor  # (V,) customer_idx
     offsets: Tensor  # (V + 1,)
@@ -63,16 +66,16 @@ def recall_at_k(model: TwoTower, users: dict[str, Tensor], items: dict[str, Tens
         model.train(was_training)
 
 
-def validation_set(spark: Any, cfg: Config, as_of: dt.date, num_users: int, num_items: int) -> ValSet | None:
-    """Holdout purchases of up to train.val_users users (a seeded sample), or None without a holdout.
+def validation_set(spark: Any, cfg: Config, labels_as_of: dt.date, num_users: int, num_items: int) -> ValSet | None:
+    """The validation week of ``labels_as_of``, for up to train.val_users users (a seeded sample), or None when empty.
 
     One week of purchases is small enough to sample on the driver.
     """
     tc = cfg.train
-    if tc.val_users <= 0 or not storage.exists(spark, cfg, tables.HOLDOUT):
+    if tc.val_users <= 0 or not storage.exists(spark, cfg, tables.VALIDATION):
         return None
     pdf = (
-        storage.read_as_of(spark, cfg, tables.HOLDOUT, as_of)
+        storage.read_as_of(spark, cfg, tables.VALIDATION, labels_as_of)
         .select(USER_ID, ITEM_ID)
         .where(F.col(USER_ID).between(0, num_users - 1) & F.col(ITEM_ID).between(0, num_items - 1))
         .toPandas()

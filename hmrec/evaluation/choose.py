@@ -1,0 +1,197 @@
+"""The choose stage: every setting that says ``auto``, decided on the validation week.
+
+    hmrec choose --as-of YYYY-MM-DD
+
+For a refresh at as-of D, the fit cutoff is v = D - ``split.validation_days``.
+The pipeline has already built, at v and from data before v only, the
+features, the popularity lists and a two-tower model of role ``fit`` (trained
+up to ``train.max_epochs``, each epoch validated on the week [v, D), the best
+kept) with its index. This stage then decides, on the purchases of that week
+(``tables.VALIDATION`` at D):
+
+- ``train.epochs``: the fitted model's best epoch, which the model served at
+  D trains to (on the same learning-rate horizon);
+- each history group's list plan (:mod:`hmrec.serve.plans`): every candidate
+  plan's lists are made for the validation week's buyers exactly as scoring
+  would make them at v, and the plan with the highest MAP@K wins (ties: the
+  simplest, which comes first). Popularity and repurchase lists are among the
+  candidates, so on the week it is chosen on the served plan is never worse
+  than them.
+
+The choices and every figure behind them go to ``tables.CHOICES`` (read by
+train, score and evaluate at D) and to the fitted model's MLflow run.
+Nothing here reads the holdout week.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from hmrec.config import AUTO, Config
+from hmrec.errors import HmrecError
+from hmrec.etl import segments
+from hmrec.etl.split import fit_cutoff
+from hmrec.evaluation.metrics import row_metrics
+from hmrec.lake import storage, tables
+from hmrec.lake.choices import write_choices
+from hmrec.model import registry
+from hmrec.progress import log, stage
+from hmrec.serve.blend import pad_lists
+from hmrec.serve.embedders import ModelEmbedder
+from hmrec.serve.index import load_index
+from hmrec.serve.plans import ListPlan, is_auto, options, plans_to_json, unchosen
+from hmrec.serve.score import assemble, batch_inputs, build_context
+
+STAGE = "choose"
+# Validation buyers scored at once: (batch, candidates x slots) comparisons per plan.
+BATCH = 8192
+
+
+def validation_labels(spark: SparkSession, cfg: Config, as_of: dt.date) -> pd.DataFrame:
+    """(customer_idx, actual): the distinct articles each customer bought in the validation week of ``as_of``."""
+    rows = storage.read_as_of(spark, cfg, tables.VALIDATION, as_of)
+    return (
+        rows.where(F.col("customer_idx").isNotNull() & F.col("article_idx").isNotNull())
+        .groupBy("customer_idx").agg(F.collect_set("article_idx").alias("actual")).toPandas()
+    )
+
+
+def score_options(
+    users: pd.DataFrame, actual: np.ndarray, ctx, plans: list[ListPlan], k: int
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every plan's summed metrics per history group, and the customers per group.
+
+    ``users`` are ``tables.USER_FEATURES`` rows at the fit cutoff (with a
+    ``segment`` column), ``actual`` their (B, A) validation purchases padded
+    with -1. Returns ({plan label: (groups, metrics) sums}, (groups,) counts)
+    with metrics in the order recall, ndcg, map.
+    """
+    n_groups = len(segments.HISTORY_GROUPS)
+    sums = {p.label(): np.zeros((n_groups, 3)) for p in plans}
+    counts = np.zeros(n_groups)
+    for start in range(0, len(users), BATCH):
+        batch = users.iloc[start : start + BATCH]
+        truth = actual[start : start + BATCH]
+        inp = batch_inputs(batch, ctx)
+        counts += np.bincount(inp.group, minlength=n_groups)
+        for plan in plans:
+            idx, _, _ = assemble(inp, ctx, (plan,) * n_groups)
+            m = row_metrics(idx, truth, k)
+            values = np.stack([m[f"recall@{k}"], m[f"ndcg@{k}"], m[f"map@{k}"]], axis=1)  # (B, 3)
+            for g in range(n_groups):
+                sums[plan.label()][g] += values[inp.group == g].sum(axis=0)
+    return sums, counts
+
+
+def pick(sums: dict[str, np.ndarray], counts: np.ndarray, candidates: dict[str, list[ListPlan]]) -> dict[str, ListPlan]:
+    """Each group's plan of highest mean MAP among its candidates; ties go to the earlier (simpler) plan."""
+    out = {}
+    for g, group in enumerate(segments.HISTORY_GROUPS):
+        best, best_map = candidates[group][0], -1.0
+        for plan in candidates[group]:
+            value = sums[plan.label()][g, 2] / max(counts[g], 1)
+            if value > best_map + 1e-12:
+                best, best_map = plan, value
+        out[group] = best
+    return out
+
+
+def _means(total: np.ndarray, n: float, k: int) -> dict[str, float]:
+    return {f"recall@{k}": round(float(total[0] / max(n, 1)), 6), f"ndcg@{k}": round(float(total[1] / max(n, 1)), 6),
+            f"map@{k}": round(float(total[2] / max(n, 1)), 6)}
+
+
+def figures_of(sums: dict[str, np.ndarray], counts: np.ndarray, chosen: dict[str, ListPlan],
+               candidates: dict[str, list[ListPlan]], k: int) -> dict:
+    """The validation figures: per group every candidate's means, and the served plans against fixed recipes."""
+    groups = segments.HISTORY_GROUPS
+    per_group = {
+        group: {"users": int(counts[g]), "chosen": chosen[group].label(),
+                "plans": {p.label(): _means(sums[p.label()][g], counts[g], k) for p in candidates[group]}}
+        for g, group in enumerate(groups)
+    }
+    served = sum(sums[chosen[group].label()][g] for g, group in enumerate(groups))
+    methods = {"model": _means(served, counts.sum(), k)}
+    # the same recipe for every group, as the baselines are: popularity, segment popularity, repurchase
+    for method, label in (("popularity", "popular global"), ("popularity_segment", "popular segment"),
+                          ("repurchase", f"repurchase+{k} then popular global")):
+        if label in sums:
+            methods[method] = _means(sums[label].sum(axis=0), counts.sum(), k)
+    return {"users": int(counts.sum()), "groups": per_group, "methods": methods}
+
+
+def choose(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
+    """Decide the ``auto`` settings of ``as_of`` on its validation week and record them in ``tables.CHOICES``."""
+    k = cfg.score.k
+    cutoff = fit_cutoff(cfg, as_of)
+    with stage(STAGE) as summary:
+        summary["as_of"], summary["fit_cutoff"] = as_of.isoformat(), cutoff.isoformat()
+        version = registry.latest_version(cfg, cutoff, role="fit")
+        if version is None:
+            raise HmrecError(
+                f"no fitted model at {cutoff}, the validation cutoff of {as_of}: `hmrec run --as-of {as_of}` "
+                f"fits one before it chooses"
+            )
+        summary["fit_model_version"] = version
+        choices: dict = {}
+        figures: dict = {}
+        loaded = registry.load_model(cfg, version)
+        if cfg.train.epochs == AUTO:
+            history = loaded.meta.get("history", [])
+            choices["train.epochs"] = int(loaded.meta.get("best_epoch") or len(history) or cfg.train.max_epochs)
+            figures["epochs"] = [{key: r[key] for key in r if key == "epoch" or key.startswith("val_")} for r in history]
+        labels = validation_labels(spark, cfg, as_of)
+        if labels.empty:
+            log(STAGE, f"no purchase in the validation week of {as_of}: nothing to choose on, defaults apply")
+            figures["reason"] = "no purchase in the validation week"
+        elif is_auto(cfg):
+            candidates = options(cfg)
+            every = list({p.label(): p for group in candidates.values() for p in group}.values())
+            ids = F.broadcast(spark.createDataFrame(labels[["customer_idx"]]))
+            users = (
+                storage.read_as_of(spark, cfg, tables.USER_FEATURES, cutoff).join(ids, "customer_idx")
+                .withColumn("segment", segments.age_segment(F.col("age_bucket"), cfg.features.age_buckets))
+                .toPandas().merge(labels, on="customer_idx").sort_values("customer_idx").reset_index(drop=True)
+            )
+            embedder = ModelEmbedder.from_loaded(loaded)
+            index, _ = load_index(cfg, version, cutoff)
+            widest = {g: ListPlan("model", slots=max(p.slots for p in every)) for g in segments.HISTORY_GROUPS}
+            ctx = build_context(cfg, spark, cutoff, embedder, index, "last_articles", widest)
+            log(STAGE, f"{len(users):,} buyers of the validation week {cutoff} .. {as_of - dt.timedelta(days=1)}, "
+                       f"{len(every)} list plans")
+            sums, counts = score_options(users, pad_lists(users["actual"].tolist()), ctx, every, k)
+            chosen = pick(sums, counts, candidates)
+            choices["plans"] = plans_to_json(chosen)
+            figures.update(figures_of(sums, counts, chosen, candidates, k))
+            for group in segments.HISTORY_GROUPS:
+                g = figures["groups"][group]
+                log(STAGE, f"{group} ({g['users']:,} buyers): {g['chosen']}, "
+                           f"map@{k} {g['plans'][g['chosen']][f'map@{k}']:.4f}")
+        else:
+            choices["plans"] = plans_to_json(unchosen(cfg))
+        write_choices(spark, cfg, as_of, cutoff, version, choices, figures)
+        _log_to_registry(cfg, version, choices, figures, k)
+        summary["choices"] = {key: v for key, v in choices.items() if key != "plans"}
+        if "plans" in choices:
+            summary["plans"] = ", ".join(f"{g}: {ListPlan.from_dict(p).label()}" for g, p in choices["plans"].items())
+    return dict(summary, choices=choices, figures=figures)
+
+
+def _log_to_registry(cfg: Config, version: str, choices: dict, figures: dict, k: int) -> None:
+    """The choices as tags and the validation figures as metrics on the fitted model's run."""
+    c = registry.client(cfg)
+    mv = c.get_model_version(cfg.paths.registered_model, version)
+    for key, value in choices.items():
+        if key == "plans":
+            for group, plan in value.items():
+                c.set_tag(mv.run_id, f"chosen.plan.{group}", ListPlan.from_dict(plan).label())
+        else:
+            c.set_tag(mv.run_id, f"chosen.{key}", str(value))
+    metrics = {f"validation.{method}.{name}": v for method, values in figures.get("methods", {}).items()
+               for name, v in values.items()}
+    if metrics:
+        registry.log_run_metrics(cfg, mv.run_id, metrics)
