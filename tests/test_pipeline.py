@@ -5,6 +5,7 @@ crash test runs on its own lakehouse copy so it cannot disturb the others.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -22,12 +23,49 @@ TINY_TRAIN = ["train.epochs=3", "train.batch_size=512", "train.random_negatives=
               "train.val_users=300"]
 
 
+# The modules that read the holdout week during the module's pipeline run.
+HOLDOUT_READERS: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def ran(spark, tiny_data, tmp_path_factory):
     lake = tmp_path_factory.mktemp("pipeline") / "lake"
     cfg = make_cfg(lake, *TINY_TRAIN)
-    results = pipeline.run(cfg, spark, data_dir=str(tiny_data), as_of=TINY_AS_OF)
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("read", "read_as_of"):
+            real = getattr(storage, name)
+
+            def spy(spark, cfg, table, *args, _real=real, **kwargs):
+                if table == tables.HOLDOUT:
+                    callers = [f.frame.f_globals["__name__"] for f in inspect.stack()[1:]]
+                    HOLDOUT_READERS.append(next(c for c in callers if c not in ("hmrec.lake.storage", __name__)))
+                return _real(spark, cfg, table, *args, **kwargs)
+
+            mp.setattr(storage, name, spy)
+        results = pipeline.run(cfg, spark, data_dir=str(tiny_data), as_of=TINY_AS_OF)
     return cfg, results
+
+
+def test_only_the_evaluation_reads_the_holdout_week(ran):
+    assert HOLDOUT_READERS, "the evaluation reads the holdout week"
+    assert set(HOLDOUT_READERS) == {"hmrec.evaluation.evaluate"}
+
+
+def test_choices_were_made_on_the_validation_week(spark, ran):
+    from hmrec.lake.choices import read_choices
+
+    cfg, results = ran
+    assert {"features@fit", "split@fit", "popularity@fit", "train-fit", "index-fit", "choose"} <= set(results)
+    chosen = read_choices(spark, cfg, TINY_AS_OF)
+    assert chosen["fit_cutoff"] == "2020-09-09"
+    assert set(chosen["choices"]["plans"]) == {"cold", "lapsed", "active"}
+    assert chosen["choices"]["plans"]["cold"]["source"] == "popular"
+    assert chosen["figures"]["users"] > 0
+    doc = json.loads((Path(cfg.lakehouse) / "reports" / TINY_AS_OF.isoformat() / "metrics.json").read_text())
+    assert doc["validation"]["cutoff"] == "2020-09-09"
+    # the served plans beat popularity on the week they were chosen on, by construction
+    v = doc["validation"]["methods"]
+    assert v["model"]["map@12"] >= max(v["popularity"]["map@12"], v["popularity_segment"]["map@12"])
 
 
 def test_every_customer_gets_exactly_k_distinct_articles(spark, ran):
@@ -171,6 +209,50 @@ def test_a_changed_setting_reruns_the_stages_it_affects(spark, ran, tiny_data, t
     # a setting that only changes speed reruns nothing
     cfg = make_cfg(lake, *TINY_TRAIN, "evaluate.curve_max_k=50", "score.batch_size=1024", "train.log_every=7")
     assert set(pipeline.run(cfg, spark, data_dir=data, as_of=TINY_AS_OF)) == {"ingest"}
+
+
+def test_a_two_week_backtest_then_a_refresh_with_no_holdout_week(spark, ran, tiny_data, tmp_path, capsys):
+    import datetime as dt
+
+    from hmrec.backtest import backtest
+
+    cfg0, _ = ran
+    lake = tmp_path / "lake"
+    shutil.copytree(cfg0.lakehouse, lake)
+    cfg = make_cfg(lake, *TINY_TRAIN)
+    data = str(tiny_data)
+    first = json.loads((Path(cfg0.lakehouse) / "reports" / TINY_AS_OF.isoformat() / "metrics.json").read_text())
+
+    out = backtest(cfg, spark, data_dir=data, as_of=TINY_AS_OF, weeks=2)
+    weeks = out["weeks"]
+    assert sorted(weeks["as_of"].unique()) == ["2020-09-09", "2020-09-16"]
+    assert {"model", "popularity", "popularity_segment", "repurchase"} <= set(weeks["method"])
+    # the last cutoff was done already: reused, so its figures are the first run's
+    last = weeks[(weeks["as_of"] == "2020-09-16") & (weeks["method"] == "model")]["map@12"].item()
+    assert last == first["methods"]["model"]["map@12"]
+    report = Path(out["report"])
+    assert report.name == "backtest-2020-09-16-2w"
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["methods"]["model"]["weeks"] == 2
+    model_maps = weeks[weeks["method"] == "model"]["map@12"]
+    assert summary["methods"]["model"]["map@12_mean"] == pytest.approx(model_maps.mean(), abs=1e-6)
+    assert (report / "map_by_week.png").stat().st_size > 1000
+    rows = storage.read_as_of(spark, cfg, tables.EVAL_METRICS, TINY_AS_OF).where(F.col("model_version") == "backtest-2w")
+    assert rows.where(F.col("metric") == "map@12_mean").count() >= 4
+
+    # The weekly refresh's own case: the as-of is the day after the last purchase.
+    after = dt.date(2020, 9, 23)
+    capsys.readouterr()
+    results = pipeline.run(cfg, spark, data_dir=data, as_of=after)
+    assert results["evaluate"]["holdout"] == "none yet"
+    assert "no holdout week to evaluate yet" in capsys.readouterr().err
+    recs = storage.read_as_of(spark, cfg, tables.RECOMMENDATIONS, after)
+    per = recs.groupBy("customer_id").count()
+    assert per.count() == storage.read(spark, cfg, tables.CUSTOMERS).count()
+    assert per.where(F.col("count") != cfg.score.k).count() == 0
+    doc = json.loads((lake / "reports" / after.isoformat() / "metrics.json").read_text())
+    assert doc["methods"] == {} and doc["validation"]["cutoff"] == "2020-09-16"
+    assert "No holdout week yet" in (lake / "reports" / after.isoformat() / "report.html").read_text()
 
 
 @pytest.mark.parametrize("name", ["01_explore.ipynb", "02_results.ipynb"])

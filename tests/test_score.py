@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 
 import numpy as np
 import pandas as pd
@@ -31,41 +30,18 @@ from hmrec.serve.blend import (
     pad_lists,
     rows_isin,
 )
-from hmrec.serve.embedders import LookupEmbedder
 from hmrec.serve.index import ShippedIndex, make_index, recall_vs_exact, search
 from hmrec.serve.plans import ListPlan
+from tests import planted
+from tests.planted import GROUPS, N_ITEMS, aid, cid, item_vectors, planted_embedder
 from hmrec.serve.score import ScoringContext, build_context, recent_purchases, score_customers, score_frame
 
 AS_OF = dt.date(2020, 9, 16)
-N_ITEMS = 40
-GROUPS = 4
 K = 4
 
 
-def cid(i: int) -> str:
-    return hashlib.sha256(f"customer-{i}".encode()).hexdigest()
-
-
-def aid(i: int) -> str:
-    return f"{700000000 + i:010d}"
-
-
-def item_vectors() -> np.ndarray:
-    v = np.zeros((N_ITEMS, GROUPS), dtype=np.float32)
-    for i in range(N_ITEMS):
-        g = i % GROUPS
-        v[i, g] = 1.0
-        v[i, (g + 1) % GROUPS] = 0.01 * (i // GROUPS)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def planted_embedder(n_users: int, version: str = "v1") -> LookupEmbedder:
-    users = np.eye(GROUPS, dtype=np.float32)[np.arange(n_users) % GROUPS]
-    return LookupEmbedder(version, users, item_vectors())
-
-
 def group_list(g: int, n: int = K, skip: tuple[int, ...] = ()) -> list[int]:
-    return [i for i in range(g, N_ITEMS, GROUPS) if i not in skip][:n]
+    return planted.group_list(g, n, skip)
 
 
 # ---- pure array helpers ----------------------------------------------------------------
