@@ -21,7 +21,6 @@ import datetime as dt
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from pyspark.sql import SparkSession

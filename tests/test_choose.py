@@ -71,7 +71,6 @@ def _choose(actual: list[list[int]]) -> dict[str, ListPlan]:
 
 
 def test_customers_who_rebuy_get_their_recent_purchases():
-    users = _users()
     actual = [_history(i) for i in range(32)] + [[39, 38]] * 8
     chosen = _choose(actual)
     assert chosen["active"].source in ("repurchase", "model") and chosen["active"].slots >= 3, chosen

@@ -34,7 +34,7 @@ from hmrec.serve.index import ShippedIndex, make_index, recall_vs_exact, search
 from hmrec.serve.plans import ListPlan
 from tests import planted
 from tests.planted import GROUPS, N_ITEMS, aid, cid, item_vectors, planted_embedder
-from hmrec.serve.score import ScoringContext, build_context, recent_purchases, score_customers, score_frame
+from hmrec.serve.score import ScoringContext, recent_purchases, score_customers, score_frame
 
 AS_OF = dt.date(2020, 9, 16)
 K = 4

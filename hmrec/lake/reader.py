@@ -19,6 +19,8 @@ filesystem over ``DeltaTable.file_uris()`` exits cleanly.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, DeltaProtocolError, TableNotFoundError
@@ -26,6 +28,9 @@ from deltalake.exceptions import DeltaError, DeltaProtocolError, TableNotFoundEr
 from hmrec.config import Config
 from hmrec.errors import HmrecError
 from hmrec.lake.tables import Table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def live_files(cfg: Config, table: Table, hint: str, as_of: str | None = None) -> list[str]:

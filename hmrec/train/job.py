@@ -46,7 +46,7 @@ from hmrec.train.checkpoint import (
 )
 from hmrec.train.distributed import all_have, init_distributed, run_distributed, sum_over_ranks
 from hmrec.train.pairs import materialise_pairs, open_loader, read_ahead
-from hmrec.train.step import compute_dtype, compute_dtype_name, derived_seed, lr_factor, make_optimizers, train_step
+from hmrec.train.step import compute_dtype_name, derived_seed, lr_factor, make_optimizers, train_step
 from hmrec.train.validation import ValSet, recall_at_k, validation_set
 
 # Tables whose Delta version is recorded with every trained model.

@@ -1,6 +1,6 @@
-"""Generate every generator profile and print the shape of each as Markdown tables.
+"""``python -m hmrec.bench shapes``: generate every profile and print the shape of each as Markdown tables.
 
-    python scripts/profile_shapes.py [--scale 0.05] [--seed 42] [--out DIR] [--profiles a,b]
+    python -m hmrec.bench shapes [--scale 0.05] [--seed 42] [--out DIR] [--profiles a,b]
 
 Every figure is measured from the written CSV files (and planted/ for the
 taste share and the segment oracle), not taken from the generator's
@@ -9,7 +9,6 @@ recall@12 of simple rules on the last week of the file.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -20,7 +19,6 @@ import pandas as pd
 
 from hmrec.config import load_config
 from hmrec.synth.generate import generate
-from hmrec.synth.params import PROFILES
 
 NEW_DAYS = 28  # an article is a new arrival this many days after its first sale
 SKIP_DAYS = 84  # rows of the first weeks are left out: every article on sale then has its first sale then
@@ -86,25 +84,19 @@ def rule_recalls(data: Path) -> dict[str, float]:
     return out
 
 
-def main() -> None:
-    """Generate the profiles named on the command line (default: all) and print the table."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scale", type=float, default=0.05)
-    ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--out", default=None, help="keep the data sets here (default: a temporary directory)")
-    ap.add_argument("--profiles", default=",".join(PROFILES))
-    args = ap.parse_args()
+def bench_shapes(scale: float, seed: int, profiles: list[str], out: str | None = None) -> None:
+    """Generate ``profiles`` and print their shape and simple rules' recall."""
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(args.out or tmp)
+        root = Path(out or tmp)
         cfg = load_config(None, [f"paths.lakehouse={root / 'lake'}"])
         print("| profile | rows | customers | articles | repeat share | cold share | median per buyer "
               "| articles per 1k rows | new-arrival share | in-taste share | seconds |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         recalls = {}
-        for name in args.profiles.split(","):
+        for name in profiles:
             out = root / name
             t0 = time.perf_counter()
-            generate(cfg, out=str(out), scale=args.scale, seed=args.seed, profile=name)
+            generate(cfg, out=str(out), scale=scale, seed=seed, profile=name)
             secs = time.perf_counter() - t0
             m = measure(out)
             recalls[name] = rule_recalls(out)
@@ -118,6 +110,3 @@ def main() -> None:
         for name, r in recalls.items():
             print(f"| {name} | " + " | ".join(f"{r[k]:.3f}" for k in columns) + " |")
 
-
-if __name__ == "__main__":
-    main()
