@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The pipeline on a local Spark standalone cluster (1 master, 2 workers on
-# 127.0.0.1), every stage submitted with spark-submit and the hmrec wheel
-# shipped to the executors. The cluster is stopped at the end, also on failure.
+# 127.0.0.1): ingest, then the scheduled refresh (`hmrec run`, every later
+# stage, training spread over two executor processes), each submitted with
+# spark-submit and the hmrec wheel shipped to the executors. The cluster is
+# stopped at the end, also on failure.
 #   scripts/cluster_demo.sh [DATA_DIR] [AS_OF] [LAKEHOUSE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +42,5 @@ submit() {  # stage, then its arguments
 }
 
 submit ingest --data "$DATA"
-for stage in features split popularity; do submit "$stage" --as-of "$AS_OF"; done
-submit train --as-of "$AS_OF" --set train.local_mode=false --set train.num_processes=2
-for stage in index score evaluate; do submit "$stage" --as-of "$AS_OF"; done
+submit run --data "$DATA" --as-of "$AS_OF" --set train.local_mode=false --set train.num_processes=2
 echo "cluster demo: done; report in $LAKE/reports/$AS_OF/"

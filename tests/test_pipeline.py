@@ -124,9 +124,11 @@ def test_model_retrieval_curve_runs_past_k_and_matches_a_brute_force_ranking(spa
     import numpy as np
     import pandas as pd
 
+    import torch
+
     from hmrec.evaluation.evaluate import model_retrieval_lists
-    from hmrec.serve.index import ModelEmbedder
     from hmrec.model.registry import load_model
+    from hmrec.model.two_tower import item_inputs, user_inputs
 
     cfg, _ = ran
     doc = json.loads((Path(cfg.lakehouse) / "reports" / TINY_AS_OF.isoformat() / "metrics.json").read_text())
@@ -140,14 +142,17 @@ def test_model_retrieval_curve_runs_past_k_and_matches_a_brute_force_ranking(spa
     frame = pd.DataFrame({"customer_id": holdout["customer_id"], "popularity_segment": [["fallback"]] * len(holdout)})
     lists = dict(zip(frame["customer_id"], model_retrieval_lists(cfg, spark, TINY_AS_OF, doc["model_version"], frame, 50)))
 
-    # The same ranking from the registered model with numpy: compare the scores of the listed articles.
-    embedder = ModelEmbedder.from_loaded(load_model(cfg, doc["model_version"]))
+    # The same ranking without the serving path (no embedder, no FAISS): the registered model's towers
+    # on the feature rows, every article scored, sorted with numpy; compare the scores of the listed articles.
+    model = load_model(cfg, doc["model_version"]).model
     items = storage.read_as_of(spark, cfg, tables.ITEM_FEATURES, TINY_AS_OF).toPandas()
-    item_emb = embedder.embed_items(items)
-    position = {a: i for i, a in enumerate(items["article_id"])}
     users = storage.read_as_of(spark, cfg, tables.USER_FEATURES, TINY_AS_OF).toPandas()
     users = users[users["customer_id"].isin(lists) & (users["n_purchases"] >= cfg.score.min_history)]
-    scores = embedder.embed_users(users) @ item_emb.T  # (U, I)
+    with torch.no_grad():
+        item_emb = model.item_tower(item_inputs(items)).float().numpy()  # (I, D)
+        user_emb = model.user_tower(user_inputs(users)).float().numpy()  # (U, D)
+    position = {a: i for i, a in enumerate(items["article_id"])}
+    scores = user_emb @ item_emb.T  # (U, I)
     ranked = set(users["customer_id"])
     assert 0 < len(ranked) < len(lists)  # both model-ranked and fallback customers among the holdout
     for customer, row in zip(users["customer_id"], scores):
