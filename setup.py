@@ -7,7 +7,7 @@ setup(
     description="Recommendation pipeline for fashion retail: Spark + Delta ETL, "
     "Petastorm-fed PyTorch two-tower model, FAISS batch scoring.",
     packages=find_packages(include=["hmrec", "hmrec.*"]),
-    package_data={"hmrec": ["conf/*.yaml"]},
+    package_data={"hmrec": ["conf/*.yaml", "conf/*.properties"]},
     python_requires=">=3.10,<3.13",
     install_requires=[
         # petastorm 0.13.1 imports pyarrow.filesystem and the legacy

@@ -10,18 +10,28 @@ from __future__ import annotations
 import math
 import queue
 import threading
+import warnings
 from typing import Any, Iterable, Iterator
 
-import pyarrow.parquet as pq
-from petastorm.fs_utils import get_filesystem_and_path_or_paths
-from petastorm.pytorch import BatchedDataLoader
-from petastorm.spark import make_spark_converter
-from pyspark.sql import functions as F
+# Installed before petastorm is imported (its import already warns), in every process
+# that reads pairs: petastorm 0.13.1 calls pyarrow APIs deprecated since pyarrow 5-11
+# that the pinned pyarrow 14 still has, a FutureWarning on each call; and its torch
+# loader turns read-only numpy batches into tensors, which torch warns about although
+# nothing here writes to a batch.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning,
+                        module=r"petastorm\.pytorch")
 
-from hmrec.config import Config, TrainConfig
-from hmrec.errors import HmrecError
-from hmrec.lake import tables
-from hmrec.model.two_tower import ITEM_ID, USER_ID
+import pyarrow.parquet as pq  # noqa: E402  (after the warning filters above)
+from petastorm.fs_utils import get_filesystem_and_path_or_paths  # noqa: E402
+from petastorm.pytorch import BatchedDataLoader  # noqa: E402
+from petastorm.spark import make_spark_converter  # noqa: E402
+from pyspark.sql import functions as F  # noqa: E402
+
+from hmrec.config import Config, TrainConfig  # noqa: E402
+from hmrec.errors import HmrecError  # noqa: E402
+from hmrec.lake import tables  # noqa: E402
+from hmrec.model.two_tower import ITEM_ID, USER_ID  # noqa: E402
 
 PETASTORM_CACHE_CONF = "petastorm.spark.converter.parentCacheDirUrl"
 # Pair files of ~2M rows in row groups of ~0.5M rows (8 bytes a row): enough
