@@ -30,6 +30,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "nbformat>=5", "nbclient>=0.10", "ipykernel>=6"],
+        # `jupyter lab notebooks/`, the command `hmrec run` prints to open the notebooks
+        "notebooks": ["jupyterlab>=4"],
     },
     entry_points={"console_scripts": ["hmrec=hmrec.cli:main"]},
 )

@@ -367,6 +367,11 @@ def _base_dict() -> dict:
     return yaml.safe_load(text)
 
 
+def defaults() -> dict:
+    """Every setting's default value, as the sections and keys of ``hmrec/conf/base.yaml``."""
+    return _base_dict()
+
+
 def _merge(base: dict, over: dict, where: str) -> dict:
     out = dict(base)
     for key, value in (over or {}).items():

@@ -185,6 +185,15 @@ def test_notebooks_run_top_to_bottom_on_the_run(ran, tiny_data, name, monkeypatc
     notebooks = Path(__file__).resolve().parent.parent / "notebooks"
     nb = nbformat.read(notebooks / name, as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(notebooks)}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [o for c in code for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
-    assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    assert any(c.get("outputs") for c in code)
+    # A figure cell shows its figure as an image, not as the text "<Figure size ...>".
+    figures = [c for c in code if "figure" in c.metadata.get("tags", [])]
+    assert figures, "each notebook has at least one figure cell (tagged 'figure')"
+    for c in figures:
+        images = [o for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+        assert len(images) == 1, (c.source, c.get("outputs"))
+    texts = [o.get("data", {}).get("text/plain", "") + o.get("text", "") for c in code for o in c.get("outputs", [])]
+    assert not [t for t in texts if "<Figure size" in t]
