@@ -131,7 +131,9 @@ def next_steps(cfg: Config, as_of: dt.date, data_dir: str | None, flags: list[st
                 Path(value).resolve() == (notebooks / default).resolve())
             if not same:
                 env.append(f"{key}={shlex.quote(value if key == 'HMREC_AS_OF' else str(Path(value).resolve()))}")
-        steps.append(Step("the notebooks", " ".join([*env, executable("jupyter", cwd), "lab", "notebooks/"]),
+        # Jupyter refuses to start as root unless told.
+        root = ["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
+        steps.append(Step("the notebooks", " ".join([*env, executable("jupyter", cwd), "lab", "notebooks/", *root]),
                           "01_explore: the input data; 02_results: this run's figures and customers"))
     uri = cfg.mlflow_uri
     if uri.startswith("sqlite:///"):

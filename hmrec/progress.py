@@ -73,6 +73,11 @@ def _first(s: dict, prefix: str) -> tuple[str, object]:
     return next((k, v) for k, v in s.items() if k.startswith(prefix))
 
 
+def _stages(joined: str) -> str:
+    """'features+split' as 'features, split'; '-' as 'none'."""
+    return "none" if joined in ("", "-") else joined.replace("+", ", ")
+
+
 def _ingest(s: dict) -> str:
     if s["skipped"]:
         return "input files unchanged since the last ingest, nothing written"
@@ -112,7 +117,7 @@ SHORT: dict[str, Callable[[dict], str]] = {
     "index": lambda s: f"{s['kind']} index of {_n(s['items'])} articles, model version {s['model_version']}",
     "score": _score,
     "evaluate": _evaluate,
-    "run": lambda s: f"as of {s['as_of']}, ran {s['ran'].replace('+', ', ')}; skipped {s['skipped'].replace('+', ', ')}",
+    "run": lambda s: f"as of {s['as_of']}, ran {_stages(s['ran'])}; skipped (already done) {_stages(s['skipped'])}",
 }
 
 
