@@ -176,5 +176,5 @@ def plot_methods(report: dict) -> Figure:
     ax.set_xticklabels(order)
     ax.set_title(f"this run, as of {report['as_of']}: the {week} {dates}" + (f", {users:,} customers" if users else ""))
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)  # beside the bars, never on them
     return fig

@@ -34,12 +34,18 @@ def _span(spark: SparkSession, cfg: Config, table: tables.Table, as_of: dt.date)
     return {"rows": int(row["rows"]), "first": iso(row["first"]), "last": iso(row["last"])}
 
 
+def _count(spark: SparkSession, cfg: Config, table: tables.Table) -> int | None:
+    """Rows of a table, None when it is absent."""
+    return storage.read(spark, cfg, table).count() if storage.exists(spark, cfg, table) else None
+
+
 def data_summary(spark: SparkSession, cfg: Config, as_of: dt.date) -> dict:
-    """Customers, articles and transactions in bronze; rows and dates of the training, validation and holdout rows."""
+    """Customers, articles and transactions in bronze (None when absent); rows and dates of the
+    training, validation and holdout rows."""
     return {
-        "customers": storage.read(spark, cfg, tables.CUSTOMERS).count(),
-        "articles": storage.read(spark, cfg, tables.ARTICLES).count(),
-        "transactions": storage.read(spark, cfg, tables.TRANSACTIONS).count(),
+        "customers": _count(spark, cfg, tables.CUSTOMERS),
+        "articles": _count(spark, cfg, tables.ARTICLES),
+        "transactions": _count(spark, cfg, tables.TRANSACTIONS),
         "train": _span(spark, cfg, tables.TRAIN, as_of),
         "validation": _span(spark, cfg, tables.VALIDATION, as_of),
         "holdout": _span(spark, cfg, tables.HOLDOUT, as_of),
@@ -113,7 +119,7 @@ def pick_examples(frame: pd.DataFrame, n: int = 3) -> list[str]:
 def examples(spark: SparkSession, cfg: Config, as_of: dt.date, frame: pd.DataFrame, n: int = 3) -> list[dict]:
     """A few holdout customers: what the model saw (purchases before the as-of), their list, what they bought."""
     chosen = pick_examples(frame, n)
-    if not chosen:
+    if not chosen or not storage.exists(spark, cfg, tables.ARTICLES):
         return []
     ids = F.broadcast(spark.createDataFrame([(c,) for c in chosen], "customer_id string"))
     recs = (storage.read(spark, cfg, tables.RECOMMENDATIONS).where(F.col("as_of") == F.lit(as_of))

@@ -194,8 +194,8 @@ def _data_section(doc: dict) -> str:
                               ("validation", "validation week (the last week of those)"),
                               ("holdout", "holdout week (from the as-of: what the lists are judged on)"))
             if key in data]
-    return ("<h2>Data</h2>"
-            f"<p>{data['customers']:,} customers, {data['articles']:,} articles, {data['transactions']:,} transactions.</p>"
+    counts = [f"{data[key]:,} {key}" for key in ("customers", "articles", "transactions") if data.get(key) is not None]
+    return ("<h2>Data</h2>" + (f"<p>{', '.join(counts)}.</p>" if counts else "")
             + _table(["rows", "count", "dates"], rows))
 
 
