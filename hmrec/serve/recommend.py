@@ -36,7 +36,7 @@ COLUMNS = {
     "t_dat": ("date", 10, False),
     "article_id": ("article_id", 10, False),
     "prod_name": ("prod_name", 28, False),
-    "product_type_name": ("product_type", 16, False),
+    "product_type_name": ("product_type", 18, False),
     "colour_group_name": ("colour", 14, False),
     "source": ("source", 10, False),
     "score": ("score", 9, True),
