@@ -7,14 +7,17 @@ SCALE  ?= 0.1
 DEMO_SCALE ?= 0.005
 DEMO_DIR   ?= data/demo
 DEMO_AS_OF ?= 2020-09-16
+DEMO_LAKE  ?= ./lakehouse/demo
 export OMP_NUM_THREADS ?= 2
 
 .PHONY: setup test test-slow test-cluster demo cluster-demo bench-etl bench-train bench-score bench clean
 
 $(VENV)/.installed: setup.py
+	@echo "Installing hmrec and its dependencies (torch, Spark, MLflow, JupyterLab, ...) into $(VENV):"
+	@echo "about 6 GB of disk and 3-4 minutes the first time."
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip wheel "setuptools<70"
-	$(VENV)/bin/pip install --quiet -e '.[test]'
+	$(VENV)/bin/pip install --progress-bar on --upgrade pip wheel "setuptools<70"
+	$(VENV)/bin/pip install --progress-bar on -e '.[test,notebooks]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -28,9 +31,15 @@ test-slow: setup
 test-cluster: setup
 	$(PY) -m pytest -m cluster
 
-demo: setup
+# The generator writes transactions_train.csv last: when it is there, the sample is complete
+# and is not generated again (delete $(DEMO_DIR) for a new one, e.g. after changing DEMO_SCALE).
+$(DEMO_DIR)/transactions_train.csv: | setup
 	$(HMREC) generate --out $(DEMO_DIR) --scale $(DEMO_SCALE) --seed 42
-	$(HMREC) run --data $(DEMO_DIR) --as-of $(DEMO_AS_OF) --set paths.lakehouse=./lakehouse/demo
+
+# A second `make demo` skips every finished stage; `hmrec run` ends with the commands to look
+# at the report, a customer, the notebooks and MLflow.
+demo: setup $(DEMO_DIR)/transactions_train.csv
+	$(HMREC) run --data $(DEMO_DIR) --as-of $(DEMO_AS_OF) --set paths.lakehouse=$(DEMO_LAKE)
 
 cluster-demo: setup
 	scripts/cluster_demo.sh

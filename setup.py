@@ -7,7 +7,7 @@ setup(
     description="Recommendation pipeline for fashion retail: Spark + Delta ETL, "
     "Petastorm-fed PyTorch two-tower model, FAISS batch scoring.",
     packages=find_packages(include=["hmrec", "hmrec.*"]),
-    package_data={"hmrec": ["conf/*.yaml"]},
+    package_data={"hmrec": ["conf/*.yaml", "conf/*.properties"]},
     python_requires=">=3.10,<3.13",
     install_requires=[
         # petastorm 0.13.1 imports pyarrow.filesystem and the legacy
@@ -30,6 +30,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "nbformat>=5", "nbclient>=0.10", "ipykernel>=6"],
+        # `jupyter lab notebooks/`, the command `hmrec run` prints to open the notebooks
+        "notebooks": ["jupyterlab>=4"],
     },
     entry_points={"console_scripts": ["hmrec=hmrec.cli:main"]},
 )

@@ -1,4 +1,13 @@
-"""Command line: collects arguments and calls one keyword function per stage.
+"""hmrec: a top-K list of products for every customer of a fashion retailer, from its purchase history.
+
+hmrec reads the three files of the H&M Kaggle data (articles.csv, customers.csv,
+transactions_train.csv; `hmrec generate` writes a sample of the same shape) and
+runs a refresh as PySpark batch jobs over Delta tables: check and load the files,
+build features, split by time at the as-of date, count popularity, train a
+two-tower retrieval model (PyTorch, registered in MLflow), index it with FAISS,
+write every customer's list and evaluate on the week after the as-of date against
+popularity and repurchase baselines. `hmrec recommend` then answers for one
+customer in about a second, without Spark.
 
 Every stage is also ``spark-submit jobs/<stage>.py`` with the same arguments;
 those files call :func:`main` with the stage name first.
@@ -10,10 +19,112 @@ import datetime as dt
 import sys
 from typing import Callable, Sequence
 
+from hmrec import progress
 from hmrec.config import Config, load_config
 from hmrec.errors import HmrecError
+from hmrec.lake import tables
+from hmrec.lake.tables import Table
+from hmrec.next_steps import next_steps, print_next_steps
 
 STAGES = ["ingest", "features", "split", "popularity", "choose", "train", "index", "score", "evaluate"]
+
+EPILOG = """\
+a first run (about 2 minutes on 2 cores):
+  hmrec generate --out data/demo --scale 0.005 --seed 42
+  hmrec run --data data/demo --as-of 2020-09-16 --set paths.lakehouse=./lakehouse/demo
+  hmrec recommend --set paths.lakehouse=./lakehouse/demo --customer-id ID --history 5
+
+`hmrec COMMAND --help` says what a command reads and writes. Settings: hmrec/conf/base.yaml,
+layered under --conf FILE (default conf/local.yaml) and --set key=value."""
+
+
+def _names(*items: Table | str) -> str:
+    return ", ".join(str(t) for t in items)
+
+
+def _stage_text(what: str, reads: str, writes: str, example: str) -> tuple[str, str]:
+    """(description, epilog) of a subcommand: what it does, reads and writes; an example."""
+    return f"{what}\n\nreads:  {reads}\nwrites: {writes}", f"example:\n  {example}"
+
+
+T = tables
+# What each command reads and writes (tables by their catalogue names) and an example.
+TEXTS: dict[str, tuple[str, str, str, str]] = {
+    "generate": ("Write an H&M-schema data set with planted structure (docs/DATA.md).",
+                 "nothing",
+                 "OUT/articles.csv, OUT/customers.csv, OUT/transactions_train.csv, OUT/planted/ (the ground truth)",
+                 "hmrec generate --out data/demo --scale 0.005 --seed 42"),
+    "ingest": ("Check the three CSV files and load them into the bronze tables; rows that fail a check go "
+               "to the rejects table with the reason. Skipped when the files are unchanged.",
+               "DATA/articles.csv, DATA/customers.csv, DATA/transactions_train.csv",
+               _names(*T.written_by("ingest")),
+               "hmrec ingest --data data/demo"),
+    "features": ("Stable integer ids, the indexed interactions, and the user and item features of one as-of date.",
+                 _names(T.ARTICLES, T.CUSTOMERS, T.TRANSACTIONS),
+                 _names(*T.written_by("features")),
+                 "hmrec features --as-of 2020-09-16"),
+    "split": ("Split the interactions at the as-of date: training rows before it (its last week is the "
+              "validation week), the holdout week from it.",
+              _names(T.INTERACTIONS),
+              _names(*T.written_by("split")),
+              "hmrec split --as-of 2020-09-16"),
+    "popularity": ("The most bought articles of the last days before the as-of, globally and per age segment.",
+                   _names(T.INTERACTIONS, T.CUSTOMERS, T.CUSTOMER_INDEX, T.ARTICLES, T.ARTICLE_INDEX),
+                   _names(*T.written_by("popularity")),
+                   "hmrec popularity --as-of 2020-09-16"),
+    "train": ("Train the two-tower model on the training rows and register it in MLflow.",
+              _names(T.TRAIN, T.USER_FEATURES, T.ITEM_FEATURES),
+              "an MLflow run and a registered model version (paths.mlflow_tracking_uri; "
+              "default: sqlite file <lakehouse>/mlflow.db), checkpoints under <lakehouse>/checkpoints",
+              "hmrec train --as-of 2020-09-16"),
+    "index": ("Embed every article with the model and build the FAISS index (index.kind).",
+              f"the registered model version, {T.ITEM_FEATURES}",
+              f"{_names(*T.written_by('index'))}, <lakehouse>/indexes/<version>/",
+              "hmrec index --as-of 2020-09-16"),
+    "score": ("Write every customer's list of score.k articles: recent purchases, the model's nearest "
+              "articles, then the age segment's popular ones.",
+              f"the model version and its index, {_names(T.USER_FEATURES, T.TRAIN, T.POPULARITY)}",
+              f"{_names(*T.written_by('score'))} (replaced whole, one commit)",
+              "hmrec score --as-of 2020-09-16"),
+    "evaluate": ("Judge the served lists and the baselines on the holdout week.",
+                 _names(T.RECOMMENDATIONS, T.HOLDOUT, T.TRAIN, T.POPULARITY, T.USER_FEATURES, T.ITEM_EMBEDDINGS),
+                 f"{_names(*T.written_by('evaluate'))}, <lakehouse>/reports/<as_of>/ "
+                 "(metrics.json, report.html, plots), metrics on the model's MLflow run",
+                 "hmrec evaluate --as-of 2020-09-16"),
+    "run": ("The scheduled refresh: ingest, then every stage for one as-of date. A stage already done for "
+            "this as-of on the same data and settings is skipped (--force reruns it); after a crash the same "
+            "command resumes at the stage that failed. Ends by printing what to look at next.",
+            "DATA/*.csv",
+            "every table above, the MLflow run and model version, the index and the report; "
+            f"a row a stage in {T.STAGE_RUNS}",
+            "hmrec run --data data/demo --as-of 2020-09-16 --set paths.lakehouse=./lakehouse/demo"),
+    "backtest": ("The refresh at N weekly cutoffs, each judged on its following week: a per-week table, "
+                 "mean and spread.",
+                 "DATA/*.csv",
+                 f"what `hmrec run` writes for each cutoff, summary rows in {T.EVAL_METRICS}, "
+                 "<lakehouse>/reports/backtest-<as_of>-<N>w/",
+                 "hmrec backtest --data data/demo --as-of 2020-09-16 --weeks 4"),
+    "recommend": ("Print one customer's stored list, read from the Delta tables without Spark (about a second).",
+                  f"{_names(T.RECOMMENDATIONS, T.ARTICLES)}; with --history also {T.TRANSACTIONS}",
+                  "nothing",
+                  "hmrec recommend --set paths.lakehouse=./lakehouse/demo --customer-id ID --history 5"),
+}
+
+# The one-line help of each stage in `hmrec --help`.
+STAGE_HELP = {
+    "features": "stable ids, indexed interactions, user and item features",
+    "split": "training rows and validation week before the as-of date, holdout week from it",
+    "popularity": "the most bought articles, globally and per age segment",
+    "train": "train the two-tower model and register it in MLflow",
+    "index": "embed the articles and build the FAISS index",
+    "score": "write every customer's top-K list",
+    "evaluate": "judge the lists and the baselines on the holdout week; the report",
+}
+
+SCORE_HELP = """\
+the score column compares only within one source: the model's match of customer and article
+for model and repurchase rows, the article's recent purchases in the customer's age segment
+for popular rows. Recent purchases lead the list, latest first, so scores are not in rank order."""
 
 
 def _date(text: str) -> dt.date:
@@ -23,34 +134,56 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"'{text}' is not a date of the form YYYY-MM-DD") from None
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
-    """Options every command shares: config layering and Spark settings."""
+def add_config(p: argparse.ArgumentParser) -> None:
+    """Options every command shares: config layering and verbosity."""
     p.add_argument("--conf", default=None, help="YAML config layered over the defaults (default: conf/local.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config key, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--verbose", action="store_true",
+                   help="Spark's, ivy's and the libraries' logs at INFO, and each stage's full record "
+                        "(same as --set logging.level=INFO)")
+
+
+def add_spark(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that start Spark."""
     p.add_argument("--master", default=None, help="Spark master (spark-submit's --master wins)")
     p.add_argument("--spark-conf", action="append", default=[], metavar="K=V",
                    help="extra Spark setting, e.g. --spark-conf spark.executor.memory=4g (repeatable)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hmrec", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Options of every command that starts Spark: config layering, verbosity and Spark settings."""
+    add_config(p)
+    add_spark(p)
 
-    p = sub.add_parser("generate", help="write H&M-schema CSVs with planted structure")
+
+def _command(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
+    what, reads, writes, example = TEXTS[name]
+    description, epilog = _stage_text(what, reads, writes, example)
+    return sub.add_parser(name, help=help_text, description=description, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hmrec`` argument parser with one subcommand per stage, plus run, backtest and recommend."""
+    parser = argparse.ArgumentParser(prog="hmrec", description=__doc__.split("\n\nEvery stage")[0],
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = _command(sub, "generate", "write H&M-schema CSVs with planted structure")
     p.add_argument("--out", required=True, help="directory for the three CSV files")
     p.add_argument("--scale", type=float, default=None, help="1.0 is full H&M size (default: generate.scale)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: generate.seed)")
     p.add_argument("--profile", default="default",
                    help="shape of the data: default, no-repeat, trend, sparse or big-catalogue (docs/DATA.md)")
-    add_common(p)
+    add_config(p)
 
-    p = sub.add_parser("ingest", help="CSV files into bronze Delta tables, bad rows to bronze/rejects")
+    p = _command(sub, "ingest", f"CSV files into bronze Delta tables, bad rows to {tables.REJECTS}")
     p.add_argument("--data", required=True, help="directory holding articles.csv, customers.csv, transactions_train.csv")
     add_common(p)
 
     for stage in STAGES[1:]:
-        p = sub.add_parser(stage, help=f"the {stage} stage for one as-of date")
+        p = _command(sub, stage, STAGE_HELP[stage])
         p.add_argument("--as-of", type=_date, required=stage != "features",
                        help="cutoff date YYYY-MM-DD" + (" (default: the day after the last transaction)" if stage == "features" else ""))
         if stage == "train":
@@ -59,42 +192,53 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--model-version", default=None, help="registered model version (default: the latest for this as-of)")
         add_common(p)
 
-    p = sub.add_parser("run", help="the scheduled refresh: every stage in order for one as-of date")
+    p = _command(sub, "run", "the scheduled refresh: every stage in order for one as-of date")
     p.add_argument("--data", required=True, help="directory holding the three CSV files")
     p.add_argument("--as-of", type=_date, required=True, help="cutoff date YYYY-MM-DD")
     p.add_argument("--force", action="store_true", help="rerun stages whose outputs already exist")
     add_common(p)
 
-    p = sub.add_parser("backtest", help="the refresh at N weekly cutoffs, each judged on its following week")
+    p = _command(sub, "backtest", "the refresh at N weekly cutoffs, each judged on its following week")
     p.add_argument("--data", required=True, help="directory holding the three CSV files")
     p.add_argument("--as-of", type=_date, required=True, help="the last cutoff YYYY-MM-DD; the others are 7, 14, ... days before")
     p.add_argument("--weeks", type=int, default=4, help="number of weekly cutoffs (default 4)")
     p.add_argument("--force", action="store_true", help="rerun stages whose outputs already exist")
     add_common(p)
 
-    p = sub.add_parser("recommend", help="print one customer's precomputed recommendations")
-    p.add_argument("--customer-id", required=True, help="64-character customer id")
-    p.add_argument("--k", type=int, default=None, help="how many to show (default: all stored)")
-    add_common(p)
+    p = _command(sub, "recommend", "print one customer's precomputed recommendations")
+    p.epilog += f"\n\n{SCORE_HELP}"
+    p.add_argument("--customer-id", required=True, help="64-character customer id, as in customers.csv")
+    p.add_argument("--k", type=int, default=None, help="how many to show (default: all stored, i.e. score.k of the last refresh)")
+    p.add_argument("--history", type=int, default=0, metavar="N",
+                   help="also show the customer's last N purchases before the list's as-of date "
+                        "(scans the transactions table)")
+    add_config(p)
     return parser
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
+    """The config of a command line: defaults, --conf, --set, then --master, --spark-conf and --verbose."""
     overrides = list(args.overrides)
-    if args.master:
+    if getattr(args, "master", None):
         overrides.append(f"spark.master={args.master}")
-    for kv in args.spark_conf:
+    for kv in getattr(args, "spark_conf", []):
         overrides.append(f"spark.conf.{kv}")
+    if args.verbose:
+        overrides.append("logging.level=INFO")
     return load_config(args.conf, overrides)
 
 
 def _with_spark(cfg: Config, fn: Callable) -> object:
-    from hmrec.lake.spark import get_spark
+    """``fn(spark)`` with the session of ``cfg``."""
+    from hmrec.lake.spark import get_spark  # imported here: see dispatch
 
     return fn(get_spark(cfg))
 
 
 def dispatch(args: argparse.Namespace, cfg: Config) -> object:
+    """Run the parsed command with ``cfg``; returns what its stage function returns."""
+    # Each command imports only its own stage, here: `hmrec recommend` and `--help` must not
+    # pay for importing Spark's session code, torch and MLflow.
     cmd = args.command
     if cmd == "generate":
         from hmrec.synth.generate import generate
@@ -103,7 +247,7 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> object:
     if cmd == "recommend":
         from hmrec.serve.recommend import recommend
 
-        return recommend(cfg, customer_id=args.customer_id, k=args.k)
+        return recommend(cfg, customer_id=args.customer_id, k=args.k, history=args.history)
     if cmd == "ingest":
         from hmrec.etl.ingest import ingest
 
@@ -111,7 +255,9 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> object:
     if cmd == "run":
         from hmrec.pipeline import run
 
-        return _with_spark(cfg, lambda spark: run(cfg, spark, data_dir=args.data, as_of=args.as_of, force=args.force))
+        results = _with_spark(cfg, lambda spark: run(cfg, spark, data_dir=args.data, as_of=args.as_of, force=args.force))
+        print_next_steps(next_steps(cfg, args.as_of, args.data, invocation_flags(args)))
+        return results
     if cmd == "backtest":
         from hmrec.backtest import backtest
 
@@ -152,11 +298,21 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> object:
     raise SystemExit(f"unknown command {cmd}")
 
 
+def invocation_flags(args: argparse.Namespace) -> list[str]:
+    """The config options of this command line (--conf, --set), to repeat in the commands printed next."""
+    flags = ["--conf", args.conf] if args.conf else []
+    for assignment in args.overrides:
+        flags += ["--set", assignment]
+    return flags
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: the process's arguments), run the command; 0 on success, 2 on a user error."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
+        progress.configure(cfg.logging.level)
         dispatch(args, cfg)
     except (HmrecError, FileNotFoundError) as exc:
         # Errors of the user's input or data: one clear line, no stack trace.

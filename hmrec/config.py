@@ -41,6 +41,11 @@ class PathsConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    level: str
+
+
+@dataclass(frozen=True)
 class SparkConfig:
     master: str
     app_name: str
@@ -157,6 +162,7 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class Config:
     paths: PathsConfig
+    logging: LoggingConfig
     spark: SparkConfig
     generate: GenerateConfig
     ingest: IngestConfig
@@ -276,7 +282,10 @@ STORAGE_LEVELS = ("MEMORY_AND_DISK", "MEMORY_AND_DISK_DESER", "MEMORY_ONLY", "DI
                   "MEMORY_ONLY_2", "DISK_ONLY_2", "DISK_ONLY_3", "OFF_HEAP", "NONE")
 SHARE = between(0.0, 1.0)
 
+LOG_LEVELS = ("ERROR", "WARN", "INFO", "DEBUG")
+
 RULES: dict[str, Rule] = {
+    "logging.level": one_of(*LOG_LEVELS),
     "spark.driver_memory": memory_size,
     "generate.scale": between(0.0001, 10.0),
     "generate.seed": at_least(0),
@@ -368,6 +377,11 @@ def _check_rules(cfg: "Config") -> None:
 def _base_dict() -> dict:
     text = resources.files("hmrec").joinpath("conf/base.yaml").read_text()
     return yaml.safe_load(text)
+
+
+def defaults() -> dict:
+    """Every setting's default value, as the sections and keys of ``hmrec/conf/base.yaml``."""
+    return _base_dict()
 
 
 def _merge(base: dict, over: dict, where: str) -> dict:

@@ -1,6 +1,7 @@
 """Shared fixtures: one Spark session for the whole run, tiny generated data."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 from pathlib import Path
@@ -59,3 +60,26 @@ def tiny_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_data")
     generate(make_cfg(out / "unused"), out=str(out), scale=0.001, seed=3)
     return out
+
+
+@contextlib.contextmanager
+def spark_warnings(spark):
+    """Collect the driver's log4j2 events at WARN and above while the block runs; yields a function
+    returning them as text (one line each: level, logger, message)."""
+    jvm = spark._jvm
+    log4j = jvm.org.apache.logging.log4j
+    context = log4j.LogManager.getContext(False)
+    config = context.getConfiguration()
+    writer = jvm.java.io.StringWriter()
+    layout = log4j.core.layout.PatternLayout.newBuilder().withPattern("%p %c{1}: %m%n").build()
+    appender = log4j.core.appender.WriterAppender.createAppender(layout, None, writer, "hmrec-test-warnings", False, True)
+    appender.start()
+    root = config.getRootLogger()
+    root.addAppender(appender, log4j.Level.WARN, None)
+    context.updateLoggers()
+    try:
+        yield lambda: str(writer.toString())
+    finally:
+        root.removeAppender("hmrec-test-warnings")
+        context.updateLoggers()
+        appender.stop()

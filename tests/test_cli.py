@@ -49,3 +49,59 @@ def test_spark_settings_turn_delta_on_and_take_conf_overrides():
     assert s["spark.jars.packages"].startswith("io.delta:delta-spark_2.13:4.0.")
     assert s["spark.jars.ivy"] == "/tmp/ivy-x"
     assert s["spark.sql.shuffle.partitions"] == "3"
+
+
+def test_help_says_what_hmrec_is_and_what_each_command_reads_and_writes(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert "recommend" in top and "for every customer" in top and "a first run" in top
+    assert "keyword function" not in top
+    for command in ("ingest", "features", "split", "popularity", "train", "index", "score", "evaluate",
+                    "run", "backtest", "generate", "recommend"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "reads:" in text and "writes:" in text and f"example:\n  hmrec {command} " in text, command
+        assert "--verbose" in text
+        # --master and --spark-conf only where Spark starts
+        assert ("--master" in text) == (command not in ("generate", "recommend")), command
+    with pytest.raises(SystemExit):
+        main(["recommend", "--help"])
+    assert "compares only within one source" in capsys.readouterr().out
+
+
+def test_verbose_is_logging_level_info():
+    args = build_parser().parse_args(["score", "--as-of", "2020-09-16", "--verbose"])
+    from hmrec.cli import config_from_args
+
+    assert config_from_args(args).logging.level == "INFO"
+    assert load_config(None).logging.level == "WARN"
+
+
+def test_spark_logs_through_hmrecs_log4j2_file_at_the_configured_level():
+    s = spark_settings(load_config(None, ["logging.level=ERROR", "spark.conf.spark.driver.extraJavaOptions=-Dx=1"]))
+    options = s["spark.driver.extraJavaOptions"]
+    assert options.startswith("-Dx=1 ") and "-Dhmrec.log.level=error" in options
+    path = options.split("-Dlog4j2.configurationFile=")[1].split()[0]
+    assert path.startswith("file:") and path.endswith("hmrec/conf/log4j2.properties")
+    assert "${sys:hmrec.log.level" in open(path[len("file:"):]).read()
+    own = spark_settings(load_config(None, ["spark.conf.spark.driver.extraJavaOptions=-Dlog4j2.configurationFile=x"]))
+    assert own["spark.driver.extraJavaOptions"] == "-Dlog4j2.configurationFile=x"
+
+
+def test_resolved_jars_are_reused_only_while_every_file_is_there(tmp_path):
+    from hmrec.lake.spark import _record_jars, resolved_jars
+
+    cfg = load_config(None, [f"spark.ivy_dir={tmp_path}"])
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    for name in ("a.jar", "b.jar"):
+        (jars / name).write_text("x")
+    package = "io.delta:delta-spark_2.13:4.0.1"
+    assert resolved_jars(cfg, package) is None
+    _record_jars(cfg, package, f"file://{jars}/a.jar,file://{jars}/b.jar,file:///elsewhere/c.jar")
+    assert resolved_jars(cfg, package) == [str(jars / "a.jar"), str(jars / "b.jar")]
+    assert resolved_jars(cfg, "io.delta:delta-spark_2.13:9.9.9") is None
+    (jars / "b.jar").unlink()
+    assert resolved_jars(cfg, package) is None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 
 import pytest
@@ -12,6 +13,7 @@ from hmrec.errors import HmrecError
 from hmrec.lake import tables
 from hmrec.etl.segments import age_bucket, age_segment, segment_labels
 from hmrec.etl.features import (
+    ID_PREFIX,
     NEVER_BOUGHT_DAYS,
     build_features,
     default_as_of,
@@ -152,6 +154,21 @@ def test_new_index_entries_only_for_unknown_ids(spark):
     assert sorted(tuple(r) for r in rows) == [(cid(1), 8), (cid(4), 9)]
     known = spark.createDataFrame([(cid(2),)], "customer_id string")
     assert new_index_entries(known, existing, "customer_id", "customer_idx").count() == 0
+
+
+def test_new_ids_are_numbered_in_id_order_across_prefixes_after_the_max_index(spark):
+    ids = [hashlib.sha256(f"n-{i}".encode()).hexdigest() for i in range(400)]
+    assert len({i[:ID_PREFIX] for i in ids}) > 100  # many groups, numbered apart
+    existing = spark.createDataFrame([(ids[0], 41), (ids[1], 3)], schemas.CUSTOMER_INDEX)
+    frame = spark.createDataFrame([(i,) for i in ids + ids[:50]], "customer_id string").repartition(3)
+    got = dict(tuple(r) for r in new_index_entries(frame, existing, "customer_id", "customer_idx").collect())
+    assert got == {c: 42 + n for n, c in enumerate(sorted(ids[2:]))}
+    # article ids: ten digits sharing their first characters
+    arts = [f"{108775000 + 7919 * i:010d}" for i in range(60)]
+    none = spark.createDataFrame([], schemas.ARTICLE_INDEX)
+    rows = new_index_entries(spark.createDataFrame([(a,) for a in arts], "article_id string"), none,
+                             "article_id", "article_idx").collect()
+    assert sorted((r.article_idx, r.article_id) for r in rows) == list(enumerate(sorted(arts)))
 
 
 def test_item_codes_are_dense_by_sorted_value(spark):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from pyspark.sql import functions as F
 from hmrec import pipeline
 from hmrec.lake import storage
 from hmrec.lake import tables
-from tests.conftest import TINY_AS_OF, make_cfg
+from tests.conftest import TINY_AS_OF, make_cfg, spark_warnings
 
 # Small but real training: enough for the planted segments to show.
 TINY_TRAIN = ["train.epochs=3", "train.batch_size=512", "train.random_negatives=256", "train.log_every=1000",
@@ -28,10 +29,15 @@ HOLDOUT_READERS: list[str] = []
 
 
 @pytest.fixture(scope="module")
-def ran(spark, tiny_data, tmp_path_factory):
+def noisy_run(spark, tiny_data, tmp_path_factory):
+    """The module's pipeline run, with the Spark warnings and Python warnings it caused."""
     lake = tmp_path_factory.mktemp("pipeline") / "lake"
     cfg = make_cfg(lake, *TINY_TRAIN)
-    with pytest.MonkeyPatch.context() as mp:
+    with spark_warnings(spark) as spark_log, warnings.catch_warnings(record=True) as caught, \
+            pytest.MonkeyPatch.context() as mp:
+        # Appended, so the filters hmrec installs still come first; a FutureWarning that passes them is recorded.
+        warnings.filterwarnings("always", category=FutureWarning, append=True)
+        warnings.filterwarnings("always", category=UserWarning, append=True)
         for name in ("read", "read_as_of"):
             real = getattr(storage, name)
 
@@ -43,7 +49,26 @@ def ran(spark, tiny_data, tmp_path_factory):
 
             mp.setattr(storage, name, spy)
         results = pipeline.run(cfg, spark, data_dir=str(tiny_data), as_of=TINY_AS_OF)
+        mp.undo()
+        run_log = spark_log()
+        # Positive controls: an unpartitioned window and a FutureWarning are caught here.
+        spark.range(3).selectExpr("row_number() over (order by id) AS r").collect()
+        warnings.warn("control", FutureWarning)
+        control_log = spark_log()[len(run_log):]
+    return cfg, results, run_log, control_log, [(w.category.__name__, str(w.message)) for w in caught]
+
+
+@pytest.fixture(scope="module")
+def ran(noisy_run):
+    cfg, results, *_ = noisy_run
     return cfg, results
+
+
+def test_a_run_logs_no_single_partition_window_and_no_future_warning(noisy_run):
+    _, _, run_log, control_log, caught = noisy_run
+    assert "WindowExec" in control_log and caught[-1] == ("FutureWarning", "control")  # the capture works
+    assert "WindowExec" not in run_log, run_log
+    assert [w for w in caught[:-1] if w[0] == "FutureWarning" or "not writable" in w[1]] == []
 
 
 def test_only_the_evaluation_reads_the_holdout_week(ran):
@@ -272,6 +297,94 @@ def test_notebooks_run_top_to_bottom_on_the_run(ran, tiny_data, name, monkeypatc
     notebooks = Path(__file__).resolve().parent.parent / "notebooks"
     nb = nbformat.read(notebooks / name, as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(notebooks)}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [o for c in code for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
-    assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    assert any(c.get("outputs") for c in code)
+    # A figure cell shows its figure as an image, not as the text "<Figure size ...>".
+    figures = [c for c in code if "figure" in c.metadata.get("tags", [])]
+    assert figures, "each notebook has at least one figure cell (tagged 'figure')"
+    for c in figures:
+        images = [o for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+        assert len(images) == 1, (c.source, c.get("outputs"))
+    # (an image output also carries that text, as its plain-text fallback)
+    texts = [o.get("data", {}).get("text/plain", "") + o.get("text", "") for c in code for o in c.get("outputs", [])
+             if "image/png" not in o.get("data", {})]
+    assert not [t for t in texts if "<Figure size" in t]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_until(command: str, cwd: Path, url: str, headers: dict, timeout: float = 120.0) -> str:
+    """Start a server with ``command`` (a shell line), return the body of ``url`` once it answers, stop it."""
+    import os
+    import signal
+    import subprocess
+    import time
+    import urllib.error
+    import urllib.request
+
+    proc = subprocess.Popen(command, shell=True, cwd=cwd, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"{command} exited: {proc.stderr.read()[-2000:]}"
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as answer:
+                    return answer.read().decode()
+            except urllib.error.HTTPError:
+                raise  # the server is up and said no
+            except OSError:  # not listening yet
+                time.sleep(1)
+        raise AssertionError(f"{url} did not answer within {timeout} s of `{command}`")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+
+
+def test_the_commands_a_run_prints_work_as_printed(ran, tiny_data):
+    """Each command `hmrec run` prints at its end, run as printed (servers on a free port, then stopped)."""
+    import io
+    import subprocess
+
+    from hmrec.next_steps import next_steps, print_next_steps
+
+    cfg, _ = ran
+    root = Path(__file__).resolve().parent.parent
+    steps = {s.what: s for s in next_steps(cfg, TINY_AS_OF, str(tiny_data), ["--set", f"paths.lakehouse={cfg.lakehouse}"],
+                                           cwd=root)}
+    assert set(steps) == {"the evaluation report", "one customer's list", "the notebooks", "MLflow's runs and models"}
+    shown = io.StringIO()
+    print_next_steps(list(steps.values()), shown)
+    for s in steps.values():
+        assert s.command in shown.getvalue()
+
+    report = subprocess.run(steps["the evaluation report"].command, shell=True, cwd=root, capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    assert (Path(cfg.lakehouse) / "reports" / TINY_AS_OF.isoformat() / "report.html").exists()
+
+    rec = subprocess.run(steps["one customer's list"].command, shell=True, cwd=root, capture_output=True, text=True,
+                         timeout=120)
+    assert rec.returncode == 0, rec.stderr
+    assert "12 recommendations as of 2020-09-16" in rec.stdout and "purchases before 2020-09-16" in rec.stdout
+
+    port = _free_port()
+    token = "hmrec-test"
+    body = _serve_until(f"{steps['the notebooks'].command} --no-browser --port={port} --IdentityProvider.token={token}",
+                        root, f"http://127.0.0.1:{port}/api/contents", {"Authorization": f"token {token}"})
+    assert "01_explore.ipynb" in body and "02_results.ipynb" in body
+    assert f"HMREC_LAKEHOUSE={cfg.lakehouse}" in steps["the notebooks"].command
+
+    mlflow_ui = steps["MLflow's runs and models"]
+    port = _free_port()
+    body = _serve_until(f"{mlflow_ui.command} --port {port}", root,
+                        f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search?max_results=10", {})
+    assert cfg.paths.mlflow_experiment in {e["name"] for e in json.loads(body)["experiments"]}

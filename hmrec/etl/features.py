@@ -47,26 +47,54 @@ NEWS_FREQ_CODES = {"NONE": 1, "MONTHLY": 2, "REGULARLY": 3}
 # ---- id maps ------------------------------------------------------------------
 
 
+# Characters of an id that split the numbering of new ids (see new_index_entries): 4,096
+# groups of hexadecimal customer ids, about a hundred of the ten-digit article ids.
+ID_PREFIX = 3
+
+
+def missing_ids(ids: DataFrame, existing: DataFrame, id_col: str) -> DataFrame:
+    """The distinct non-null ``id_col`` values of ``ids`` that ``existing`` lacks."""
+    return (
+        ids.select(id_col)
+        .where(F.col(id_col).isNotNull())
+        .distinct()
+        .join(existing.select(id_col), on=id_col, how="left_anti")
+    )
+
+
+def number_ids(new_ids: DataFrame, existing: DataFrame, id_col: str, idx_col: str) -> DataFrame:
+    """(``id_col``, ``idx_col``) of ``new_ids``: consecutive from the max index of ``existing`` + 1, in id order.
+
+    The numbering is one global order, yet no step holds all new ids in one
+    partition (a first refresh numbers every customer): a prefix of an id sorts
+    as its ids do, so the ids of each ``ID_PREFIX``-character prefix are numbered
+    by a window of their own, after the counts of every smaller prefix (one row a
+    prefix, summed up on the driver). The result depends on the ids alone, so a
+    recomputed partition numbers the same. Runs two small actions (the max and
+    the counts); ``new_ids`` is read again by the numbering, so cache it if it is
+    costly.
+    """
+    last = existing.agg(F.max(idx_col)).first()[0]
+    offset = 0 if last is None else last + 1
+    keyed = new_ids.withColumn("_prefix", F.substring(F.col(id_col), 1, ID_PREFIX))
+    offsets = []
+    for row in keyed.groupBy("_prefix").count().orderBy("_prefix").collect():
+        offsets.append((row["_prefix"], offset))
+        offset += row["count"]
+    starts = new_ids.sparkSession.createDataFrame(offsets, "_prefix string, _start long")
+    order = Window.partitionBy("_prefix").orderBy(id_col)
+    return keyed.join(F.broadcast(starts), "_prefix").select(
+        id_col, (F.col("_start") + F.row_number().over(order) - 1).cast("int").alias(idx_col)
+    )
+
+
 def new_index_entries(ids: DataFrame, existing: DataFrame, id_col: str, idx_col: str) -> DataFrame:
     """Ids of ``ids`` missing from ``existing``, numbered after its max index in id order.
 
     ``existing`` holds (id_col, idx_col); the result has the same two columns and
     only new rows, so appending it never renumbers or drops an old id.
     """
-    new_ids = (
-        ids.select(id_col)
-        .where(F.col(id_col).isNotNull())
-        .distinct()
-        .join(existing.select(id_col), on=id_col, how="left_anti")
-    )
-    start = existing.agg(F.coalesce(F.max(idx_col) + 1, F.lit(0)).alias("_start"))
-    # One global ordering is what makes the numbering deterministic, and a single
-    # partition of new ids is a few tens of MB even at full size. Partitioning by
-    # a constant says so explicitly (Spark warns about an unpartitioned window).
-    order = Window.partitionBy(F.lit(0)).orderBy(id_col)
-    return new_ids.crossJoin(start).select(
-        id_col, (F.col("_start") + F.row_number().over(order) - 1).cast("int").alias(idx_col)
-    )
+    return number_ids(missing_ids(ids, existing, id_col), existing, id_col, idx_col)
 
 
 def index_interactions(
@@ -287,7 +315,8 @@ def update_index(spark: SparkSession, cfg: Config, table: Table, ids: DataFrame,
         existing = storage.read(spark, cfg, table)
     else:
         existing = spark.createDataFrame([], table.schema)
-    new = new_index_entries(ids, existing, id_col, idx_col).cache()
+    missing = missing_ids(ids, existing, id_col).cache()  # counted per prefix, then numbered
+    new = number_ids(missing, existing, id_col, idx_col).cache()
     try:
         added = new.count()
         if added:
@@ -296,6 +325,7 @@ def update_index(spark: SparkSession, cfg: Config, table: Table, ids: DataFrame,
             storage.write(spark.createDataFrame([], table.schema), cfg, table, mode="append")
     finally:
         new.unpersist()
+        missing.unpersist()
     return added
 
 

@@ -53,6 +53,22 @@ def _rank(df: DataFrame, top_n: int) -> DataFrame:
     return df.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= top_n)
 
 
+def _top(df: DataFrame, top_n: int, columns: list[str]) -> DataFrame:
+    """The ``top_n`` rows of one list by (tier, key descending, article_id): ``rank`` (from 1) and ``columns``.
+
+    A distributed top-N (each partition keeps its best ``top_n``, then those are
+    merged), numbered from a sorted array of the few rows left: a window would
+    have to be unpartitioned here, as the list is one group.
+    """
+    best = df.orderBy(F.col("tier"), F.col("key").desc(), F.col("article_id")).limit(top_n)
+    ordered = best.agg(F.sort_array(F.collect_list(
+        F.struct("tier", (-F.col("key")).alias("negated_key"), "article_id", *[c for c in columns if c != "article_id"])
+    )).alias("top"))
+    return ordered.select(F.posexplode("top").alias("pos", "row")).select(
+        (F.col("pos") + 1).alias("rank"), *[F.col(f"row.{c}").alias(c) for c in columns]
+    )
+
+
 def rank_popularity(
     purchases: DataFrame,
     catalogue: DataFrame,
@@ -83,7 +99,7 @@ def rank_popularity(
         F.lit(GLOBAL).alias("segment"), "article_id", "article_idx",
         F.coalesce("w", F.lit(0)).alias("w"), F.coalesce("h", F.lit(0)).alias("h"),
     )
-    top_global = _rank(_tiered(everything, F.lit(0)), top_n).select(
+    top_global = _top(_tiered(everything, F.lit(0)), top_n, ["article_id", "article_idx", "w"]).select(
         "article_id", "article_idx", "w", F.col("rank").alias("grank")
     )
 

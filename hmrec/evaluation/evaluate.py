@@ -38,6 +38,7 @@ from hmrec.etl.features import purchase_lists
 from hmrec.etl.popularity import GLOBAL
 from hmrec.evaluation import metrics as M
 from hmrec.evaluation.baselines import ALL, BASELINES, SEGMENTS, baseline_lists, customer_segments
+from hmrec.evaluation.context import report_context
 from hmrec.evaluation.report import format_table, metric_rows, metrics_document, write_report
 from hmrec.lake import schemas, storage, tables
 from hmrec.lake.choices import read_choices
@@ -235,7 +236,7 @@ def run_evaluation(
             metadata={"as_of": as_of.isoformat(), "model_version": version},
             model_version=version,
         )
-        write_report(report_dir, doc, results, curves, k)
+        write_report(report_dir, doc, results, curves, k, context=report_context(cfg, spark, as_of, version, frame))
         print(format_table(results, k), flush=True)
 
         if log_metrics is not None and version:

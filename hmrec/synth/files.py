@@ -20,7 +20,7 @@ import numpy as np
 
 from hmrec.config import GenerateConfig
 from hmrec.lake.schemas import ARTICLE_COLUMNS, CUSTOMER_COLUMNS, TRANSACTION_COLUMNS
-from hmrec.progress import log
+from hmrec.progress import log, verbose
 from hmrec.synth.params import CLUSTER_WEIGHTS, PROFILE_SETTINGS, PROFILES, Params, record, segments_json_params
 from hmrec.synth.simulate import Chunk
 from hmrec.synth.vocab import DISCOUNTS, PRICE_DIVISOR
@@ -121,6 +121,10 @@ def write_customers(path: Path, cust: Customers, chunk_rows: int) -> Path:
     return tmp
 
 
+# Seconds between two progress lines of the transaction writer (every month at --verbose).
+PROGRESS_EVERY_S = 10.0
+
+
 def write_transactions(path: Path, months: Iterable[Chunk], cat: Catalogue, customer_hex: np.ndarray,
                        start: dt.date, n_days: int, chunk_rows: int) -> tuple[Path, int]:
     """transactions_train.csv from the simulated months; returns the .tmp path and the rows written.
@@ -142,7 +146,8 @@ def write_transactions(path: Path, months: Iterable[Chunk], cat: Catalogue, cust
     total = 0
     with open(tmp, "wb") as f:
         f.write(_header(TRANSACTION_COLUMNS))
-        t0 = time.perf_counter()
+        last = time.perf_counter()
+        since = 0
         for chunk in months:
             n = len(chunk.day)
             tail = (chunk.article.astype(np.int64) * n_levels + chunk.level) * 2 + (chunk.channel - 1)
@@ -155,10 +160,12 @@ def write_transactions(path: Path, months: Iterable[Chunk], cat: Catalogue, cust
                     (*tail_tab, tail[s]),
                 ]))
             total += n
+            since += n
             now = time.perf_counter()
-            log(STAGE, f"transactions {chunk.label}: {n} rows written ({total} so far, "
-                       f"{n / max(now - t0, 1e-9):,.0f} rows/s)")
-            t0 = now
+            if verbose() or now - last >= PROGRESS_EVERY_S:
+                log(STAGE, f"transactions up to {chunk.label}: {total:,} rows written "
+                           f"({since / max(now - last, 1e-9):,.0f} rows/s)")
+                last, since = now, 0
     return tmp, total
 
 

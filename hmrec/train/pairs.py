@@ -10,18 +10,39 @@ from __future__ import annotations
 import math
 import queue
 import threading
+import warnings
 from typing import Any, Iterable, Iterator
 
-import pyarrow.parquet as pq
-from petastorm.fs_utils import get_filesystem_and_path_or_paths
-from petastorm.pytorch import BatchedDataLoader
-from petastorm.spark import make_spark_converter
-from pyspark.sql import functions as F
 
-from hmrec.config import Config, TrainConfig
-from hmrec.errors import HmrecError
-from hmrec.lake import tables
-from hmrec.model.two_tower import ITEM_ID, USER_ID
+
+def quiet_petastorm() -> None:
+    """Filter the warnings petastorm causes on every use, none of which a user can act on.
+
+    petastorm 0.13.1 calls pyarrow APIs deprecated since pyarrow 5-11 that the
+    pinned pyarrow 14 still has (a FutureWarning on each call), and its torch
+    loader turns read-only numpy batches into tensors, which torch warns about
+    although nothing here writes to a batch. Installed before petastorm is
+    imported (its import already warns) and again by each function that uses
+    it, as a caller's ``warnings.catch_warnings`` may have dropped the filters
+    since. Idempotent: an identical filter replaces the earlier one.
+    """
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning,
+                            module=r"petastorm\.pytorch")
+
+
+quiet_petastorm()
+
+import pyarrow.parquet as pq  # noqa: E402  (after the warning filters above)
+from petastorm.fs_utils import get_filesystem_and_path_or_paths  # noqa: E402
+from petastorm.pytorch import BatchedDataLoader  # noqa: E402
+from petastorm.spark import make_spark_converter  # noqa: E402
+from pyspark.sql import functions as F  # noqa: E402
+
+from hmrec.config import Config, TrainConfig  # noqa: E402
+from hmrec.errors import HmrecError  # noqa: E402
+from hmrec.lake import tables  # noqa: E402
+from hmrec.model.two_tower import ITEM_ID, USER_ID  # noqa: E402
 
 PETASTORM_CACHE_CONF = "petastorm.spark.converter.parentCacheDirUrl"
 # Pair files of ~2M rows in row groups of ~0.5M rows (8 bytes a row): enough
@@ -54,6 +75,7 @@ def materialise_pairs(spark: Any, cfg: Config, rows: Any, n_rows: int, world_siz
         .sortWithinPartitions("_k", USER_ID, ITEM_ID)
         .select(USER_ID, ITEM_ID)
     )
+    quiet_petastorm()
     converter = make_spark_converter(pairs, parquet_row_group_size_bytes=ROW_GROUP_BYTES)
     # Spark lists the files in no promised order; a fixed order keeps the seeded shuffle reproducible.
     converter.file_urls = sorted(converter.file_urls)
@@ -86,6 +108,7 @@ def open_loader(converter: Any, tc: TrainConfig, rank: int, world_size: int, see
     silently drops part (sometimes all) of an epoch. :func:`read_ahead` puts
     the reading on a background thread instead.
     """
+    quiet_petastorm()
     kwargs: dict[str, Any] = {}
     if world_size > 1:
         kwargs.update(cur_shard=rank, shard_count=world_size)
