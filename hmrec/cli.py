@@ -72,7 +72,13 @@ TEXTS: dict[str, tuple[str, str, str, str]] = {
                    _names(T.INTERACTIONS, T.CUSTOMERS, T.CUSTOMER_INDEX, T.ARTICLES, T.ARTICLE_INDEX),
                    _names(*T.written_by("popularity")),
                    "hmrec popularity --as-of 2020-09-16"),
-    "train": ("Train the two-tower model on the training rows and register it in MLflow.",
+    "choose": ("Decide the settings that say auto (train.epochs, each customer group's list plan) on the "
+               "validation week, with the model fitted at its first day (hmrec run fits it first).",
+               f"the fit model version and its index, {_names(T.VALIDATION, T.USER_FEATURES, T.POPULARITY)}",
+               f"{_names(*T.written_by('choose'))}, tags and metrics on the fit model's MLflow run",
+               "hmrec choose --as-of 2020-09-16"),
+    "train": ("Train the two-tower model on the training rows and register it in MLflow. With "
+              "train.epochs: auto it trains the epoch count chosen on the validation week.",
               _names(T.TRAIN, T.USER_FEATURES, T.ITEM_FEATURES),
               "an MLflow run and a registered model version (paths.mlflow_tracking_uri; "
               "default: sqlite file <lakehouse>/mlflow.db), checkpoints under <lakehouse>/checkpoints",
@@ -81,9 +87,9 @@ TEXTS: dict[str, tuple[str, str, str, str]] = {
               f"the registered model version, {T.ITEM_FEATURES}",
               f"{_names(*T.written_by('index'))}, <lakehouse>/indexes/<version>/",
               "hmrec index --as-of 2020-09-16"),
-    "score": ("Write every customer's list of score.k articles: recent purchases, the model's nearest "
-              "articles, then the age segment's popular ones.",
-              f"the model version and its index, {_names(T.USER_FEATURES, T.TRAIN, T.POPULARITY)}",
+    "score": ("Write every customer's list of score.k articles, each customer group (cold, lapsed, active) by "
+              "its plan: recent purchases, the model's nearest articles, then popular ones.",
+              f"the model version and its index, {_names(T.USER_FEATURES, T.TRAIN, T.POPULARITY, T.CHOICES)}",
               f"{_names(*T.written_by('score'))} (replaced whole, one commit)",
               "hmrec score --as-of 2020-09-16"),
     "evaluate": ("Judge the served lists and the baselines on the holdout week.",
@@ -119,6 +125,7 @@ STAGE_HELP = {
     "index": "embed the articles and build the FAISS index",
     "score": "write every customer's top-K list",
     "evaluate": "judge the lists and the baselines on the holdout week; the report",
+    "choose": "decide the auto settings on the validation week",
 }
 
 SCORE_HELP = """\

@@ -71,8 +71,14 @@ def _article_id(i: int) -> str:
     return f"{108775000 + i:010d}"
 
 
+# The week after AS_OF is the validation week of the refresh a week later: what a model
+# fitted at AS_OF is validated on after every epoch.
+FITTED_FOR = AS_OF + dt.timedelta(days=7)
+
+
 def write_planted(spark, cfg, as_of: dt.date = AS_OF) -> None:
-    """``tables.TRAIN``, ``tables.HOLDOUT``, both feature tables and the id maps for the planted groups."""
+    """``tables.TRAIN``, the week after (as ``tables.VALIDATION`` of the refresh a week later), both
+    feature tables and the id maps for the planted groups."""
     rng = random.Random(11)
     items_of = {g: [a for a in range(N_ITEMS) if group_of_item(a) == g] for g in range(GROUPS)}
     train_rows, holdout_rows, users = [], [], []
@@ -104,7 +110,9 @@ def write_planted(spark, cfg, as_of: dt.date = AS_OF) -> None:
                 float(rng.randint(1, 700))]
         items.append((as_of, _article_id(a), a, *codes, *nums))
     storage.write_partition(spark.createDataFrame(train_rows, schemas.SPLIT_ROWS), cfg, tables.TRAIN, as_of)
-    storage.write_partition(spark.createDataFrame(holdout_rows, schemas.SPLIT_ROWS), cfg, tables.HOLDOUT, as_of)
+    week_after = [(*r[:-1], as_of + dt.timedelta(days=7)) for r in holdout_rows]
+    storage.write_partition(spark.createDataFrame(week_after, schemas.SPLIT_ROWS), cfg, tables.VALIDATION,
+                            as_of + dt.timedelta(days=7))
     storage.write_partition(spark.createDataFrame(users, schemas.USER_FEATURES), cfg, tables.USER_FEATURES, as_of)
     storage.write_partition(spark.createDataFrame(items, schemas.ITEM_FEATURES), cfg, tables.ITEM_FEATURES, as_of)
     storage.write(
@@ -256,7 +264,7 @@ def first_run(spark, lake):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(job, "save_checkpoint", recording)
         started = time.perf_counter()
-        version = job.train(cfg, spark, AS_OF)
+        version = job.train(cfg, spark, AS_OF, role="fit", fitted_for=FITTED_FOR)
         seconds = time.perf_counter() - started
     return {"cfg": cfg, "version": version, "saved": saved, "seconds": seconds}
 
@@ -284,7 +292,7 @@ def distributed_run(spark, lake):
     """The reference run's settings trained by two processes through TorchDistributor."""
     cfg = train_cfg(lake, "train.num_processes=2", "train.log_every=0")
     started = time.perf_counter()
-    version = job.train(cfg, spark, AS_OF)
+    version = job.train(cfg, spark, AS_OF, role="fit", fitted_for=FITTED_FOR)
     print(f"2-process TorchDistributor run: {time.perf_counter() - started:.1f}s")
     return {"cfg": cfg, "version": version}
 

@@ -14,18 +14,25 @@ from hmrec.evaluation.baselines import ALL
 
 
 def metrics_document(as_of: dt.date, k: int, model_version: str, results: dict,
-                     curves: dict[str, np.ndarray] | None = None) -> dict:
-    """The metrics.json document: methods on everyone, then by segment (plus user counts and curves)."""
+                     curves: dict[str, np.ndarray] | None = None, validation: dict | None = None) -> dict:
+    """The metrics.json document: methods on everyone, then by segment (plus user counts and curves).
+
+    ``results`` is empty when the as-of has no holdout week yet; ``validation``
+    (the validation week's figures and the choices made on them) is added when given.
+    """
     strip = (lambda m: {key: round(v, 6) for key, v in m.items() if key != "users"})
-    return {
+    doc = {
         "as_of": as_of.isoformat(),
         "k": k,
         "model_version": model_version,
-        "methods": {method: strip(m) for method, m in results[ALL].items()},
+        "methods": {method: strip(m) for method, m in results.get(ALL, {}).items()},
         "segments": {seg: {method: strip(m) for method, m in by.items()} for seg, by in results.items() if seg != ALL},
         "users": {seg: int(next(iter(by.values()))["users"]) for seg, by in results.items()},
         "recall_curve": {method: [round(float(v), 6) for v in c] for method, c in (curves or {}).items()},
     }
+    if validation is not None:
+        doc["validation"] = validation
+    return doc
 
 
 def metric_rows(as_of: dt.date, model_version: str, results: dict) -> list[tuple]:
@@ -189,7 +196,7 @@ def _validation_section(doc: dict, k: int) -> str:
                           [[g, f"{v['users']:,}", v["chosen"]] for g, v in groups.items()]))
     choices = {key: v for key, v in (validation.get("choices") or {}).items() if key != "plans"}
     if choices:
-        out.append("<h3>Other choices made on it</h3>")
+        out.append("<h3>Choices made on it</h3>")
         out.append(_table(["setting", "value"], [[key, value] for key, value in choices.items()]))
     return "\n".join(out)
 
@@ -320,7 +327,16 @@ def write_report(directory: Path, doc: dict, results: dict, curves: dict[str, np
     path = directory / "metrics.json"
     path.write_text(json.dumps(doc, indent=2, sort_keys=False))
     written.append(path)
+    if results:
+        written += _plots(directory, doc, results, curves, k)
+    path = directory / "report.html"
+    path.write_text(render_html(doc, k, max((len(c) for c in curves.values()), default=k)))
+    return written + [path]
 
+
+def _plots(directory: Path, doc: dict, results: dict, curves: dict[str, np.ndarray], k: int) -> list[Path]:
+    """recall_at_k.png and segments.png of a holdout evaluation."""
+    written = []
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     for method, curve in curves.items():
@@ -356,9 +372,5 @@ def write_report(directory: Path, doc: dict, results: dict, curves: dict[str, np
     fig.subplots_adjust(bottom=0.22)
     path = directory / "segments.png"
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    written.append(path)
-
-    path = directory / "report.html"
-    path.write_text(render_html(doc, k, max((len(c) for c in curves.values()), default=k)))
     written.append(path)
     return written

@@ -45,11 +45,12 @@ def read_as_of(spark: SparkSession, cfg: Config, table: Table, as_of: dt.date) -
     at its last version written for ``as_of``, by time travel when a later run
     has replaced it since; no such version reads as no rows.
     """
-    version = None
-    if table.replaced_whole:
-        version = version_for_as_of(spark, cfg, table, as_of)
-        if version is None:
-            return spark.createDataFrame([], table.schema)
+    rows = read(spark, cfg, table).where(F.col("as_of") == F.lit(as_of))
+    if not table.replaced_whole or rows.limit(1).count() > 0:
+        return rows
+    version = version_for_as_of(spark, cfg, table, as_of)
+    if version is None:
+        return spark.createDataFrame([], table.schema)
     return read(spark, cfg, table, version=version).where(F.col("as_of") == F.lit(as_of))
 
 

@@ -153,7 +153,8 @@ def recommend(cfg: Config, customer_id: str, k: int | None = None, history: int 
     print(f"customer {cid}: {len(rows)} recommendations as of {as_of}, model version {first['model_version']}", file=stream)
     print(format_rows(rows), file=stream)
     notes = SCORE_NOTE
-    if cfg.score.repurchase_order == "recency" and any(r["source"] == "repurchase" for r in rows):
+    # said when this list shows it: recent purchases lead, the model's articles follow
+    if rows and rows[0]["source"] == "repurchase" and any(r["source"] == "model" for r in rows):
         notes += " " + RECENCY_NOTE
     print(textwrap.fill(notes, width=100), file=stream)
     if history:
