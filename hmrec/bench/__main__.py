@@ -5,19 +5,22 @@
 - ``score``: embedding, FAISS search by kind, the scoring job (:mod:`hmrec.bench.score`);
 - ``all``: hmrec's refresh against Spark ALS and the baselines (:mod:`hmrec.bench.peers`);
 - ``matrix``: the refresh on every generator profile (:mod:`hmrec.bench.matrix`);
-- ``shapes``: each generator profile's shape, from its files (:mod:`hmrec.bench.shapes`).
+- ``shapes``: each generator profile's shape, from its files (:mod:`hmrec.bench.shapes`);
+- ``sweep``: one setting's values, each refreshed and judged on one week (:mod:`hmrec.bench.sweep`).
 
 Results are printed and written to ``bench/results/``.
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 
 from hmrec.bench.etl import bench_etl
 from hmrec.bench.matrix import bench_matrix
 from hmrec.bench.peers import bench_all
 from hmrec.bench.score import bench_score
 from hmrec.bench.shapes import bench_shapes
+from hmrec.bench.sweep import bench_sweep
 from hmrec.bench.train import bench_train
 from hmrec.synth.params import PROFILES
 
@@ -25,7 +28,7 @@ from hmrec.synth.params import PROFILES
 def main(argv: list[str] | None = None) -> None:
     """Parse the benchmark's arguments and run it."""
     p = argparse.ArgumentParser(prog="python -m hmrec.bench", description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["etl", "train", "score", "all", "matrix", "shapes"])
+    p.add_argument("what", choices=["etl", "train", "score", "all", "matrix", "shapes", "sweep"])
     p.add_argument("--scale", type=float, default=None, help="1.0 is the H&M data's size (default 0.1; matrix, shapes: 0.05)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -34,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
                         "(score: default hnsw,flat; all: default flat,hnsw)")
     p.add_argument("--profiles", default=",".join(PROFILES), help="matrix, shapes: the generator profiles")
     p.add_argument("--out", default=None, help="shapes: keep the generated data here")
+    p.add_argument("--grid", default=None, help="sweep: key=value1,value2,... (one setting)")
+    p.add_argument("--as-of", default="2020-09-09", help="sweep: the cutoff; its following week judges every value")
     args = p.parse_args(argv)
     kinds = tuple(args.index_kinds.split(",")) if args.index_kinds else None
     scale = args.scale if args.scale is not None else (0.05 if args.what in ("matrix", "shapes") else 0.1)
@@ -45,6 +50,10 @@ def main(argv: list[str] | None = None) -> None:
         bench_score(scale, args.seed, args.overrides, *([kinds] if kinds else []))
     elif args.what == "all":
         bench_all(scale, args.seed, args.overrides, *([kinds] if kinds else []))
+    elif args.what == "sweep":
+        if not args.grid:
+            p.error("sweep needs --grid key=value1,value2,...")
+        bench_sweep(scale, args.seed, args.overrides, dt.date.fromisoformat(args.as_of), args.grid)
     elif args.what == "matrix":
         bench_matrix(scale, args.seed, args.overrides, args.profiles.split(","))
     else:
