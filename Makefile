@@ -9,7 +9,7 @@ DEMO_DIR   ?= data/demo
 DEMO_AS_OF ?= 2020-09-16
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-slow test-cluster demo cluster-demo bench-etl bench-train bench-score bench clean
+.PHONY: setup test test-slow test-cluster test-faults demo cluster-demo bench-etl bench-train bench-score bench clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +20,16 @@ $(VENV)/.installed: setup.py
 setup: $(VENV)/.installed
 
 test: setup
-	$(PY) -m pytest -m "not slow and not cluster"
+	$(PY) -m pytest -m "not slow and not cluster and not faults"
 
 test-slow: setup
 	$(PY) -m pytest -m slow
 
 test-cluster: setup
 	$(PY) -m pytest -m cluster
+
+test-faults: setup
+	$(PY) -m pytest -m faults
 
 demo: setup
 	$(HMREC) generate --out $(DEMO_DIR) --scale $(DEMO_SCALE) --seed 42

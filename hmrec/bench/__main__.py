@@ -1,4 +1,4 @@
-"""Benchmarks that print figures: ``python -m hmrec.bench {etl,train,score} --scale S``.
+"""Benchmarks that print figures: ``python -m hmrec.bench {etl,train,score,all,csv} --scale S``.
 
 Each stage is timed on its own and reported with rows/s and the peak resident
 memory of this process plus its children (the Spark JVM and Python workers),
@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import threading
 import time
 from contextlib import contextmanager
@@ -237,9 +238,9 @@ def bench_score(scale: float, seed: int, overrides: list[str], job_kinds: tuple[
     from hmrec.lake import storage
     from hmrec.bench.serving import embed_throughput, search_throughput
     from hmrec.serve.embedders import ModelEmbedder
-    from hmrec.serve.index import build_index
+    from hmrec.serve.index import build_index, load_index
     from hmrec.model.registry import load_model
-    from hmrec.serve.score import score
+    from hmrec.serve.score import score, score_customers
 
     rows: list[dict] = []
     cfg, spark = prepared(scale, seed, ["train.epochs=1", *overrides], rows)
@@ -264,9 +265,18 @@ def bench_score(scale: float, seed: int, overrides: list[str], job_kinds: tuple[
         kcfg = bench_cfg(scale, ["train.epochs=1", f"index.kind={kind}", *overrides])
         with timed(rows, f"index job ({kind})"):
             build_index(kcfg, spark, as_of=AS_OF, model_version=version)
-        with timed(rows, f"score job, every customer ({kind})") as row:
-            score(kcfg, spark, as_of=AS_OF, model_version=version)
-            row["n"] = n_customers
+        # The job with and without its pre-publish check, taking turns twice (the VM's speed drifts).
+        for checked in (False, True, True, False):
+            name = f"score job, every customer ({kind})" if checked else f"score job without the pre-publish check ({kind})"
+            with timed(rows, name) as row:
+                if checked:
+                    summary = score(kcfg, spark, as_of=AS_OF, model_version=version)
+                    row["check_s"] = summary.get("check_s")
+                else:
+                    index, meta = load_index(kcfg, version, AS_OF)
+                    score_customers(kcfg, spark, AS_OF, ModelEmbedder.from_loaded(load_model(kcfg, version)), index,
+                                    index_meta=meta, verify=False)
+                row["n"] = n_customers
     report("score", scale, rows, {"model_version": version, "customers": n_customers})
 
 
@@ -339,21 +349,80 @@ def bench_all(scale: float, seed: int, overrides: list[str], kinds: tuple[str, .
     report("all", scale, rows, {"quality": quality, "model_version": version})
 
 
+def bench_csv(scale: float, seed: int, overrides: list[str], rounds: int = 3, ingest_rounds: int = 2) -> None:
+    """Parsing each input file line by line and whole (Spark's multiLine), alternated in one process.
+
+    Each read parses every field (as ingest does) and counts rows and
+    field-count failures. The VM's speed drifts, so the two ways take turns,
+    ``rounds`` times, the order swapped every round. Then the whole ingest
+    job, with the transactions file read each way, ``ingest_rounds`` times.
+    """
+    # imported here, as every benchmark's Spark modules are: only the benchmark that runs loads them
+    from pyspark.sql import functions as F
+
+    from hmrec.etl.ingest import CORRUPT, input_uris, read_csv, read_header
+    from hmrec.lake.spark import get_spark
+
+    rows: list[dict] = []
+    cfg = bench_cfg(scale, overrides)
+    data = data_dir(cfg, scale, seed, rows)
+    spark = get_spark(cfg)
+    for key, uri in input_uris(data).items():
+        header = read_header(spark, uri)
+        size = os.path.getsize(uri)
+        times: dict[bool, list[float]] = {False: [], True: []}
+        n = 0
+        for r in range(rounds):
+            for multi_line in ((False, True) if r % 2 == 0 else (True, False)):
+                start = time.perf_counter()
+                got = read_csv(spark, uri, header, multi_line).agg(
+                    F.count(F.lit(1)), F.count(CORRUPT), F.max(F.length(header[-1]))).first()
+                times[multi_line].append(time.perf_counter() - start)
+                n = int(got[0])
+        for multi_line, secs in times.items():
+            row = {"stage": f"{key}: {'multiLine' if multi_line else 'line by line'}", "n": n,
+                   "seconds": round(min(secs), 2), "per_s": round(n / min(secs), 1),
+                   "mean_s": round(sum(secs) / len(secs), 2), "mb": round(size / 2**20)}
+            rows.append(row)
+            print(f"[bench] {row}", flush=True)
+    # The whole ingest job, transactions read line by line (as it does) or whole, taking turns.
+    from hmrec.etl import ingest as ingest_job  # imported here, as every benchmark's Spark modules are
+
+    default = ingest_job.MULTI_LINE_FILES
+    for r in range(ingest_rounds):
+        for whole in ((False, True) if r % 2 == 0 else (True, False)):
+            lake = DATA_ROOT / f"lake-csv-scale{scale:g}-{'whole' if whole else 'lines'}"
+            shutil.rmtree(lake, ignore_errors=True)
+            icfg = load_config(None, [f"paths.lakehouse={lake}", *overrides])
+            ingest_job.MULTI_LINE_FILES = default | {"transactions"} if whole else default
+            try:
+                with timed(rows, f"ingest job, transactions {'multiLine' if whole else 'line by line'}") as row:
+                    row["n"] = ingest_job.ingest(icfg, spark, data_dir=data)["transactions_read"]
+            finally:
+                ingest_job.MULTI_LINE_FILES = default
+            shutil.rmtree(lake, ignore_errors=True)
+    report("csv", scale, rows, {"rounds": rounds, "ingest_rounds": ingest_rounds, "cores": os.cpu_count()})
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m hmrec.bench", description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["etl", "train", "score", "all"])
+    p.add_argument("what", choices=["etl", "train", "score", "all", "csv"])
     p.add_argument("--scale", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--index-kinds", "--score-jobs", dest="index_kinds", default=None,
                    help="comma-separated index kinds the whole scoring job runs with "
                         "(score: default hnsw,flat; all: default flat,hnsw)")
+    p.add_argument("--parse-rounds", type=int, default=3, help="csv: turns of parsing each file each way")
+    p.add_argument("--ingest-rounds", type=int, default=2, help="csv: turns of the ingest job each way")
     args = p.parse_args(argv)
     kinds = tuple(args.index_kinds.split(",")) if args.index_kinds else None
     if args.what == "etl":
         bench_etl(args.scale, args.seed, args.overrides)
     elif args.what == "train":
         bench_train(args.scale, args.seed, args.overrides)
+    elif args.what == "csv":
+        bench_csv(args.scale, args.seed, args.overrides, args.parse_rounds, args.ingest_rounds)
     elif args.what == "score":
         bench_score(args.scale, args.seed, args.overrides, *([kinds] if kinds else []))
     else:
