@@ -10,7 +10,7 @@ DEMO_AS_OF ?= 2020-09-16
 DEMO_LAKE  ?= ./lakehouse/demo
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-slow test-cluster demo cluster-demo bench-etl bench-train bench-score bench clean
+.PHONY: setup test test-slow test-cluster test-faults demo cluster-demo bench-etl bench-train bench-score bench clean
 
 $(VENV)/.installed: setup.py
 	@echo "Installing hmrec and its dependencies (torch, Spark, MLflow, JupyterLab, ...) into $(VENV):"
@@ -23,13 +23,16 @@ $(VENV)/.installed: setup.py
 setup: $(VENV)/.installed
 
 test: setup
-	$(PY) -m pytest -m "not slow and not cluster"
+	$(PY) -m pytest -m "not slow and not cluster and not faults"
 
 test-slow: setup
 	$(PY) -m pytest -m slow
 
 test-cluster: setup
 	$(PY) -m pytest -m cluster
+
+test-faults: setup
+	$(PY) -m pytest -m faults
 
 # The generator writes transactions_train.csv last: when it is there, the sample is complete
 # and is not generated again (delete $(DEMO_DIR) for a new one, e.g. after changing DEMO_SCALE).

@@ -22,10 +22,12 @@ from typing import Callable, Sequence
 from hmrec import progress
 from hmrec.config import Config, load_config
 from hmrec.errors import HmrecError
-from hmrec.lake import tables
+from hmrec.lake import lease, tables
 from hmrec.lake.tables import Table
 from hmrec.next_steps import next_steps, print_next_steps
 
+ALLOW_SHRINK_HELP = ("accept input that replaces a bronze table with far fewer rows, or whose rows are mostly "
+                     "rejected (sets ingest.min_keep_share=0 and ingest.max_reject_share=1)")
 STAGES = ["ingest", "features", "split", "popularity", "choose", "train", "index", "score", "evaluate"]
 
 EPILOG = """\
@@ -156,6 +158,8 @@ def add_spark(p: argparse.ArgumentParser) -> None:
     p.add_argument("--master", default=None, help="Spark master (spark-submit's --master wins)")
     p.add_argument("--spark-conf", action="append", default=[], metavar="K=V",
                    help="extra Spark setting, e.g. --spark-conf spark.executor.memory=4g (repeatable)")
+    p.add_argument("--wait", action="store_true",
+                   help="when another job holds the lakehouse's lease, wait for it instead of exiting with status 3")
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -187,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "ingest", f"CSV files into bronze Delta tables, bad rows to {tables.REJECTS}")
     p.add_argument("--data", required=True, help="directory holding articles.csv, customers.csv, transactions_train.csv")
+    p.add_argument("--allow-shrink", action="store_true", help=ALLOW_SHRINK_HELP)
     add_common(p)
 
     for stage in STAGES[1:]:
@@ -203,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="directory holding the three CSV files")
     p.add_argument("--as-of", type=_date, required=True, help="cutoff date YYYY-MM-DD")
     p.add_argument("--force", action="store_true", help="rerun stages whose outputs already exist")
+    p.add_argument("--allow-shrink", action="store_true", help=ALLOW_SHRINK_HELP)
     add_common(p)
 
     p = _command(sub, "backtest", "the refresh at N weekly cutoffs, each judged on its following week")
@@ -226,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
     """The config of a command line: defaults, --conf, --set, then --master, --spark-conf and --verbose."""
     overrides = list(args.overrides)
+    if getattr(args, "allow_shrink", False):
+        overrides += ["ingest.min_keep_share=0", "ingest.max_reject_share=1"]
     if getattr(args, "master", None):
         overrides.append(f"spark.master={args.master}")
     for kv in getattr(args, "spark_conf", []):
@@ -320,11 +328,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         progress.configure(cfg.logging.level)
-        dispatch(args, cfg)
+        with lease.for_command(cfg, args.command, wait=getattr(args, "wait", False)):
+            dispatch(args, cfg)
+    except lease.LakehouseBusy as exc:
+        print(f"hmrec {args.command}: error: {exc}", file=sys.stderr)
+        return lease.BUSY_EXIT
     except (HmrecError, FileNotFoundError) as exc:
         # Errors of the user's input or data: one clear line, no stack trace.
         print(f"hmrec {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        conflict = lease.concurrent_commit_message(exc)
+        if conflict is None:
+            raise
+        print(f"hmrec {args.command}: error: {conflict}", file=sys.stderr)
+        return lease.BUSY_EXIT
     return 0
 
 

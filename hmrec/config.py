@@ -75,6 +75,8 @@ class IngestConfig:
     min_date: str
     persist_level: str
     broadcast_max_customers: int
+    min_keep_share: float
+    max_reject_share: float
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,12 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class LeaseConfig:
+    heartbeat_s: float
+    stale_after_s: float
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig
     logging: LoggingConfig
@@ -173,6 +181,7 @@ class Config:
     index: IndexConfig
     score: ScoreConfig
     evaluate: EvaluateConfig
+    lease: LeaseConfig
 
     @property
     def lakehouse(self) -> str:
@@ -301,6 +310,8 @@ RULES: dict[str, Rule] = {
     "ingest.min_date": iso_date,
     "ingest.persist_level": one_of(*STORAGE_LEVELS),
     "ingest.broadcast_max_customers": at_least(0),
+    "ingest.min_keep_share": SHARE,
+    "ingest.max_reject_share": SHARE,
     "features.last_n": at_least(1),
     "features.recent_days": positive_ints(2),
     "features.age_buckets": increasing_ints(2),
@@ -352,6 +363,8 @@ RULES: dict[str, Rule] = {
     "evaluate.k": at_least(1),
     "evaluate.curve_max_k": at_least(1),
     "evaluate.lapsed_days": at_least(0),
+    "lease.heartbeat_s": above(0),
+    "lease.stale_after_s": above(0),
 }
 
 

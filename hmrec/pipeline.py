@@ -8,12 +8,13 @@ settings on that week (:mod:`hmrec.evaluation.choose`); then the model served
 at D, its index, scoring and evaluation.
 
 A stage is skipped when it already finished for this as-of on the same bronze
-data and with the same settings (both recorded in ``tables.STAGE_RUNS``) and
+data (the same ingest manifest, :mod:`hmrec.lake.manifest`) and with the same
+settings (both recorded in ``tables.STAGE_RUNS``) and
 its outputs are still there, unless ``force``. The settings are the config
 keys the stage reads (:data:`STAGES`), so a changed setting reruns what it
 affects without ``--force``. A crash leaves the finished stages recorded, so
 running the same command again resumes at the stage that failed. When a stage
-runs again, every later stage runs again too, since its inputs changed.
+runs again, every stage built on its output (``Stage.after``) runs again too.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from hmrec.config import AUTO, Config
 from hmrec.etl import features, ingest, popularity, split
 from hmrec.etl.split import fit_cutoff
 from hmrec.evaluation import choose, evaluate
-from hmrec.lake import storage, tables
+from hmrec.lake import lease, storage, tables
 from hmrec.model import registry
 from hmrec.progress import log, stage
 from hmrec.serve import index, score
@@ -161,6 +162,7 @@ def _last_run(spark: SparkSession, cfg: Config, name: str, as_of: dt.date) -> di
     row = rows[0].asDict()
     row.setdefault("fingerprint", None)  # rows of a lakehouse written before settings were recorded
     row.setdefault("settings", None)
+    row.setdefault("manifest_id", None)  # rows written before ingest manifests existed
     return row
 
 
@@ -172,14 +174,15 @@ def _changed(old: str | None, new: dict[str, Any]) -> str:
 
 
 def _record(spark: SparkSession, cfg: Config, name: str, as_of: dt.date, bronze_version: int | None,
-            summary: object, settings: dict[str, Any]) -> None:
+            summary: object, settings: dict[str, Any], manifest_id: str | None) -> None:
     row = (as_of, name, bronze_version, dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
            json.dumps(summary, default=str, sort_keys=True), json.dumps(settings, default=str, sort_keys=True),
-           fingerprint(settings))
+           fingerprint(settings), manifest_id)
     storage.write(spark.createDataFrame([row], tables.STAGE_RUNS.schema), cfg, tables.STAGE_RUNS, mode="append",
                   merge_schema=True)
 
 
+@lease.holding("run")
 def run(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, force: bool = False) -> dict:
     """Ingest ``data_dir`` and run every later stage for ``as_of``; returns per-stage results."""
     results: dict[str, object] = {}
@@ -187,6 +190,7 @@ def run(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, force: 
         results["ingest"] = ingest.ingest(cfg, spark, data_dir=data_dir)
         ran = [] if results["ingest"].get("skipped") else ["ingest"]
         bronze_version = storage.version(spark, cfg, tables.TRANSACTIONS)
+        manifest_id = results["ingest"].get("manifest_id")
         skipped: list[str] = []
         fit_at = fit_cutoff(cfg, as_of)
         for st in STAGES:
@@ -202,8 +206,8 @@ def run(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, force: 
             if why is None:
                 if last is None:
                     why = "not run yet"
-                elif last["bronze_version"] != bronze_version:
-                    why = f"bronze data changed (version {last['bronze_version']} -> {bronze_version})"
+                elif last["manifest_id"] != manifest_id:
+                    why = f"bronze data changed (ingest manifest {last['manifest_id']} -> {manifest_id})"
                 elif last["fingerprint"] != fingerprint(settings):
                     why = f"settings changed ({_changed(last['settings'], settings)})"
                 elif not _outputs_exist(spark, cfg, st.name, cutoff):
@@ -215,7 +219,7 @@ def run(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, force: 
             if last is not None or upstream:
                 log("run", f"{st.key} at {cutoff}: runs again, {why}")
             results[st.key] = st.run(cfg, spark, cutoff, as_of)
-            _record(spark, cfg, st.name, cutoff, bronze_version, results[st.key], settings)
+            _record(spark, cfg, st.name, cutoff, bronze_version, results[st.key], settings, manifest_id)
             ran.append(st.key)
         summary["as_of"] = as_of.isoformat()
         summary["ran"] = "+".join(ran) or "-"

@@ -23,6 +23,16 @@ TEST_SPARK = [
     "spark.conf.spark.sql.adaptive.enabled=false",
 ]
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Leave out the `faults` tests (minutes of killed processes) unless the -m expression names them."""
+    if "faults" in (config.option.markexpr or ""):
+        return
+    kept = [item for item in items if item.get_closest_marker("faults") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item.get_closest_marker("faults") is not None])
+        items[:] = kept
+
+
 # Last day of the tiny generated data set's history and the as-of used by tests.
 TINY_AS_OF = dt.date(2020, 9, 16)
 

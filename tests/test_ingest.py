@@ -326,7 +326,8 @@ def ingested(spark, tmp_path_factory):
     them), so both ways of the catalogue check meet the same expected rows.
     """
     data = write_inputs(tmp_path_factory.mktemp("data"))
-    cfg = make_cfg(tmp_path_factory.mktemp("lake"), "ingest.broadcast_max_customers=0")
+    # Most rows of these files are bad on purpose: the reject-share guard is off.
+    cfg = make_cfg(tmp_path_factory.mktemp("lake"), "ingest.broadcast_max_customers=0", "ingest.max_reject_share=1")
     summary = ingest.ingest(cfg, spark, data_dir=str(data))
     return cfg, data, summary
 

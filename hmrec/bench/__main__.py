@@ -1,9 +1,10 @@
-"""Benchmarks that print figures: ``python -m hmrec.bench {etl,train,score,all,matrix,shapes} --scale S``.
+"""Benchmarks that print figures: ``python -m hmrec.bench {etl,train,score,all,csv,matrix,shapes,sweep} --scale S``.
 
 - ``etl``: generate, ingest, features, split, popularity (:mod:`hmrec.bench.etl`);
 - ``train``: the loader alone, the trainer from memory, one epoch (:mod:`hmrec.bench.train`);
 - ``score``: embedding, FAISS search by kind, the scoring job (:mod:`hmrec.bench.score`);
 - ``all``: hmrec's refresh against Spark ALS and the baselines (:mod:`hmrec.bench.peers`);
+- ``csv``: each input file parsed line by line and whole (multiLine), and the ingest job both ways (:mod:`hmrec.bench.csv`);
 - ``matrix``: the refresh on every generator profile (:mod:`hmrec.bench.matrix`);
 - ``shapes``: each generator profile's shape, from its files (:mod:`hmrec.bench.shapes`);
 - ``sweep``: one setting's values, each refreshed and judged on one week (:mod:`hmrec.bench.sweep`).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
+from hmrec.bench.csv import bench_csv
 from hmrec.bench.etl import bench_etl
 from hmrec.bench.matrix import bench_matrix
 from hmrec.bench.peers import bench_all
@@ -28,13 +30,15 @@ from hmrec.synth.params import PROFILES
 def main(argv: list[str] | None = None) -> None:
     """Parse the benchmark's arguments and run it."""
     p = argparse.ArgumentParser(prog="python -m hmrec.bench", description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["etl", "train", "score", "all", "matrix", "shapes", "sweep"])
+    p.add_argument("what", choices=["etl", "train", "score", "all", "csv", "matrix", "shapes", "sweep"])
     p.add_argument("--scale", type=float, default=None, help="1.0 is the H&M data's size (default 0.1; matrix, shapes: 0.05)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--index-kinds", "--score-jobs", dest="index_kinds", default=None,
                    help="comma-separated index kinds the whole scoring job runs with "
                         "(score: default hnsw,flat; all: default flat,hnsw)")
+    p.add_argument("--parse-rounds", type=int, default=3, help="csv: turns of parsing each file each way")
+    p.add_argument("--ingest-rounds", type=int, default=2, help="csv: turns of the ingest job each way")
     p.add_argument("--profiles", default=",".join(PROFILES), help="matrix, shapes: the generator profiles")
     p.add_argument("--out", default=None, help="shapes: keep the generated data here")
     p.add_argument("--grid", default=None, help="sweep: key=value1,value2,... (one setting)")
@@ -46,6 +50,8 @@ def main(argv: list[str] | None = None) -> None:
         bench_etl(scale, args.seed, args.overrides)
     elif args.what == "train":
         bench_train(scale, args.seed, args.overrides)
+    elif args.what == "csv":
+        bench_csv(scale, args.seed, args.overrides, args.parse_rounds, args.ingest_rounds)
     elif args.what == "score":
         bench_score(scale, args.seed, args.overrides, *([kinds] if kinds else []))
     elif args.what == "all":

@@ -1,4 +1,5 @@
-"""``python -m hmrec.bench score``: user embedding, FAISS search by index kind, and the whole scoring job."""
+"""``python -m hmrec.bench score``: user embedding, FAISS search by index kind, and the whole scoring job
+(with and without its checks before publishing)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +9,8 @@ from hmrec.bench.serving import embed_throughput, search_throughput
 from hmrec.lake import storage, tables
 from hmrec.model.registry import load_model
 from hmrec.serve.embedders import ModelEmbedder
-from hmrec.serve.index import build_index
-from hmrec.serve.score import score
+from hmrec.serve.index import build_index, load_index
+from hmrec.serve.score import score, score_customers
 
 
 def bench_score(scale: float, seed: int, overrides: list[str], job_kinds: tuple[str, ...] = ("hnsw", "flat")) -> None:
@@ -37,7 +38,15 @@ def bench_score(scale: float, seed: int, overrides: list[str], job_kinds: tuple[
         kcfg = bench_cfg(scale, ["train.epochs=1", f"index.kind={kind}", *overrides])
         with timed(rows, f"index job ({kind})"):
             build_index(kcfg, spark, as_of=AS_OF, model_version=version)
-        with timed(rows, f"score job, every customer ({kind})") as row:
-            score(kcfg, spark, as_of=AS_OF, model_version=version)
-            row["n"] = n_customers
+        # The job with and without its pre-publish check, taking turns twice (the VM's speed drifts).
+        for checked in (False, True, True, False):
+            name = f"score job, every customer ({kind})" if checked else f"score job without the pre-publish check ({kind})"
+            with timed(rows, name) as row:
+                if checked:
+                    row["check_s"] = score(kcfg, spark, as_of=AS_OF, model_version=version).get("check_s")
+                else:
+                    index, meta = load_index(kcfg, version, AS_OF)
+                    score_customers(kcfg, spark, AS_OF, ModelEmbedder.from_loaded(load_model(kcfg, version)), index,
+                                    index_meta=meta, verify=False)
+                row["n"] = n_customers
     report("score", scale, rows, {"model_version": version, "customers": n_customers})

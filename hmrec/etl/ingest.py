@@ -10,7 +10,8 @@ The job, in order:
    column, before anything is written.
 2. A fingerprint of the inputs (path, size, modification time of each file,
    plus the settings that decide what is rejected) is compared with the one
-   stored in the last ingest's commits; if it matches, nothing is written.
+   of the last ingest manifest (:mod:`hmrec.lake.manifest`); if it matches,
+   nothing is written.
 3. Each CSV is parsed once with an all-string schema and checked in pure
    ``DataFrame -> DataFrame`` transforms (:func:`check_articles`,
    :func:`check_customers`, :func:`check_transactions`) that mark a failing
@@ -18,15 +19,31 @@ The job, in order:
    :func:`split_checked` turns a checked frame into typed good rows and reject
    rows; the ``validate_*`` functions chain the two for callers and tests.
 4. The checked rows are persisted, so one action runs every check of every
-   row (counting the rejects by rule) before the first write, and the writes
-   read the cache instead of parsing the CSV again. Then each table is
-   replaced by one atomic Delta overwrite whose commit carries the
-   fingerprint; rows written come from the commit's operationMetrics.
+   row (counting rows and rejects by file and rule) before the first write,
+   and the writes read the cache instead of parsing the CSV again.
+5. Guards (:func:`check_shrink`): an input that would replace a bronze table
+   with fewer than ``ingest.min_keep_share`` of its rows (an empty or
+   header-only file, a partial export), or whose rows are more than
+   ``ingest.max_reject_share`` rejected (data of another period, another
+   format), is refused before anything is written, naming the file, the row
+   counts and the setting that allows it (``--allow-shrink``).
+6. Each table is replaced by one atomic Delta overwrite whose commit carries
+   the fingerprint; rows written come from the commit's operationMetrics.
+   Last, one row appended to ``tables.INGEST_MANIFESTS`` records the version
+   written of every table: readers see the new tables only from that commit
+   on, all four at once, so a killed ingest changes nothing they read.
+
+articles.csv is parsed with ``multiLine`` (its free text, ``detail_desc``,
+may hold quoted line breaks); the other two files line by line, which Spark
+splits over every core. A quoted line break in those files, where no field
+is free text, makes the rows around it field-count rejects that show the
+raw text.
 """
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import uuid
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -35,7 +52,8 @@ from pyspark.sql.types import StructType
 
 from hmrec.config import Config, ConfigError
 from hmrec.errors import InputError
-from hmrec.lake import schemas, storage, tables
+from hmrec.lake import manifest, schemas, storage, tables
+from hmrec.lake.manifest import Manifest
 from hmrec.lake.tables import Table
 from hmrec.progress import log, stage
 
@@ -71,6 +89,12 @@ NUMBER_RE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 # A comma outside double quotes: counts the fields of a malformed line.
 FIELD_SEPARATOR_RE = r',(?=(?:[^"]*"[^"]*")*[^"]*$)'
 SHOWN_VALUE_CHARS = 100  # long enough for a whole customer_id
+# Files read whole (Spark's multiLine): their free text may hold quoted line breaks. The others are
+# read line by line, in parallel tasks; read whole, a file is one task (docs/RELIABILITY.md, figures).
+MULTI_LINE_FILES = frozenset({"articles"})
+# Bumped when the same file would now be read into other rows, so an unchanged file is ingested again.
+READER_VERSION = 2
+ALLOW_SHRINK = "--allow-shrink"
 
 Check = tuple[str, Column, Column]  # (rule, condition that fails the row, reason)
 
@@ -92,13 +116,25 @@ def stat_inputs(spark: SparkSession, data_dir: str) -> dict[str, dict]:
     """
     jvm = spark.sparkContext._jvm
     hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
+    base = jvm.org.apache.hadoop.fs.Path(data_dir.rstrip("/") or "/")
+    base_fs = base.getFileSystem(hadoop_conf)
+    if not base_fs.exists(base) or base_fs.getFileStatus(base).isFile():
+        what = "is a file" if base_fs.exists(base) else "does not exist"
+        raise InputError(
+            f"--data {data_dir} {what}; it must be the directory holding "
+            f"{', '.join(name for name, _ in schemas.INPUT_FILES.values())} (make one with `hmrec generate --out DIR`)"
+        )
     found: dict[str, dict] = {}
     missing: list[str] = []
+    compressed: list[str] = []
     for key, uri in input_uris(data_dir).items():
         p = jvm.org.apache.hadoop.fs.Path(uri)
         fs = p.getFileSystem(hadoop_conf)
         if not fs.exists(p) or not fs.getFileStatus(p).isFile():
             missing.append(schemas.INPUT_FILES[key][0])
+            for suffix in (".gz", ".zip", ".bz2", ".xz", ".zst"):
+                if fs.exists(jvm.org.apache.hadoop.fs.Path(uri + suffix)):
+                    compressed.append(schemas.INPUT_FILES[key][0] + suffix)
             continue
         status = fs.getFileStatus(p)
         found[key] = {
@@ -106,6 +142,11 @@ def stat_inputs(spark: SparkSession, data_dir: str) -> dict[str, dict]:
             "size": int(status.getLen()),
             "mtime": int(status.getModificationTime()),
         }
+    if compressed:
+        raise InputError(
+            f"{', '.join(missing)} not found in {data_dir}, but {', '.join(compressed)} is there; hmrec reads plain "
+            f"CSV files: decompress it (e.g. `gunzip -k {data_dir.rstrip('/')}/{compressed[0]}`) and rerun"
+        )
     if missing:
         raise InputError(
             f"{', '.join(missing)} not found in {data_dir}; --data must be the directory holding "
@@ -121,7 +162,13 @@ def read_header(spark: SparkSession, uri: str) -> list[str]:
     if not rows or rows[0][0] is None or not rows[0][0].strip():
         raise InputError(f"{uri}: the first line is empty; the file must start with its header line")
     line = rows[0][0].lstrip("\ufeff")
-    return next(csv.reader([line]))
+    try:
+        return next(csv.reader([line]))
+    except csv.Error as exc:
+        raise InputError(
+            f"{uri}: the first line is not a CSV header line ({exc}); the file must be a UTF-8 CSV file "
+            f"starting with its header"
+        ) from None
 
 
 def check_header(file_name: str, found: list[str], expected: list[str]) -> None:
@@ -152,11 +199,13 @@ def check_header(file_name: str, found: list[str], expected: list[str]) -> None:
         )
 
 
-def read_csv(spark: SparkSession, uri: str, header: list[str]) -> DataFrame:
+def read_csv(spark: SparkSession, uri: str, header: list[str], multi_line: bool = False) -> DataFrame:
     """Parse a CSV file whose header is ``header``: every column a string, plus ``_corrupt_record``.
 
     ``_corrupt_record`` holds the line when it has too few or too many fields.
     Column pruning is off so that check holds whatever columns a query uses.
+    ``multi_line`` reads quoted line breaks as part of their value; it reads
+    the file in one task.
     """
     return (
         spark.read.schema(schemas.raw_schema([(c, None) for c in header]))
@@ -165,7 +214,7 @@ def read_csv(spark: SparkSession, uri: str, header: list[str]) -> DataFrame:
         .option("mode", "PERMISSIVE")
         .option("columnNameOfCorruptRecord", CORRUPT)
         .option("columnPruning", False)
-        .option("multiLine", False)
+        .option("multiLine", multi_line)
         .option("quote", '"')
         .option("escape", '"')
         .option("encoding", "UTF-8")
@@ -434,25 +483,22 @@ def validate_transactions(
 
 
 def fingerprint(cfg: Config, inputs: dict[str, dict]) -> dict:
-    """What decides the bronze tables' content: the input files and the rejection settings."""
+    """What decides the bronze tables' content: the input files, the rejection settings and the reader."""
     return {
         "files": {key: inputs[key] for key in sorted(inputs)},
         "max_price": float(cfg.ingest.max_price),
         "min_date": cfg.ingest.min_date,
+        "reader": READER_VERSION,
     }
 
 
-def _last_ingests(spark: SparkSession, cfg: Config) -> dict[Table, dict | None]:
+def _last_ingests(spark: SparkSession, cfg: Config, which: list[Table]) -> dict[Table, dict | None]:
     """Commit metadata of each table's latest version (None: missing or not written by ingest)."""
     out: dict[Table, dict | None] = {}
-    for table in [*TABLES.values(), REJECTS_TABLE]:
+    for table in which:
         meta = storage.last_metadata(spark, cfg, table)
         out[table] = meta if meta and meta.get("stage") == STAGE else None
     return out
-
-
-def _empty(spark: SparkSession, cfg: Config, table: Table) -> bool:
-    return storage.exists(spark, cfg, table) and storage.read(spark, cfg, table).limit(1).count() == 0
 
 
 def _settings(cfg: Config) -> tuple[dt.date, StorageLevel]:
@@ -473,25 +519,21 @@ def ingest(cfg: Config, spark: SparkSession, data_dir: str) -> dict:
     """Load the three CSV files of ``data_dir`` into the bronze tables; return the summary.
 
     The summary holds ``skipped`` (inputs unchanged since the last ingest),
-    ``<file>_read`` / ``_written`` / ``_rejected`` per input (articles,
-    customers, transactions), ``rejects_written``, ``seconds`` and
-    ``rejected_by_reason`` ({file name: {rule: rows}}).
+    ``manifest_id`` (the ingest manifest readers now see), ``<file>_read`` /
+    ``_written`` / ``_rejected`` per input (articles, customers,
+    transactions), ``rejects_written``, ``seconds`` and ``rejected_by_reason``
+    ({file name: {rule: rows}}).
     """
     min_date, level = _settings(cfg)
     by_reason: dict[str, dict[str, int]] = {}
     with stage(STAGE) as summary:
         inputs = stat_inputs(spark, data_dir)
         fp = fingerprint(cfg, inputs)
-        previous = _last_ingests(spark, cfg)
-        if all(
-            (meta is not None and meta.get("fingerprint") == fp)
-            # Delta makes no commit when an empty rejects set replaces an
-            # empty table, so that table may carry no ingest metadata.
-            or (table == REJECTS_TABLE and meta is None and _empty(spark, cfg, table))
-            for table, meta in previous.items()
-        ):
+        has_manifests, current = manifest.read_latest(cfg, spark)
+        if current is not None and current.fingerprint == manifest.fingerprint_json(fp):
             summary["skipped"] = True
-            log(STAGE, f"input files in {data_dir} unchanged since the last ingest; nothing written")
+            summary["manifest_id"] = current.manifest_id
+            log(STAGE, f"input files in {data_dir} unchanged since the last ingest ({current.describe()}); nothing written")
         else:
             summary["skipped"] = False
             headers = {}
@@ -499,10 +541,140 @@ def ingest(cfg: Config, spark: SparkSession, data_dir: str) -> dict:
                 found = read_header(spark, inputs[key]["path"])
                 check_header(name, found, [c for c, _ in cols])
                 headers[key] = found
-            # A table whose last commit is an ingest's already has its constraints.
-            to_create = [table for table, meta in previous.items() if meta is None]
-            _load(cfg, spark, inputs, headers, fp, min_date, level, to_create, summary, by_reason)
+            _load(cfg, spark, inputs, headers, fp, min_date, level, (has_manifests, current), summary, by_reason)
     return {**summary, "rejected_by_reason": by_reason}
+
+
+# ---- counting and guarding, before anything is written ----------------------------------
+
+
+def tally(checked: dict[str, DataFrame]) -> dict[str, dict]:
+    """Rows of each checked input (key as in ``TABLES``) by rule, in one Spark action.
+
+    Returns {key: {"read": n, "good": n, "rules": {rule: n}, "examples": {rule: reason},
+    "dates": {rule: (min t_dat, max t_dat)}}}; dates only for the transactions file.
+    """
+    parts = []
+    for key, df in checked.items():
+        t_dat = F.col("t_dat") if key == "transactions" else F.lit(None).cast("string")
+        parts.append(df.select(
+            F.lit(key).alias("key"), F.col(f"{REJECT}.rule").alias("rule"), F.col(f"{REJECT}.reason").alias("reason"),
+            t_dat.alias("t_dat"),
+        ))
+    union = parts[0]
+    for part in parts[1:]:
+        union = union.unionByName(part)
+    rows = union.groupBy("key", "rule").agg(
+        F.count(F.lit(1)).alias("n"), F.min("t_dat").alias("lo"), F.max("t_dat").alias("hi"),
+        F.first("reason", ignorenulls=True).alias("example"),
+    ).collect()
+    out = {key: {"read": 0, "good": 0, "rules": {}, "examples": {}, "dates": {}} for key in checked}
+    for row in rows:
+        entry = out[row["key"]]
+        entry["read"] += int(row["n"])
+        if row["rule"] is None:
+            entry["good"] += int(row["n"])
+            continue
+        entry["rules"][row["rule"]] = int(row["n"])
+        entry["examples"][row["rule"]] = row["example"]
+        if row["lo"] is not None:
+            entry["dates"][row["rule"]] = (row["lo"], row["hi"])
+    return out
+
+
+def period_note(cfg: Config, counts: dict) -> str | None:
+    """What the date rule rejected in the transactions file: the rule, the setting and the dates seen."""
+    n = counts.get("rules", {}).get("t_dat_range")
+    if not n:
+        return None
+    lo, hi = counts["dates"].get("t_dat_range", ("?", "?"))
+    today = dt.date.today().isoformat()
+    note = (f"rule t_dat_range rejected {n:,} rows with t_dat {lo} .. {hi}: dates must be on or after "
+            f"ingest.min_date = {cfg.ingest.min_date} and not after today ({today})")
+    if lo < cfg.ingest.min_date:
+        note += f"; if that period is right, lower it with --set ingest.min_date={lo[:4]}-01-01"
+    if hi > today:
+        note += "; dates after today are never accepted: check the t_dat column"
+    return note
+
+
+def check_shrink(cfg: Config, counts: dict[str, dict], old_rows: dict[str, int | None]) -> None:
+    """Refuse (before anything is written) an input that would wipe good data; see the module notes.
+
+    ``counts`` is :func:`tally`'s result, ``old_rows`` the rows each bronze
+    table holds now (by key; None when it does not exist yet).
+    """
+    problems: list[str] = []
+    for key, c in counts.items():
+        file_name = schemas.INPUT_FILES[key][0]
+        table = TABLES[key]
+        old = old_rows.get(key)
+        rejected = c["read"] - c["good"]
+        why = ""
+        if rejected:
+            rule, n = max(c["rules"].items(), key=lambda kv: kv[1])
+            why = f" (most for {rule}: {n:,} rows, e.g. {c['examples'].get(rule)})"
+            note = period_note(cfg, c) if key == "transactions" else None
+            if note is not None and rule == "t_dat_range":
+                why = f" ({note})"
+        if c["read"] and rejected / c["read"] > cfg.ingest.max_reject_share:
+            problems.append(
+                f"{file_name}: {rejected:,} of its {c['read']:,} rows ({rejected / c['read']:.0%}) were rejected, more "
+                f"than ingest.max_reject_share = {cfg.ingest.max_reject_share:g}{why}"
+            )
+        elif old and c["good"] < cfg.ingest.min_keep_share * old:
+            what = "holds no rows (only its header)" if c["read"] == 0 else f"has {c['good']:,} valid rows"
+            problems.append(
+                f"{file_name} {what}, which would replace the {old:,} rows of {table}: fewer than "
+                f"ingest.min_keep_share = {cfg.ingest.min_keep_share:g} of them{why}"
+            )
+    if problems:
+        raise InputError(
+            "; ".join(problems) + f"; nothing was written. If this input is meant to replace the tables, rerun with "
+            f"{ALLOW_SHRINK} (or --set ingest.min_keep_share=0 --set ingest.max_reject_share=1)"
+        )
+
+
+def _current_rows(spark: SparkSession, cfg: Config, has_manifests: bool, current: Manifest | None) -> dict[str, int | None]:
+    """Rows each bronze table holds as readers see it (None: nothing): from the manifest, else counted."""
+    out: dict[str, int | None] = {}
+    for key, table in TABLES.items():
+        if has_manifests:
+            out[key] = current.rows.get(table.name) if current is not None else None
+        elif storage.exists(spark, cfg, table):
+            out[key] = storage.read(spark, cfg, table).count()
+        else:
+            out[key] = None
+    return out
+
+
+def _adopt(spark: SparkSession, cfg: Config, old_rows: dict[str, int | None]) -> None:
+    """Record the bronze tables of a lakehouse written before manifests as its first manifest."""
+    versions, rows = {}, {}
+    for key, table in [*TABLES.items(), ("rejects", REJECTS_TABLE)]:
+        v = storage.head_version(spark, cfg, table)
+        if v is None:
+            continue
+        versions[table.name] = v
+        rows[table.name] = old_rows[key] if key in old_rows else storage.read(spark, cfg, table).count()
+    if versions:
+        adopted = commit_manifest(spark, cfg, versions, rows, "", 1)
+        log(STAGE, f"recorded the bronze tables as they are as ingest manifest {adopted}, so a stopped ingest "
+                   f"cannot change what readers see")
+
+
+def commit_manifest(spark: SparkSession, cfg: Config, versions: dict[str, int], rows: dict[str, int],
+                    fp_json: str, seq: int) -> str:
+    """Append one manifest row to ``tables.INGEST_MANIFESTS`` (its own atomic commit); returns its id."""
+    manifest_id = uuid.uuid4().hex[:12]
+    now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    row = (manifest_id, seq, now, versions, rows, fp_json)
+    storage.write(spark.createDataFrame([row], tables.INGEST_MANIFESTS.schema), cfg, tables.INGEST_MANIFESTS,
+                  mode="append")
+    return manifest_id
+
+
+# ---- loading -----------------------------------------------------------------------------
 
 
 def _load(
@@ -513,13 +685,14 @@ def _load(
     fp: dict,
     min_date: dt.date,
     level: StorageLevel,
-    to_create: list[Table],
+    state: tuple[bool, Manifest | None],
     summary: dict,
     by_reason: dict[str, dict[str, int]],
 ) -> None:
+    has_manifests, current = state
     ingested_at = dt.datetime.now(dt.timezone.utc)
     sources = {key: inputs[key]["path"] for key in TABLES}
-    raw = {key: read_csv(spark, sources[key], headers[key]) for key in TABLES}
+    raw = {key: read_csv(spark, sources[key], headers[key], multi_line=key in MULTI_LINE_FILES) for key in TABLES}
     persisted: list[DataFrame] = []
 
     def keep(df: DataFrame) -> DataFrame:
@@ -528,9 +701,11 @@ def _load(
 
     try:
         good: dict[str, DataFrame] = {}
+        checked: dict[str, DataFrame] = {}
         rejected: list[DataFrame] = []
         for key, check in (("articles", check_articles), ("customers", check_customers)):
-            good[key], rej = split_checked(keep(check(raw[key])), TABLES[key].schema, sources[key], ingested_at)
+            checked[key] = keep(check(raw[key]))
+            good[key], rej = split_checked(checked[key], TABLES[key].schema, sources[key], ingested_at)
             rejected.append(rej)
         valid_customers = good["customers"].count()
         broadcast_customers = valid_customers <= cfg.ingest.broadcast_max_customers
@@ -539,38 +714,64 @@ def _load(
             f"checking transactions against {valid_customers} valid customers "
             f"({'broadcast' if broadcast_customers else 'shuffle join'})",
         )
-        checked = keep(
+        checked["transactions"] = keep(
             check_transactions(
                 raw["transactions"], good["articles"], good["customers"],
                 cfg.ingest.max_price, min_date, broadcast_customers,
             )
         )
-        good["transactions"], rej = split_checked(checked, schemas.TRANSACTIONS, sources["transactions"], ingested_at)
+        good["transactions"], rej = split_checked(
+            checked["transactions"], schemas.TRANSACTIONS, sources["transactions"], ingested_at
+        )
         rejected.append(rej)
-        rejects = keep(rejected[0].unionByName(rejected[1]).unionByName(rejected[2]))
+        rejects = rejected[0].unionByName(rejected[1]).unionByName(rejected[2])
 
         # This one action runs every check of every row (and fills the caches the
         # writes read from), so a failure here leaves every table untouched.
-        names = {sources[key]: schemas.INPUT_FILES[key][0] for key in TABLES}
-        for row in rejects.groupBy("source", "rule").count().collect():
-            by_reason.setdefault(names[row["source"]], {})[row["rule"]] = int(row["count"])
+        counts = tally(checked)
+        for key, c in counts.items():
+            if c["rules"]:
+                by_reason[schemas.INPUT_FILES[key][0]] = dict(c["rules"])
+        note = period_note(cfg, counts["transactions"])
+        if note is not None:
+            log(STAGE, f"{schemas.INPUT_FILES['transactions'][0]}: {note}")
+        old_rows = _current_rows(spark, cfg, has_manifests, current)
+        check_shrink(cfg, counts, old_rows)
 
-        for table in to_create:
+        # From here on tables are written; readers see none of it before the manifest commit.
+        if not has_manifests:
+            if any(v is not None for v in old_rows.values()):
+                _adopt(spark, cfg, old_rows)
+            else:
+                # readers of a new lakehouse find "no complete ingest" until this one ends
+                storage.ensure_table(spark, cfg, tables.INGEST_MANIFESTS)
+        # A table in a manifest, or whose last commit is an ingest's, already has its constraints.
+        known = set(current.versions) if current is not None else set()
+        unknown = [t for t in [*TABLES.values(), REJECTS_TABLE] if t.name not in known]
+        previous = _last_ingests(spark, cfg, unknown) if unknown else {}
+        for table in [table for table, meta in previous.items() if meta is None]:
             storage.ensure_table(spark, cfg, table, constraints=CONSTRAINTS.get(table))
+        fp_json = manifest.fingerprint_json(fp)
         meta = {"stage": STAGE, "fingerprint": fp}
+        versions: dict[str, int] = {}
+        rows: dict[str, int] = {}
         for key, table in TABLES.items():
-            written = storage.write(good[key], cfg, table, metadata=meta)
+            written, versions[table.name] = storage.commit(good[key], cfg, table, metadata=meta)
+            rows[table.name] = written
             file_name = schemas.INPUT_FILES[key][0]
-            n_rejected = sum(by_reason.get(file_name, {}).values())
-            summary[f"{key}_read"] = written + n_rejected
+            n_rejected = counts[key]["read"] - counts[key]["good"]
+            summary[f"{key}_read"] = counts[key]["read"]
             summary[f"{key}_written"] = written
             summary[f"{key}_rejected"] = n_rejected
             detail = ", ".join(f"{rule}={n}" for rule, n in sorted(by_reason.get(file_name, {}).items()))
             detail = f" ({detail})" if detail else ""
             log(STAGE, f"{file_name}: wrote {written} rows to {table}, rejected {n_rejected}{detail}")
-        summary["rejects_written"] = storage.write(
+        summary["rejects_written"], versions[REJECTS_TABLE.name] = storage.commit(
             rejects.select(*schemas.REJECTS.fieldNames()), cfg, REJECTS_TABLE, metadata=meta
         )
+        rows[REJECTS_TABLE.name] = summary["rejects_written"]
+        last = manifest.latest(cfg, spark)
+        summary["manifest_id"] = commit_manifest(spark, cfg, versions, rows, fp_json, (last.seq if last else 0) + 1)
     finally:
         for df in persisted:
             df.unpersist()

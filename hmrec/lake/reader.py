@@ -27,6 +27,7 @@ from deltalake.exceptions import DeltaError, DeltaProtocolError, TableNotFoundEr
 
 from hmrec.config import Config
 from hmrec.errors import HmrecError
+from hmrec.lake import manifest
 from hmrec.lake.tables import Table
 
 if TYPE_CHECKING:
@@ -36,13 +37,15 @@ if TYPE_CHECKING:
 def live_files(cfg: Config, table: Table, hint: str, as_of: str | None = None) -> list[str]:
     """Paths of the parquet files in a table's current snapshot (of one as-of partition when given).
 
-    ``hint`` says what to run if the table is missing. Tables with deletion
-    vectors are refused: hmrec never writes them, and reading around them
-    needs more than the file list.
+    A bronze table's snapshot is the version of the last complete ingest
+    manifest, as through Spark. ``hint`` says what to run if the table is
+    missing. Tables with deletion vectors are refused: hmrec never writes
+    them, and reading around them needs more than the file list.
     """
     location = cfg.table_path(table.name)
     try:
-        delta = DeltaTable(location)
+        version = manifest.pinned_version(cfg, table)
+        delta = DeltaTable(location) if version is None else DeltaTable(location, version=version)
         features = delta.protocol().reader_features or []
         if "deletionVectors" in features:
             raise HmrecError(

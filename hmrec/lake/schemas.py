@@ -15,6 +15,7 @@ from pyspark.sql.types import (
     FloatType,
     IntegerType,
     LongType,
+    MapType,
     StringType,
     StructField,
     StructType,
@@ -232,10 +233,24 @@ STAGE_RUNS = _struct(
     [
         ("as_of", DateType()),
         ("stage", S),
-        ("bronze_version", L),  # Delta version of bronze/transactions the stage built on
+        ("bronze_version", L),  # Delta version of the bronze transactions table the stage built on
         ("finished_at", TimestampType()),
         ("summary", S),  # the stage's summary as JSON
         ("settings", S),  # the settings the stage reads, as JSON
         ("fingerprint", S),  # digest of those settings: a changed setting reruns the stage
+        ("manifest_id", S),  # the ingest manifest (the bronze data) the stage built on
+    ]
+)
+
+# One row per finished ingest: the Delta version of every bronze table it wrote. Readers
+# read bronze at the versions of the latest row, so an ingest lands whole or not at all.
+INGEST_MANIFESTS = _struct(
+    [
+        ("manifest_id", S),
+        ("seq", L),  # 1, 2, ...: the latest row is the one with the highest seq
+        ("committed_at", TimestampType()),
+        ("versions", MapType(S, L)),  # table name -> Delta version written
+        ("rows", MapType(S, L)),  # table name -> rows in that version
+        ("fingerprint", S),  # the ingest's input fingerprint, as JSON
     ]
 )

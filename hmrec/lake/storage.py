@@ -2,6 +2,12 @@
 
 Tables are named by their :mod:`hmrec.lake.tables` entry, which also gives
 their partitioning. ``hmrec.lake.reader`` reads them without a JVM.
+
+Bronze tables (``in_manifest`` in the catalogue) are read, and their
+:func:`version` reported, at the version of the last complete ingest manifest
+(:func:`hmrec.lake.manifest.pinned_version`), so no stage ever reads what a
+killed ingest left half-written. :func:`head_version` is the latest commit,
+for the writers.
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from hmrec.config import Config
+from hmrec.lake import manifest
 from hmrec.lake.tables import Table
 
 
@@ -25,13 +32,18 @@ def exists(spark: SparkSession, cfg: Config, table: Table) -> bool:
 
 
 def read(spark: SparkSession, cfg: Config, table: Table, version: int | None = None) -> DataFrame:
-    """Read a table; a missing table is an error that names the stage to run."""
+    """Read a table (a bronze table at its manifest's version unless ``version`` is given).
+
+    A missing table is an error that names the stage to run.
+    """
     p = path(cfg, table)
     if not DeltaTable.isDeltaTable(spark, p):
         raise FileNotFoundError(
             f"Delta table {table.name} does not exist at {p}; run `hmrec {table.writer}` "
             f"(or `hmrec run`) first, or check paths.lakehouse"
         )
+    if version is None:
+        version = manifest.pinned_version(cfg, table, spark)
     reader = spark.read.format("delta")
     if version is not None:
         reader = reader.option("versionAsOf", version)
@@ -71,7 +83,22 @@ def version_for_as_of(spark: SparkSession, cfg: Config, table: Table, as_of: dt.
 
 
 def version(spark: SparkSession, cfg: Config, table: Table) -> int | None:
-    """Current Delta version of a table, or None if it does not exist."""
+    """The Delta version of a table that readers see, or None if it does not exist.
+
+    That is the latest version, but for a bronze table the version of the last
+    complete ingest manifest.
+    """
+    p = path(cfg, table)
+    if not DeltaTable.isDeltaTable(spark, p):
+        return None
+    pinned = manifest.pinned_version(cfg, table, spark)
+    if pinned is not None:
+        return pinned
+    return DeltaTable.forPath(spark, p).history(1).select("version").first()[0]
+
+
+def head_version(spark: SparkSession, cfg: Config, table: Table) -> int | None:
+    """The latest committed Delta version of a table, or None if it does not exist."""
     p = path(cfg, table)
     if not DeltaTable.isDeltaTable(spark, p):
         return None
@@ -116,7 +143,20 @@ def write(
     The row count comes from the commit's operationMetrics, so nothing is
     counted twice; a write that made no commit (nothing to change) wrote 0.
     """
-    before = version(df.sparkSession, cfg, table)
+    return commit(df, cfg, table, mode, replace_where, metadata, merge_schema)[0]
+
+
+def commit(
+    df: DataFrame,
+    cfg: Config,
+    table: Table,
+    mode: str = "overwrite",
+    replace_where: str | None = None,
+    metadata: dict | None = None,
+    merge_schema: bool = False,
+) -> tuple[int, int | None]:
+    """:func:`write`, returning (rows written, the table's latest version after it)."""
+    before = head_version(df.sparkSession, cfg, table)
     writer = df.write.format("delta").mode(mode)
     if replace_where is not None:
         writer = writer.option("replaceWhere", replace_where)
@@ -127,9 +167,10 @@ def write(
     if merge_schema:
         writer = writer.option("mergeSchema", "true")
     writer.save(path(cfg, table))
-    if version(df.sparkSession, cfg, table) == before:
-        return 0
-    return last_operation_metrics(df.sparkSession, cfg, table).get("numOutputRows", 0)
+    latest = DeltaTable.forPath(df.sparkSession, path(cfg, table)).history(1).select("version", "operationMetrics").first()
+    if latest is None or latest["version"] == before:
+        return 0, before
+    return _int_metrics(latest["operationMetrics"]).get("numOutputRows", 0), int(latest["version"])
 
 
 def _sql_literal(value: object) -> str:
@@ -169,5 +210,8 @@ def last_operation_metrics(spark: SparkSession, cfg: Config, table: Table) -> di
     Lets a job report how many rows it wrote without counting them again.
     """
     row = DeltaTable.forPath(spark, path(cfg, table)).history(1).select("operationMetrics").first()
-    metrics = (row[0] if row is not None else None) or {}
-    return {k: int(v) for k, v in metrics.items() if str(v).lstrip("-").isdigit()}
+    return _int_metrics(row[0] if row is not None else None)
+
+
+def _int_metrics(metrics: dict | None) -> dict[str, int]:
+    return {k: int(v) for k, v in (metrics or {}).items() if str(v).lstrip("-").isdigit()}

@@ -29,6 +29,9 @@ class Table:
     # replaced as a whole by each run, one as-of at a time: earlier as-ofs live on in the table's
     # history and are read by time travel to the last commit made for them
     replaced_whole: bool = False
+    # written by ingest and read at the version of the last complete ingest manifest
+    # (INGEST_MANIFESTS), never at a version a killed ingest may have left behind
+    in_manifest: bool = False
 
     def __str__(self) -> str:
         return self.name
@@ -36,10 +39,10 @@ class Table:
 
 # ---- bronze: the input files, typed -------------------------------------------------
 
-ARTICLES = Table("bronze/articles", schemas.ARTICLES, "ingest")
-CUSTOMERS = Table("bronze/customers", schemas.CUSTOMERS, "ingest")
-TRANSACTIONS = Table("bronze/transactions", schemas.TRANSACTIONS, "ingest")
-REJECTS = Table("bronze/rejects", schemas.REJECTS, "ingest")
+ARTICLES = Table("bronze/articles", schemas.ARTICLES, "ingest", in_manifest=True)
+CUSTOMERS = Table("bronze/customers", schemas.CUSTOMERS, "ingest", in_manifest=True)
+TRANSACTIONS = Table("bronze/transactions", schemas.TRANSACTIONS, "ingest", in_manifest=True)
+REJECTS = Table("bronze/rejects", schemas.REJECTS, "ingest", in_manifest=True)
 
 # ---- silver: stable ids and indexed interactions ------------------------------------
 
@@ -66,12 +69,14 @@ EVAL_METRICS = Table("gold/eval_metrics", schemas.EVAL_METRICS, "evaluate", ("as
 
 STAGE_RUNS = Table("meta/stage_runs", schemas.STAGE_RUNS, "run")
 CHOICES = Table("meta/choices", schemas.CHOICES, "choose", per_as_of=True)
+# One row per finished ingest: the bronze versions it wrote, committed last (see hmrec.lake.manifest).
+INGEST_MANIFESTS = Table("meta/ingest_manifests", schemas.INGEST_MANIFESTS, "ingest")
 
 ALL: tuple[Table, ...] = (
     ARTICLES, CUSTOMERS, TRANSACTIONS, REJECTS,
     CUSTOMER_INDEX, ARTICLE_INDEX, INTERACTIONS,
     USER_FEATURES, ITEM_FEATURES, TRAIN, VALIDATION, HOLDOUT, POPULARITY, ITEM_EMBEDDINGS, RECOMMENDATIONS, EVAL_METRICS,
-    STAGE_RUNS, CHOICES,
+    STAGE_RUNS, CHOICES, INGEST_MANIFESTS,
 )
 BRONZE: tuple[Table, ...] = (ARTICLES, CUSTOMERS, TRANSACTIONS)
 

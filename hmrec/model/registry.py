@@ -9,8 +9,11 @@ artifact directory ``model/`` of its training run, which holds
   feature column lists it expects.
 
 That is enough to rebuild the model without any config file or the code
-that trained it (:func:`load_model`). Every call talks to ``cfg.mlflow_uri``
-through its own client, never through MLflow's process-global state.
+that trained it (:func:`load_model`). The SHA-256 of both files is recorded
+as tags of the registered version (``sha256.model.pt``, ``sha256.meta.json``)
+and checked before they are read (:mod:`hmrec.artifacts`). Every call talks
+to ``cfg.mlflow_uri`` through its own client, never through MLflow's
+process-global state.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from hmrec import artifacts
 from hmrec.config import Config
 from hmrec.errors import HmrecError
 from hmrec.lake import schemas
@@ -44,6 +48,7 @@ AS_OF_TAG = "as_of"
 # fit: trained at an earlier cutoff, whose following week decides the choices of a later as-of
 ROLE_TAG = "role"
 ROLES = ("serve", "fit")
+CHECKSUM_TAG = "sha256.{}"  # a registered version's tag holding the SHA-256 of one of its files
 
 # What the model's input tensors were built from; checked again when loading.
 FEATURE_COLUMNS = {
@@ -168,6 +173,7 @@ def register_model(
         torch.save(state_dict, os.path.join(tmp, WEIGHTS_FILE))
         with open(os.path.join(tmp, META_FILE), "w") as f:
             json.dump(meta, f, indent=1, sort_keys=True, default=str)
+        checksums = {CHECKSUM_TAG.format(n): artifacts.sha256_file(os.path.join(tmp, n)) for n in (WEIGHTS_FILE, META_FILE)}
         c.log_artifacts(run_id, tmp, MODEL_DIR)
     name = cfg.paths.registered_model
     try:
@@ -176,7 +182,8 @@ def register_model(
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     source = f"{c.get_run(run_id).info.artifact_uri}/{MODEL_DIR}"
-    mv = c.create_model_version(name, source=source, run_id=run_id, tags={AS_OF_TAG: as_of.isoformat(), ROLE_TAG: role})
+    mv = c.create_model_version(name, source=source, run_id=run_id,
+                                tags={AS_OF_TAG: as_of.isoformat(), ROLE_TAG: role, **checksums})
     return str(mv.version)
 
 
@@ -241,15 +248,23 @@ def load_model(cfg: Config, model_version: str | None = None, as_of: dt.date | N
         )
     meta_path = os.path.join(artifact_dir, META_FILE)
     weights_path = os.path.join(artifact_dir, WEIGHTS_FILE)
+    tags = mv.tags or {}
+    day = tags.get(AS_OF_TAG) or (as_of.isoformat() if as_of is not None else "YYYY-MM-DD")
+    fix = f"train again with `hmrec train --as-of {day}`, or pick another --model-version"
+    for name, path in ((META_FILE, meta_path), (WEIGHTS_FILE, weights_path)):
+        # versions registered before checksums were recorded have no tag: only their readability is checked
+        artifacts.verify(path, tags.get(CHECKSUM_TAG.format(name)), f"the {name} of model version {version}", fix)
     try:
         with open(meta_path) as f:
             meta = json.load(f)
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise artifacts.unreadable(meta_path, f"the {META_FILE} of model version {version}", fix, exc) from None
+    try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise HmrecError(
-            f"artifacts of model version {version} at {artifact_dir} are missing or unreadable "
-            f"({exc.__class__.__name__}: {exc}); retrain with `hmrec train` or pick another --model-version"
-        ) from exc
+    except Exception as exc:  # whatever a damaged file makes the unpickler raise (UnpicklingError, EOFError, ...)
+        raise artifacts.unreadable(weights_path, f"the weights of model version {version}", fix, exc) from None
     if meta.get("format") != META_FORMAT:
         raise HmrecError(f"{meta_path}: meta format {meta.get('format')!r} is not {META_FORMAT}; retrain the model")
     for key, expected in FEATURE_COLUMNS.items():
@@ -258,8 +273,13 @@ def load_model(cfg: Config, model_version: str | None = None, as_of: dt.date | N
                 f"model version {version} was trained with {key} {meta.get('feature_columns', {}).get(key)} "
                 f"but hmrec.lake.schemas now has {expected}; retrain with `hmrec train`"
             )
-    model = build_model(meta["model_args"])
-    model.load_state_dict(state)
+    try:
+        model = build_model(meta["model_args"])
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise artifacts.unreadable(
+            weights_path, f"the weights of model version {version} (they do not fit its {META_FILE})", fix, exc
+        ) from None
     model.eval()
     return LoadedModel(
         model=model,

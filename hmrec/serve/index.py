@@ -9,6 +9,7 @@ stages read them back.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -25,6 +26,7 @@ import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from hmrec import artifacts
 from hmrec.config import RULES, Config, IndexConfig
 from hmrec.errors import HmrecError
 from hmrec.lake import schemas, storage, tables
@@ -32,7 +34,8 @@ from hmrec.progress import log, stage
 from hmrec.serve.embedders import Embedder, ModelEmbedder, check_embeddings, embed_in_batches, worker_cached
 
 KINDS = RULES["index.kind"].values  # flat, hnsw, ivf: the config's rule is their one list
-INDEX_FILE = "items.faiss"
+INDEX_FILE = "items.faiss"  # the file name of indexes saved before names carried their checksum
+INDEX_FILE_PATTERN = "items-{}.faiss"  # items-<first 16 hex digits of its SHA-256>.faiss
 META_FILE = "meta.json"
 
 
@@ -161,15 +164,40 @@ def index_dir(cfg: Config, model_version: str) -> Path:
     return Path(cfg.lakehouse) / "indexes" / str(model_version)
 
 
-def save_index(index: faiss.Index, directory: Path, meta: dict) -> Path:
-    """Write the index file and then meta.json (each renamed into place, so a reader sees whole files)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, writer in ((INDEX_FILE, lambda p: faiss.write_index(index, p)),
-                         (META_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str)))):
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
-        os.close(fd)
+def _write_whole(directory: Path, name: str, writer: Callable[[str], None]) -> None:
+    """Write a file under a temporary name and rename it into place, so a reader sees it whole or not at all."""
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
+    os.close(fd)
+    try:
         writer(tmp)
         os.replace(tmp, directory / name)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def save_index(index: faiss.Index, directory: Path, meta: dict) -> Path:
+    """Write the index file, then meta.json naming it with its SHA-256; the pair changes at meta.json's rename.
+
+    The index file is named after its checksum (``items-<sha>.faiss``), so a
+    new index never overwrites the file the current meta.json names: a job
+    stopped at any point leaves the previous pair whole. Files no meta.json
+    names any more are removed last.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".items.faiss.")
+    os.close(fd)
+    faiss.write_index(index, tmp)
+    digest = artifacts.sha256_file(tmp)
+    name = INDEX_FILE_PATTERN.format(digest[:16])
+    os.replace(tmp, directory / name)
+    meta = {**meta, "file": name, "sha256": digest}
+    _write_whole(directory, META_FILE, lambda p: Path(p).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str)))
+    for old in [INDEX_FILE, *[p.name for p in directory.glob(INDEX_FILE_PATTERN.format("*"))]]:
+        if old != name:
+            with contextlib.suppress(FileNotFoundError):
+                (directory / old).unlink()
     return directory
 
 
@@ -185,21 +213,35 @@ def has_index(cfg: Config, model_version: str, as_of: dt.date) -> bool:
 
 
 def load_index(cfg: Config, model_version: str, as_of: dt.date | None = None) -> tuple[faiss.Index, dict]:
-    """The saved index of a model version and its meta.json; checks it was built for ``as_of``."""
+    """The saved index of a model version and its meta.json; checks its checksum and that it was built for ``as_of``."""
     directory = index_dir(cfg, model_version)
     meta_path = directory / META_FILE
-    if not meta_path.exists() or not (directory / INDEX_FILE).exists():
+    day = as_of.isoformat() if as_of is not None else "YYYY-MM-DD"
+    fix = f"rebuild it with `hmrec index --as-of {day} --model-version {model_version}`"
+    if not meta_path.exists():
         raise HmrecError(
             f"no FAISS index for model version {model_version} under {directory}; "
-            f"run `hmrec index --as-of {as_of or 'YYYY-MM-DD'} --model-version {model_version}`"
+            f"run `hmrec index --as-of {day} --model-version {model_version}`"
         )
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise artifacts.unreadable(meta_path, f"the index meta of model version {model_version}", fix, exc) from None
     if as_of is not None and meta.get("as_of") != as_of.isoformat():
         raise HmrecError(
             f"the index in {directory} was built for as_of {meta.get('as_of')}, not {as_of}; "
             f"run `hmrec index --as-of {as_of}` first"
         )
-    return faiss.read_index(str(directory / INDEX_FILE)), meta
+    index_path = directory / str(meta.get("file") or INDEX_FILE)
+    # indexes saved before checksums were recorded have none: only their readability is checked
+    artifacts.verify(index_path, meta.get("sha256"), f"the FAISS index of model version {model_version}", fix)
+    try:
+        index = faiss.read_index(str(index_path))
+    except Exception as exc:  # FAISS raises RuntimeError for a damaged file; anything else is no better
+        raise artifacts.unreadable(index_path, f"the FAISS index of model version {model_version}", fix, exc) from None
+    return index, meta
 
 
 # ---- the index job ------------------------------------------------------------------
@@ -307,7 +349,6 @@ def index_items(
             "build_seconds": round(build_seconds, 3),
             "recall": recall or {"exact": True},
             "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "file": INDEX_FILE,
         }
         directory = save_index(index, index_dir(cfg, version), meta)
         summary["path"] = str(directory)

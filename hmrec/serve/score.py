@@ -34,6 +34,7 @@ per batch).
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
@@ -88,6 +89,7 @@ class ScoringContext:
     plans: tuple[ListPlan, ...] = ()  # by history group code (cold, lapsed, active)
     lapsed_days: int = 90
     threads: int = 1
+    verify: bool = True  # check each scored batch before it goes to the writer (check_lists)
 
 
 def _in_catalogue(idx: np.ndarray, item_pos: np.ndarray) -> np.ndarray:
@@ -223,11 +225,101 @@ def score_batches(
             if on_batch is not None:
                 on_batch(i)
             i += 1
-            frame = score_frame(pdf.iloc[start : start + ctx.batch_size], ctx)
+            batch = pdf.iloc[start : start + ctx.batch_size]
+            frame = score_frame(batch, ctx)
+            if ctx.verify:
+                check_lists(frame, batch["customer_id"].to_numpy(dtype=object), ctx.k)
             if counters is not None:
                 for source, n in frame["source"].value_counts().items():
                     counters[source].add(int(n))
             yield frame
+
+
+# ---- the checks before publishing -------------------------------------------------------
+#
+# What is published is the union of two parts: the scored lists of the customers of
+# tables.USER_FEATURES (one batch of customers at a time in the workers) and the global
+# popular list for the customers of tables.CUSTOMERS without features. So every customer of
+# tables.CUSTOMERS has exactly K distinct articles ranked 1..K when (1) the features hold each
+# customer once and only customers of tables.CUSTOMERS (check_coverage, on the driver, before
+# scoring), (2) the popular list is K distinct articles (check_lists on the driver) and (3)
+# each scored batch is K distinct articles ranked 1..K for each of its customers, in order
+# (check_lists in the worker, on every batch as it goes to the writer). A failure in a worker
+# fails the write's Spark job, so Delta never commits: the served table stays as it was, and
+# the worker's message reaches the user as one line (worker_error).
+
+REFUSED = f"refused to publish {tables.RECOMMENDATIONS}"
+EXAMPLES = 3  # offending customer_ids named in a refusal
+_WORKER_ERROR = re.compile(r"HmrecError: ([^\n]+)")  # as a Python worker's failure reaches the driver
+
+
+def check_lists(frame: pd.DataFrame, customer_ids: np.ndarray, k: int, what: str = "a scored batch") -> None:
+    """Refuse ``frame`` (``tables.RECOMMENDATIONS`` rows) unless it is, for each of ``customer_ids`` in
+    order, ``k`` rows of distinct non-null article_ids ranked 1..k; the message names ``what`` and the
+    first offender."""
+    n = len(customer_ids)
+    if len(frame) != n * k:
+        raise HmrecError(f"{REFUSED}: {what} of {n} customers holds {len(frame)} rows, not {n * k} "
+                         f"({k} each); the served table is unchanged")
+    if n == 0:
+        return
+    customers = frame["customer_id"].to_numpy(dtype=object).reshape(n, k)
+    articles = frame["article_id"].to_numpy(dtype=object).reshape(n, k)
+    ranks = frame["rank"].to_numpy().reshape(n, k)
+    missing = pd.isna(articles)
+    names = np.where(missing, "", articles).astype(str)
+    names.sort(axis=1)
+    bad = (customers != np.asarray(customer_ids, dtype=object)[:, None]).any(axis=1)
+    bad |= (ranks != np.arange(1, k + 1)).any(axis=1) | missing.any(axis=1)
+    bad |= (names[:, 1:] == names[:, :-1]).any(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        i = rows[0]
+        raise HmrecError(
+            f"{REFUSED}: {len(rows)} customers of {what} do not have exactly {k} distinct articles ranked "
+            f"1..{k} (e.g. customer_id {customer_ids[i]}: articles {list(articles[i])}, ranks {ranks[i].tolist()}); "
+            f"the served table is unchanged"
+        )
+
+
+def check_coverage(users: DataFrame, customers: DataFrame, as_of: dt.date) -> dict[str, int]:
+    """Refuse to score unless ``users`` (``tables.USER_FEATURES`` rows) holds each customer once, all of
+    ``customers`` (the distinct customer_ids of ``tables.CUSTOMERS``); one aggregate pass.
+
+    Returns {"scored": customers with features, "fallback": customers without}.
+    """
+    per = users.groupBy("customer_id").agg(F.count(F.lit(1)).alias("n"))
+    both = per.join(customers.select("customer_id").withColumn("_known", F.lit(True)), "customer_id", "full_outer")
+    twice = F.col("n") > 1
+    unknown = F.col("n").isNotNull() & F.col("_known").isNull()
+
+    def examples(cond):
+        return F.slice(F.sort_array(F.collect_list(F.when(cond, F.coalesce(F.col("customer_id"), F.lit("null"))))), 1, EXAMPLES)
+
+    row = both.agg(
+        F.count(F.when(F.col("n").isNotNull() & F.col("_known").isNotNull(), 1)).alias("scored"),
+        F.count(F.when(F.col("n").isNull(), 1)).alias("fallback"),
+        F.count(F.when(twice, 1)).alias("twice"), examples(twice).alias("twice_ids"),
+        F.count(F.when(unknown, 1)).alias("unknown"), examples(unknown).alias("unknown_ids"),
+    ).first()
+    problems = []
+    if row["twice"]:
+        problems.append(f"{row['twice']:,} customers appear more than once in {tables.USER_FEATURES} for as_of "
+                        f"{as_of} (e.g. {row['twice_ids']})")
+    if row["unknown"]:
+        problems.append(f"{row['unknown']:,} customers of {tables.USER_FEATURES} for as_of {as_of} are not in "
+                        f"{tables.CUSTOMERS} (e.g. {row['unknown_ids']})")
+    if problems:
+        raise HmrecError(f"{REFUSED}: " + "; ".join(problems) + f"; the served table is unchanged. Rebuild the "
+                         f"features with `hmrec features --as-of {as_of}`, then rerun `hmrec score`")
+    return {"scored": int(row["scored"]), "fallback": int(row["fallback"])}
+
+
+def worker_error(exc: BaseException) -> str | None:
+    """The message of an HmrecError a worker raised (a refusal of :func:`check_lists`, a list the popular
+    items could not fill), found in the Spark error that failed the job; None for any other failure."""
+    found = _WORKER_ERROR.search(str(exc))
+    return found.group(1).strip() if found else None
 
 
 # ---- Spark plumbing -----------------------------------------------------------------------
@@ -343,12 +435,16 @@ def score_customers(
     index_meta: dict | None = None,
     on_batch: Callable[[int], None] | None = None,
     plans: Plans | None = None,
+    verify: bool = True,
 ) -> dict:
     """Score every customer of ``tables.CUSTOMERS`` and replace ``tables.RECOMMENDATIONS`` in one commit.
 
     ``plans`` are the history groups' list plans (default: the pinned
-    settings). ``on_batch`` runs in the workers before each batch (a test hook
-    for failures mid-write). Returns the stage summary.
+    settings). What is published is checked before the commit (see "the
+    checks before publishing" above; ``verify=False`` skips them, for the
+    benchmark that measures their cost). ``on_batch`` runs in the workers
+    before each batch (a test hook for failures mid-write). Returns the stage
+    summary.
     """
     version = str(embedder.version)
     plans = plans or unchosen(cfg)
@@ -366,6 +462,7 @@ def score_customers(
             users = users.join(F.broadcast(recent), "customer_idx", "left")
             rep_col = RECENT_COLUMN
         ctx = build_context(cfg, spark, as_of, embedder, index, rep_col, plans)
+        ctx.verify = verify
         summary["index_kind"] = (index_meta or {}).get("kind", type(index).__name__)
         summary["candidates"] = ctx.n_candidates
 
@@ -404,13 +501,26 @@ def score_customers(
             )
             out = recs.unionByName(fallback).select([F.col(f.name).cast(f.dataType) for f in schemas.RECOMMENDATIONS.fields])
             t0 = time.perf_counter()
-            rows = storage.write(
-                out,
-                cfg,
-                tables.RECOMMENDATIONS,
-                mode="overwrite",
-                metadata={"as_of": as_of.isoformat(), "model_version": version, "k": cfg.score.k},
-            )
+            if verify:
+                first = ctx.fill_idx[0, : ctx.k]  # the popular list of customers without features
+                popular = np.where(first >= 0, ctx.article_ids[np.maximum(first, 0)], None)
+                check_lists(pd.DataFrame({"customer_id": "*", "article_id": popular, "rank": top["rank"]}),
+                            np.array(["*"], dtype=object), ctx.k, "the popular list of customers without features")
+                summary.update(check_coverage(features_df, customers, as_of))
+                summary["check_s"] = round(time.perf_counter() - t0, 2)
+            try:
+                rows = storage.write(
+                    out,
+                    cfg,
+                    tables.RECOMMENDATIONS,
+                    mode="overwrite",
+                    metadata={"as_of": as_of.isoformat(), "model_version": version, "k": cfg.score.k},
+                )
+            except Exception as exc:  # a worker's refusal fails the write's Spark job: no commit was made
+                message = worker_error(exc)
+                if message is None:
+                    raise
+                raise HmrecError(message) from None
             write_s = time.perf_counter() - t0
         finally:
             shipped.unpersist()

@@ -69,6 +69,8 @@ def load_checkpoint(path: str) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file fails in many different ways
         first_line = (str(exc).splitlines() or [""])[0]
+        if "weights_only" in str(exc) or "can still be loaded" in first_line:
+            first_line = "not a checkpoint this version can read"  # the unpickler's advice is not for the user
         raise HmrecError(
             f"checkpoint {path} is corrupted or unreadable ({exc.__class__.__name__}: {first_line}); {advice}"
         ) from None
