@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import os
 from pathlib import Path
 
@@ -35,6 +36,22 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 # Last day of the tiny generated data set's history and the as-of used by tests.
 TINY_AS_OF = dt.date(2020, 9, 16)
+
+
+# Valid ids of the H&M schema for hand-made rows: 64 hex digits, 10 digits.
+def cid(i: int) -> str:
+    """The customer_id of customer ``i``."""
+    return f"{i:064x}"
+
+
+def hashed_cid(i: int) -> str:
+    """A customer_id of customer ``i`` in no particular order (sorting ids does not sort customers)."""
+    return hashlib.sha256(f"customer-{i}".encode()).hexdigest()
+
+
+def aid(i: int, base: int = 0) -> str:
+    """The article_id of article ``base + i``."""
+    return f"{base + i:010d}"
 
 
 def make_cfg(lakehouse: Path | str, *overrides: str) -> Config:

@@ -7,22 +7,21 @@ g. So a customer's model list is known: g, g+4, g+8, ...
 """
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from hmrec.serve.embedders import LookupEmbedder
+from tests.conftest import aid as conftest_aid, hashed_cid
 
 N_ITEMS = 40
 GROUPS = 4
 
 
 def cid(i: int) -> str:
-    return hashlib.sha256(f"customer-{i}".encode()).hexdigest()
+    return hashed_cid(i)
 
 
 def aid(i: int) -> str:
-    return f"{700000000 + i:010d}"
+    return conftest_aid(i, 700000000)
 
 
 def item_vectors() -> np.ndarray:

@@ -11,7 +11,6 @@ age_25_34 popularity a1, a2. Holdout customers:
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import math
 
@@ -24,17 +23,17 @@ from hmrec.evaluation.baselines import customer_segments
 from hmrec.evaluation.evaluate import run_evaluation
 from hmrec.serve.blend import fill_list
 from hmrec.lake import tables
+from tests.conftest import aid, hashed_cid
 
 AS_OF = dt.date(2020, 9, 16)
 L3 = 1 / math.log2(3)
 
 
-def cid(i: int) -> str:
-    return hashlib.sha256(f"customer-{i}".encode()).hexdigest()
+cid = hashed_cid
 
 
 def a(i: int) -> str:
-    return f"{500000000 + i:010d}"
+    return aid(i, 500000000)
 
 
 def test_customer_segments_and_fill_list():

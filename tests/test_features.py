@@ -24,18 +24,11 @@ from hmrec.etl.features import (
     update_index,
     user_features,
 )
+from tests.conftest import aid, cid
 
 D = dt.date
 AS_OF = D(2020, 9, 20)
 BUCKETS = [0, 25, 35, 45, 55, 65, 200]
-
-
-def cid(n: int) -> str:
-    return f"{n:064x}"
-
-
-def aid(n: int) -> str:
-    return f"{n:010d}"
 
 
 def article(n: int, **attrs: object) -> tuple:

@@ -16,22 +16,13 @@ from hmrec.lake import schemas, storage
 from hmrec.errors import InputError
 from hmrec.lake import tables
 from tests.conftest import make_cfg
+from tests.conftest import aid, cid
 
 ARTICLE_NAMES = [c for c, _ in schemas.ARTICLE_COLUMNS]
 CUSTOMER_NAMES = [c for c, _ in schemas.CUSTOMER_COLUMNS]
 TRANSACTION_NAMES = [c for c, _ in schemas.TRANSACTION_COLUMNS]
 WHEN = dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
 MIN_DATE = dt.date(2000, 1, 1)
-
-
-def cid(i: int) -> str:
-    """A valid customer_id."""
-    return f"{i:064x}"
-
-
-def aid(i: int) -> str:
-    """A valid article_id."""
-    return f"{i:010d}"
 
 
 def line(*fields: str) -> str:

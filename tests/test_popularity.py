@@ -9,6 +9,7 @@ from hmrec.lake import schemas, storage
 from hmrec.etl.segments import segment_labels
 from hmrec.etl.popularity import popularity, rank_popularity
 from hmrec.lake import tables
+from tests.conftest import aid, cid
 
 D = dt.date
 AS_OF = D(2020, 9, 20)
@@ -16,14 +17,6 @@ IN_WINDOW = D(2020, 9, 15)  # inside the 7 days before AS_OF
 EARLIER = D(2020, 9, 1)  # before the window
 BUCKETS = [0, 30, 200]
 YOUNG, OLD = "age_0_29", "age_30_199"
-
-
-def aid(n: int) -> str:
-    return f"{n:010d}"
-
-
-def cid(n: int) -> str:
-    return f"{n:064x}"
 
 
 # (day, article number, segment, how many purchases); article n has article_idx n - 1.

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 
 import pytest
@@ -12,12 +11,9 @@ from hmrec.cli import main
 from hmrec.errors import HmrecError
 from hmrec.serve.recommend import recommend
 from hmrec.lake import tables
+from tests.conftest import hashed_cid as cid
 
 AS_OF = dt.date(2020, 9, 16)
-
-
-def cid(i: int) -> str:
-    return hashlib.sha256(f"customer-{i}".encode()).hexdigest()
 
 
 def article(i: int, name: str, kind: str, colour: str | None = None) -> tuple:

@@ -11,17 +11,10 @@ from hmrec.errors import HmrecError
 from hmrec.etl.features import categorical_vocab, item_codes, item_features, user_features
 from hmrec.etl.split import fit_cutoff, holdout_rows, split, train_rows, validation_rows
 from tests.conftest import make_cfg
+from tests.conftest import aid, cid
 
 D = dt.date
 AS_OF = D(2020, 9, 20)
-
-
-def cid(n: int) -> str:
-    return f"{n:064x}"
-
-
-def aid(n: int) -> str:
-    return f"{n:010d}"
 
 
 def row(day: dt.date, c: int, a: int) -> tuple:
