@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -333,6 +334,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except lease.LakehouseBusy as exc:
         print(f"hmrec {args.command}: error: {exc}", file=sys.stderr)
         return lease.BUSY_EXIT
+    except BrokenPipeError:
+        # The reader of the output went away (`hmrec recommend ... | head`): not an error. Point
+        # stdout at /dev/null so that Python's flush at exit does not fail a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (HmrecError, FileNotFoundError) as exc:
         # Errors of the user's input or data: one clear line, no stack trace.
         print(f"hmrec {args.command}: error: {exc}", file=sys.stderr)

@@ -1,6 +1,9 @@
 """The command line: argument errors and user errors are one clear line."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from hmrec.cli import build_parser, main
@@ -105,3 +108,18 @@ def test_resolved_jars_are_reused_only_while_every_file_is_there(tmp_path):
     assert resolved_jars(cfg, "io.delta:delta-spark_2.13:9.9.9") is None
     (jars / "b.jar").unlink()
     assert resolved_jars(cfg, package) is None
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`hmrec recommend ... | head -1`: when the reader goes away, the command ends with status 0, no traceback."""
+    code = (
+        "import hmrec.cli as cli\n"
+        "cli.dispatch = lambda args, cfg: [print('x' * 80) for _ in range(200_000)]\n"
+        "raise SystemExit(cli.main(['recommend', '--customer-id', 'c']))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b"x" * 80 + b"\n"
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err

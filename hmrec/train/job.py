@@ -203,7 +203,7 @@ def train_worker(job: TrainJob) -> None:
                 "steps": len(losses),
                 "samples": samples,
                 "seconds": round(seconds, 3),
-                "samples_per_s": samples / max(seconds, 1e-9),
+                "samples_per_s": round(samples / max(seconds, 1e-9)),
                 "train_loss": float(torch.stack(losses).mean()),
             }
             if job.val is not None:
