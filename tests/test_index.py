@@ -17,6 +17,7 @@ from hmrec.serve.embedders import LookupEmbedder, check_embeddings
 from hmrec.serve.index import (
     KINDS,
     ShippedIndex,
+    has_index,
     index_dir,
     index_items,
     ivf_nlist,
@@ -24,6 +25,7 @@ from hmrec.serve.index import (
     make_index,
     measure_recall,
     recall_vs_exact,
+    save_index,
     search,
 )
 
@@ -195,3 +197,19 @@ def test_model_embedder_rebuilds_the_model_from_its_pickled_weights():
     assert embedders._WORKER_CACHE["model:t1"] is not model  # rebuilt from the bytes, then cached
     embedders._WORKER_CACHE.pop("model:t1")
     torch.set_num_threads(threads)  # the rebuild capped torch's threads as a Spark worker would
+
+
+def test_has_index_finds_the_file_its_meta_names(cfg):
+    """The run's skip check: a saved index counts for its as-of while the file meta.json names is there."""
+    vectors = np.eye(4, dtype=np.float32)
+    index = faiss.IndexFlatIP(4)
+    index.add(vectors)
+    directory = index_dir(cfg, "v3")
+    save_index(index, directory, {"as_of": AS_OF.isoformat(), "kind": "flat"})
+    named = directory / json.loads((directory / "meta.json").read_text())["file"]
+    assert named.name != "items.faiss" and named.exists()
+    assert has_index(cfg, "v3", AS_OF)
+    assert not has_index(cfg, "v3", AS_OF + dt.timedelta(days=7))
+    assert not has_index(cfg, "v4", AS_OF)
+    named.unlink()
+    assert not has_index(cfg, "v3", AS_OF)
