@@ -101,7 +101,8 @@ TEXTS: dict[str, tuple[str, str, str, str]] = {
     "score": ("Write every customer's list of score.k articles, each customer group (cold, lapsed, active) by "
               "its plan: recent purchases, the model's nearest articles, then popular ones.",
               f"the model version and its index, {_names(T.USER_FEATURES, T.TRAIN, T.POPULARITY, T.CHOICES)}",
-              f"{_names(*T.written_by('score'))} (replaced whole, one commit)",
+              f"{_names(*T.written_by('score'))} (replaced whole, one commit); the model version becomes the "
+              "champion (MLflow alias). `hmrec run` scores only past the gate; by hand, prefer `hmrec promote`",
               "hmrec score --as-of 2020-09-16"),
     "evaluate": ("Judge the served lists and the baselines on the holdout week.",
                  _names(T.RECOMMENDATIONS, T.HOLDOUT, T.TRAIN, T.POPULARITY, T.USER_FEATURES, T.ITEM_EMBEDDINGS),

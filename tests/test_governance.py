@@ -138,3 +138,17 @@ def test_exposure_of_hand_made_lists():
 def test_lifts_over_each_baseline():
     methods = {"model": {"map@12": 0.06}, "popularity": {"map@12": 0.02}, "repurchase": {"map@12": 0.0}}
     assert lifts(methods, 12) == {"popularity": 3.0, "repurchase": None}
+
+
+def test_bootstrap_interval_of_a_mean():
+    import numpy as np
+
+    from hmrec.evaluation.evaluate import bootstrap_interval
+
+    assert bootstrap_interval(np.full(50, 0.25)) == [0.25, 0.25]  # no spread, no width
+    values = np.r_[np.zeros(500), np.ones(500)]  # mean 0.5, standard error 0.5 / sqrt(1000) = 0.0158
+    low, high = bootstrap_interval(values)
+    assert low < 0.5 < high
+    assert high - low == pytest.approx(2 * 1.96 * 0.0158, rel=0.15)
+    assert bootstrap_interval(values) == [low, high]  # seeded
+    assert bootstrap_interval(np.array([])) == [0.0, 0.0]

@@ -516,6 +516,10 @@ def test_the_model_card_holds_the_runs_figures(spark, ran):
     ev = card["evaluation"]
     assert ev["holdout"]["methods"] == doc["methods"] and ev["holdout"]["segments"] == doc["segments"]
     assert ev["holdout"]["customers"] == doc["users"]
+    assert ev["holdout"]["intervals"] == doc["intervals"]
+    low, high = doc["intervals"]["all"]["model"]["map@12"]
+    assert low < doc["methods"]["model"]["map@12"] < high
+    assert set(doc["intervals"]) == {"all", *doc["segments"]}
     assert ev["validation"]["methods"] == doc["validation"]["methods"]
     assert ev["holdout"]["lift_over"]["popularity"] == pytest.approx(
         doc["methods"]["model"]["map@12"] / doc["methods"]["popularity"]["map@12"], rel=1e-3)

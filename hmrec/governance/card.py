@@ -3,9 +3,10 @@
     hmrec card --as-of YYYY-MM-DD [--model-version V]
 
 Sections after Mitchell et al. (2019) and the Model Card Toolkit: model
-details, training data lineage, evaluation (the validation week and, when
-there is one, the holdout week, overall and by segment, with customer counts
-and the lift over each baseline), exposure and popularity bias of the served
+details, training data lineage, evaluation (the validation week by customer
+group and, when there is one, the holdout week, overall and by segment, with
+customer counts, bootstrap 95% intervals over customers and the lift over
+each baseline), exposure and popularity bias of the served
 lists, intended and out-of-scope uses, known limitations, and the gate's
 decision. Every figure comes from the run: the version's registry record and
 meta.json, the Delta tables, ``reports/<as_of>/metrics.json`` and the
@@ -142,7 +143,7 @@ def build_card(cfg: Config, spark: SparkSession, as_of: dt.date, version: str) -
         "train_rows": meta.get("train_rows"), "hmrec_version": hmrec.__version__, "git_commit": _git_commit(),
         "mlflow_run_id": mv.run_id,
     }
-    # the rows the model learnt from: its own train.train_days window of gold/train
+    # the rows the model learnt from: its own train.train_days window of tables.TRAIN
     days = int(meta.get("config", {}).get("train", {}).get("train_days", cfg.train.train_days))
     train = window(storage.read_as_of(spark, cfg, tables.TRAIN, as_of), as_of, days)
     row = train.agg(F.min("t_dat").alias("first"), F.max("t_dat").alias("last"), F.count(F.lit(1)).alias("rows"),
@@ -180,7 +181,7 @@ def build_card(cfg: Config, spark: SparkSession, as_of: dt.date, version: str) -
         evaluation["holdout"] = {
             "week": f"{as_of.isoformat()} .. {(as_of + dt.timedelta(days=cfg.split.holdout_days - 1)).isoformat()}",
             "customers": doc.get("users", {}), "methods": doc["methods"], "lift_over": lifts(doc["methods"], k),
-            "segments": doc.get("segments", {}),
+            "segments": doc.get("segments", {}), "intervals": doc.get("intervals", {}),
             "segment_lift_over": {s: lifts(m, k) for s, m in doc.get("segments", {}).items()},
         }
 
@@ -205,11 +206,16 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def _methods_table(methods: dict, lift_over: dict, k: int) -> list[str]:
+def _methods_table(methods: dict, lift_over: dict, k: int, intervals: dict | None = None) -> list[str]:
     metrics = [f"recall@{k}", f"ndcg@{k}", f"map@{k}", "coverage"]
-    out = ["| method | " + " | ".join(metrics) + f" | model's map@{k} lift over it |", "|---" * (len(metrics) + 2) + "|"]
+    ci = [f"recall@{k}", f"map@{k}"] if intervals else []
+    out = ["| method | " + " | ".join(metrics) + "".join(f" | {m} 95% interval" for m in ci)
+           + f" | model's map@{k} lift over it |", "|---" * (len(metrics) + len(ci) + 2) + "|"]
     for method, values in methods.items():
+        bounds = (intervals or {}).get(method, {})
+        cells = [f"{bounds[m][0]:.4f} .. {bounds[m][1]:.4f}" if m in bounds else "-" for m in ci]
         out.append(f"| {method} | " + " | ".join(_fmt(values.get(m)) for m in metrics)
+                   + "".join(f" | {c}" for c in cells)
                    + f" | {_fmt(lift_over.get(method)) if method != 'model' else ''} |")
     return out
 
@@ -244,11 +250,12 @@ def render_md(card: dict) -> str:
     hold = ev["holdout"]
     lines += ["", "### Holdout week" + (f" ({hold['week']})" if hold else ""), ""]
     if hold:
-        lines += [f"{hold['customers'].get('all', 0):,} customers with a purchase in the week.", ""]
-        lines += _methods_table(hold["methods"], hold["lift_over"], k)
+        lines += [f"{hold['customers'].get('all', 0):,} customers with a purchase in the week; intervals: "
+                  f"bootstrap over customers.", ""]
+        lines += _methods_table(hold["methods"], hold["lift_over"], k, hold["intervals"].get("all"))
         for seg, methods in hold["segments"].items():
             lines += ["", f"Segment {seg} ({hold['customers'].get(seg, 0):,} customers):", ""]
-            lines += _methods_table(methods, hold["segment_lift_over"].get(seg, {}), k)
+            lines += _methods_table(methods, hold["segment_lift_over"].get(seg, {}), k, hold["intervals"].get(seg))
     else:
         lines.append("No holdout figures for this version (no week after the as-of yet, or not evaluated).")
     lines += ["", "## Exposure and popularity bias", ""]
