@@ -5,7 +5,9 @@ setting says ``auto``, the same three at the fit cutoff v = D -
 ``split.validation_days``, a model of role fit trained at v and validated on
 the week [v, D), its index, and the choose stage, which decides the auto
 settings on that week (:mod:`hmrec.evaluation.choose`); then the model served
-at D, its index, scoring and evaluation.
+at D, its index, the gate that judges it before anything is published
+(:mod:`hmrec.governance.gate`), scoring, evaluation and its model card
+(:mod:`hmrec.governance.card`).
 
 A stage is skipped when it already finished for this as-of on the same bronze
 data (the same ingest manifest, :mod:`hmrec.lake.manifest`) and with the same

@@ -211,7 +211,9 @@ def has_index(cfg: Config, model_version: str, as_of: dt.date) -> bool:
     except ValueError:
         return False
     # the index file is named in its meta (items-<digest>.faiss); older indexes used INDEX_FILE
-    name = str(meta.get("file") or INDEX_FILE) if isinstance(meta, dict) else INDEX_FILE
+    if not isinstance(meta, dict):
+        return False
+    name = str(meta.get("file") or INDEX_FILE)
     return (index_dir(cfg, model_version) / name).exists() and meta.get("as_of") == as_of.isoformat()
 
 
