@@ -125,7 +125,8 @@ def backtest(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, we
         skipped: list[str] = []
         for i, cutoff in enumerate(cutoffs(as_of, weeks), 1):
             log("backtest", f"cutoff {i}/{weeks}: {cutoff}")
-            pipeline.run(cfg, spark, data_dir=data_dir, as_of=cutoff, force=force)
+            # every week is scored, whatever its gate says: the backtest judges them all
+            pipeline.run(cfg, spark, data_dir=data_dir, as_of=cutoff, force=force, enforce_gate=False)
             path = Path(cfg.lakehouse) / "reports" / cutoff.isoformat() / "metrics.json"
             doc = json.loads(path.read_text()) if path.exists() else {}
             if doc.get("methods"):

@@ -22,14 +22,15 @@ from typing import Callable, Sequence
 
 from hmrec import progress
 from hmrec.config import Config, load_config
-from hmrec.errors import HmrecError
+from hmrec.errors import GateFailed, HmrecError
 from hmrec.lake import lease, tables
 from hmrec.lake.tables import Table
 from hmrec.next_steps import next_steps, print_next_steps
 
 ALLOW_SHRINK_HELP = ("accept input that replaces a bronze table with far fewer rows, or whose rows are mostly "
                      "rejected (sets ingest.min_keep_share=0 and ingest.max_reject_share=1)")
-STAGES = ["ingest", "features", "split", "popularity", "choose", "train", "index", "score", "evaluate"]
+STAGES = ["ingest", "features", "split", "popularity", "choose", "train", "index", "gate", "score", "evaluate", "card"]
+GATE_EXIT = GateFailed.exit_status
 
 EPILOG = """\
 a first run (about 2 minutes on 2 cores):
@@ -90,21 +91,41 @@ TEXTS: dict[str, tuple[str, str, str, str]] = {
               f"the registered model version, {T.ITEM_FEATURES}",
               f"{_names(*T.written_by('index'))}, <lakehouse>/indexes/<version>/",
               "hmrec index --as-of 2020-09-16"),
+    "gate": ("Judge the serve model version of the as-of before it is published: finite embeddings, the share "
+             "of popularity-only lists, catalogue coverage, and the lift of MAP@12 over popularity on the "
+             "validation week (at least gate.min_lift, and within gate.tolerance of the champion's). Exits with "
+             f"status {GATE_EXIT} when it fails; the decision goes to the version's gate.* tags.",
+             f"the serve model version, {_names(T.CHOICES, T.ITEM_EMBEDDINGS, T.USER_FEATURES, T.CUSTOMERS)}, "
+             "the champion's tags",
+             "gate.* tags on the model version and its MLflow run",
+             "hmrec gate --as-of 2020-09-16"),
     "score": ("Write every customer's list of score.k articles, each customer group (cold, lapsed, active) by "
               "its plan: recent purchases, the model's nearest articles, then popular ones.",
               f"the model version and its index, {_names(T.USER_FEATURES, T.TRAIN, T.POPULARITY, T.CHOICES)}",
-              f"{_names(*T.written_by('score'))} (replaced whole, one commit)",
+              f"{_names(*T.written_by('score'))} (replaced whole, one commit); the model version becomes the "
+              "champion (MLflow alias). `hmrec run` scores only past the gate; by hand, prefer `hmrec promote`",
               "hmrec score --as-of 2020-09-16"),
     "evaluate": ("Judge the served lists and the baselines on the holdout week.",
                  _names(T.RECOMMENDATIONS, T.HOLDOUT, T.TRAIN, T.POPULARITY, T.USER_FEATURES, T.ITEM_EMBEDDINGS),
                  f"{_names(*T.written_by('evaluate'))}, <lakehouse>/reports/<as_of>/ "
                  "(metrics.json, report.html, plots), metrics on the model's MLflow run",
                  "hmrec evaluate --as-of 2020-09-16"),
+    "card": ("Write the model card of a serve version: model details, training data lineage, evaluation on "
+             "the validation and holdout weeks by segment with the lift over each baseline, exposure and "
+             "popularity bias of its lists, intended and out-of-scope uses, limitations, the gate's decision.",
+             f"the model version and its run, {_names(T.TRAIN, T.CHOICES, T.RECOMMENDATIONS, T.ARTICLES)}, "
+             "<lakehouse>/reports/<as_of>/metrics.json",
+             "model_card.md and model_card.json: artifacts of the version's MLflow run, "
+             "<lakehouse>/reports/<as_of>/v<version>/ (with a copy of its report) and, when its lists are served, "
+             "<lakehouse>/reports/<as_of>/ (linked from report.html)",
+             "hmrec card --as-of 2020-09-16"),
     "run": ("The scheduled refresh: ingest, then every stage for one as-of date. A stage already done for "
             "this as-of on the same data and settings is skipped (--force reruns it); after a crash the same "
-            "command resumes at the stage that failed. Ends by printing what to look at next.",
+            "command resumes at the stage that failed. The serve model is published only when it clears the "
+            f"gate; when it does not, the champion's lists stay served and the run exits with status {GATE_EXIT}. "
+            "Ends by printing what to look at next.",
             "DATA/*.csv",
-            "every table above, the MLflow run and model version, the index and the report; "
+            "every table above, the MLflow run and model version, the index, the report and the model card; "
             f"a row a stage in {T.STAGE_RUNS}",
             "hmrec run --data data/demo --as-of 2020-09-16 --set paths.lakehouse=./lakehouse/demo"),
     "backtest": ("The refresh at N weekly cutoffs, each judged on its following week: a per-week table, "
@@ -113,6 +134,21 @@ TEXTS: dict[str, tuple[str, str, str, str]] = {
                  f"what `hmrec run` writes for each cutoff, summary rows in {T.EVAL_METRICS}, "
                  "<lakehouse>/reports/backtest-<as_of>-<N>w/",
                  "hmrec backtest --data data/demo --as-of 2020-09-16 --weeks 4"),
+    "promote": ("Publish a registered serve version by hand, whatever its gate said: score its lists at its "
+                "as-of (with scoring's checks), evaluate them, and move the MLflow alias champion to it.",
+                "the model version, its index and the tables `hmrec score` reads",
+                f"{T.RECOMMENDATIONS} (one commit), {T.EVAL_METRICS}, the report, the champion alias",
+                "hmrec promote --version 7"),
+    "rollback": (f"Restore {T.RECOMMENDATIONS} to the lists before the ones now served (Delta RESTORE) and "
+                 "move the champion alias to their model version. Twice goes back two publishes.",
+                 f"the history of {T.RECOMMENDATIONS}",
+                 f"{T.RECOMMENDATIONS} (a RESTORE commit), the champion alias",
+                 "hmrec rollback"),
+    "compare": ("Print registered model versions side by side: aliases, as-of, role, the gate's decision and "
+                "figures (validation lift, coverage, fallback share) and the holdout metrics of every method.",
+                "the MLflow registry (paths.mlflow_tracking_uri)",
+                "nothing",
+                "hmrec compare --versions 5 7"),
     "recommend": ("Print one customer's stored list, read from the Delta tables without Spark (about a second).",
                   f"{_names(T.RECOMMENDATIONS, T.ARTICLES)}; with --history also {T.TRANSACTIONS}",
                   "nothing",
@@ -129,6 +165,8 @@ STAGE_HELP = {
     "score": "write every customer's top-K list",
     "evaluate": "judge the lists and the baselines on the holdout week; the report",
     "choose": "decide the auto settings on the validation week",
+    "card": "write the model card of a serve version",
+    "gate": f"judge the serve model before it is published (exit status {GATE_EXIT} when it fails)",
 }
 
 SCORE_HELP = """\
@@ -201,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cutoff date YYYY-MM-DD" + (" (default: the day after the last transaction)" if stage == "features" else ""))
         if stage == "train":
             p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
-        if stage in ("index", "score", "evaluate"):
+        if stage in ("index", "score", "evaluate", "card"):
             p.add_argument("--model-version", default=None, help="registered model version (default: the latest for this as-of)")
         add_common(p)
 
@@ -218,6 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weeks", type=int, default=4, help="number of weekly cutoffs (default 4)")
     p.add_argument("--force", action="store_true", help="rerun stages whose outputs already exist")
     add_common(p)
+
+    p = _command(sub, "promote", "publish a registered model version by hand and make it the champion")
+    p.add_argument("--version", required=True, help="registered model version (a serve version)")
+    add_common(p)
+
+    p = _command(sub, "rollback", "restore the previously served lists and their champion")
+    add_common(p)
+
+    p = _command(sub, "compare", "print model versions' figures side by side")
+    p.add_argument("--versions", nargs="+", required=True, metavar="V", help="two or more registered versions")
+    add_config(p)
 
     p = _command(sub, "recommend", "print one customer's precomputed recommendations")
     p.epilog += f"\n\n{SCORE_HELP}"
@@ -303,6 +352,29 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> object:
         from hmrec.serve.index import build_index
 
         return _with_spark(cfg, lambda spark: build_index(cfg, spark, as_of=args.as_of, model_version=args.model_version))
+    if cmd == "gate":
+        from hmrec.governance.gate import gate
+
+        return _with_spark(cfg, lambda spark: gate(cfg, spark, as_of=args.as_of))
+    if cmd == "card":
+        from hmrec.governance.card import write_card
+
+        return _with_spark(cfg, lambda spark: write_card(cfg, spark, as_of=args.as_of, model_version=args.model_version))
+    if cmd == "promote":
+        from hmrec.governance.publish import promote
+
+        return _with_spark(cfg, lambda spark: promote(cfg, spark, version=args.version))
+    if cmd == "rollback":
+        from hmrec.governance.publish import rollback
+
+        return _with_spark(cfg, lambda spark: rollback(cfg, spark))
+    if cmd == "compare":
+        from hmrec.governance.publish import compare
+
+        if len(args.versions) < 2:
+            raise HmrecError(f"--versions needs two or more versions, got {args.versions}")
+        print(compare(cfg, args.versions), flush=True)
+        return None
     if cmd == "score":
         from hmrec.serve.score import score
 
@@ -323,7 +395,8 @@ def invocation_flags(args: argparse.Namespace) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` (default: the process's arguments), run the command; 0 on success, 2 on a user error."""
+    """Parse ``argv`` (default: the process's arguments), run the command; 0 on success, 2 on a user error,
+    3 on a busy lakehouse, 4 when the model failed the gate."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -339,6 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout at /dev/null so that Python's flush at exit does not fail a second time.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except GateFailed as exc:
+        # a model that did not clear the gate: the champion's lists stay served; a scheduler alerts on this status
+        print(f"hmrec {args.command}: gate failed: {exc}", file=sys.stderr)
+        return GATE_EXIT
     except (HmrecError, FileNotFoundError) as exc:
         # Errors of the user's input or data: one clear line, no stack trace.
         print(f"hmrec {args.command}: error: {exc}", file=sys.stderr)

@@ -162,6 +162,14 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    min_lift: float
+    tolerance: float
+    max_fallback_share: float
+    min_coverage: float
+
+
+@dataclass(frozen=True)
 class LeaseConfig:
     heartbeat_s: float
     stale_after_s: float
@@ -181,6 +189,7 @@ class Config:
     index: IndexConfig
     score: ScoreConfig
     evaluate: EvaluateConfig
+    gate: GateConfig
     lease: LeaseConfig
 
     @property
@@ -363,6 +372,10 @@ RULES: dict[str, Rule] = {
     "evaluate.k": at_least(1),
     "evaluate.curve_max_k": at_least(1),
     "evaluate.lapsed_days": at_least(0),
+    "gate.min_lift": at_least(0),
+    "gate.tolerance": SHARE,
+    "gate.max_fallback_share": SHARE,
+    "gate.min_coverage": SHARE,
     "lease.heartbeat_s": above(0),
     "lease.stale_after_s": above(0),
 }

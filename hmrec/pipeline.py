@@ -5,7 +5,9 @@ setting says ``auto``, the same three at the fit cutoff v = D -
 ``split.validation_days``, a model of role fit trained at v and validated on
 the week [v, D), its index, and the choose stage, which decides the auto
 settings on that week (:mod:`hmrec.evaluation.choose`); then the model served
-at D, its index, scoring and evaluation.
+at D, its index, the gate that judges it before anything is published
+(:mod:`hmrec.governance.gate`), scoring, evaluation and its model card
+(:mod:`hmrec.governance.card`).
 
 A stage is skipped when it already finished for this as-of on the same bronze
 data (the same ingest manifest, :mod:`hmrec.lake.manifest`) and with the same
@@ -29,9 +31,11 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from hmrec.config import AUTO, Config
+from hmrec.errors import GateFailed
 from hmrec.etl import features, ingest, popularity, split
 from hmrec.etl.split import fit_cutoff
 from hmrec.evaluation import choose, evaluate
+from hmrec.governance import card, gate
 from hmrec.lake import lease, storage, tables
 from hmrec.model import registry
 from hmrec.progress import log, stage
@@ -71,6 +75,8 @@ INDEX = ("index.kind", "index.hnsw_m", "index.hnsw_ef_search", "index.hnsw_ef_co
 LISTS = ("score.k", "score.min_history", "score.repurchase", "score.repurchase_slots", "score.repurchase_days",
          "score.repurchase_order", "score.fallback", "score.filter_bought", "index.candidates",
          "features.age_buckets", "evaluate.lapsed_days")
+GATE = ("gate", "score.min_history", "evaluate.lapsed_days")
+CARD = ("score.k", "split.holdout_days", "train.train_days", "index.kind")
 
 
 def _features(cfg: Config, spark: SparkSession, cutoff: dt.date, as_of: dt.date) -> object:
@@ -103,10 +109,16 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", lambda cfg, spark, c, as_of: train_job.train(cfg, spark, as_of=c), TRAIN,
           after=("features", "split", "choose")),
     Stage("index", lambda cfg, spark, c, as_of: index.build_index(cfg, spark, as_of=c), INDEX, after=("train",)),
-    Stage("score", lambda cfg, spark, c, as_of: score.score(cfg, spark, as_of=c), LISTS,
+    # Judges the serve version before anything is published (hmrec.governance.gate); a failure stops the
+    # refresh here, unrecorded, so the next run judges again.
+    Stage("gate", lambda cfg, spark, c, as_of: gate.gate(cfg, spark, as_of=c), GATE,
           after=("index", "popularity", "choose")),
+    Stage("score", lambda cfg, spark, c, as_of: score.score(cfg, spark, as_of=c), LISTS,
+          after=("index", "popularity", "choose", "gate")),
     Stage("evaluate", lambda cfg, spark, c, as_of: evaluate.evaluate(cfg, spark, as_of=c),
           ("evaluate", "score.min_history", "features.age_buckets"), after=("score", "split", "popularity", "choose")),
+    Stage("card", lambda cfg, spark, c, as_of: card.write_card(cfg, spark, as_of=c), CARD,
+          after=("evaluate", "score", "gate", "choose")),
 )
 PIPELINE = [s.key for s in STAGES]
 
@@ -183,45 +195,67 @@ def _record(spark: SparkSession, cfg: Config, name: str, as_of: dt.date, bronze_
 
 
 @lease.holding("run")
-def run(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, force: bool = False) -> dict:
-    """Ingest ``data_dir`` and run every later stage for ``as_of``; returns per-stage results."""
+def run(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, force: bool = False,
+        enforce_gate: bool = True) -> dict:
+    """Ingest ``data_dir`` and run every later stage for ``as_of``; returns per-stage results.
+
+    A serve version that fails the gate raises :class:`hmrec.errors.GateFailed` before
+    scoring, and the served lists stay as they were; ``enforce_gate=False`` (the backtest) records
+    the decision and publishes anyway.
+    """
     results: dict[str, object] = {}
     with stage("run") as summary:
-        results["ingest"] = ingest.ingest(cfg, spark, data_dir=data_dir)
-        ran = [] if results["ingest"].get("skipped") else ["ingest"]
-        bronze_version = storage.version(spark, cfg, tables.TRANSACTIONS)
-        manifest_id = results["ingest"].get("manifest_id")
-        skipped: list[str] = []
-        fit_at = fit_cutoff(cfg, as_of)
-        for st in STAGES:
-            if (st.at_fit or st.key == "choose") and not chooses(cfg):
-                continue
-            cutoff = fit_at if st.at_fit else as_of
-            settings = stage_settings(cfg, st.settings)
-            why = "--force" if force else None
-            upstream = [k for k in st.after if k in ran]
-            if why is None and upstream:
-                why = f"{', '.join(upstream)} ran"
-            last = None if why else _last_run(spark, cfg, st.name, cutoff)
-            if why is None:
-                if last is None:
-                    why = "not run yet"
-                elif last["manifest_id"] != manifest_id:
-                    why = f"bronze data changed (ingest manifest {last['manifest_id']} -> {manifest_id})"
-                elif last["fingerprint"] != fingerprint(settings):
-                    why = f"settings changed ({_changed(last['settings'], settings)})"
-                elif not _outputs_exist(spark, cfg, st.name, cutoff):
-                    why = "its output is missing"
-            if why is None:
-                log("run", f"{st.key}: already done for {cutoff} with these settings, skipped (--force reruns it)")
-                skipped.append(st.key)
-                continue
-            if last is not None or upstream:
-                log("run", f"{st.key} at {cutoff}: runs again, {why}")
-            results[st.key] = st.run(cfg, spark, cutoff, as_of)
-            _record(spark, cfg, st.name, cutoff, bronze_version, results[st.key], settings, manifest_id)
-            ran.append(st.key)
-        summary["as_of"] = as_of.isoformat()
-        summary["ran"] = "+".join(ran) or "-"
-        summary["skipped"] = "+".join(skipped) or "-"
+        try:
+            _stages(cfg, spark, data_dir, as_of, force, enforce_gate, results, summary)
+        except GateFailed as exc:
+            summary["gate"] = "failed: " + "; ".join(exc.decision.reasons)
+            # the failed version's card records why, under reports/<as_of>/v<version>/
+            summary["card"] = card.write_card(cfg, spark, as_of, model_version=exc.decision.version)["card"]
+            raise
     return results
+
+
+def _stages(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, force: bool, enforce_gate: bool,
+            results: dict[str, object], summary: dict) -> None:
+    """The body of :func:`run`: ingest, then each stage that is not done yet, filling ``results`` and ``summary``."""
+    results["ingest"] = ingest.ingest(cfg, spark, data_dir=data_dir)
+    ran = [] if results["ingest"].get("skipped") else ["ingest"]
+    bronze_version = storage.version(spark, cfg, tables.TRANSACTIONS)
+    manifest_id = results["ingest"].get("manifest_id")
+    skipped: list[str] = []
+    summary["as_of"] = as_of.isoformat()
+    fit_at = fit_cutoff(cfg, as_of)
+    for st in STAGES:
+        if (st.at_fit or st.key == "choose") and not chooses(cfg):
+            continue
+        cutoff = fit_at if st.at_fit else as_of
+        settings = stage_settings(cfg, st.settings)
+        why = "--force" if force else None
+        upstream = [k for k in st.after if k in ran]
+        if why is None and upstream:
+            why = f"{', '.join(upstream)} ran"
+        last = None if why else _last_run(spark, cfg, st.name, cutoff)
+        if why is None:
+            if last is None:
+                why = "not run yet"
+            elif last["manifest_id"] != manifest_id:
+                why = f"bronze data changed (ingest manifest {last['manifest_id']} -> {manifest_id})"
+            elif last["fingerprint"] != fingerprint(settings):
+                why = f"settings changed ({_changed(last['settings'], settings)})"
+            elif not _outputs_exist(spark, cfg, st.name, cutoff):
+                why = "its output is missing"
+        if why is None:
+            log("run", f"{st.key}: already done for {cutoff} with these settings, skipped (--force reruns it)")
+            skipped.append(st.key)
+            continue
+        if last is not None or upstream:
+            log("run", f"{st.key} at {cutoff}: runs again, {why}")
+        summary["ran"], summary["skipped"] = "+".join(ran) or "-", "+".join(skipped) or "-"
+        if st.key == "gate":
+            results[st.key] = gate.gate(cfg, spark, as_of=cutoff, enforce=enforce_gate)
+            summary["gate"] = "passed" if results[st.key]["passed"] else "failed, published anyway"
+        else:
+            results[st.key] = st.run(cfg, spark, cutoff, as_of)
+        _record(spark, cfg, st.name, cutoff, bronze_version, results[st.key], settings, manifest_id)
+        ran.append(st.key)
+    summary["ran"], summary["skipped"] = "+".join(ran) or "-", "+".join(skipped) or "-"

@@ -5,6 +5,7 @@ crash test runs on its own lakehouse copy so it cannot disturb the others.
 """
 from __future__ import annotations
 
+import datetime as dt
 import inspect
 import json
 import shutil
@@ -221,7 +222,7 @@ def test_a_crash_in_score_resumes_at_score(spark, ran, tiny_data, tmp_path, monk
     monkeypatch.undo()
 
     results = pipeline.run(cfg, spark, data_dir=data, as_of=TINY_AS_OF)
-    assert set(results) == {"ingest", "score", "evaluate"}
+    assert set(results) == {"ingest", "score", "evaluate", "card"}  # the gate passed already: not judged again
     assert storage.version(spark, cfg, tables.RECOMMENDATIONS) == before + 1
 
 
@@ -234,7 +235,7 @@ def test_a_changed_setting_reruns_the_stages_it_affects(spark, ran, tiny_data, t
     cfg = make_cfg(lake, *TINY_TRAIN, "evaluate.curve_max_k=50")
     before = storage.version(spark, cfg, tables.RECOMMENDATIONS)
     results = pipeline.run(cfg, spark, data_dir=data, as_of=TINY_AS_OF)
-    assert set(results) == {"ingest", "evaluate"}
+    assert set(results) == {"ingest", "evaluate", "card"}
     assert "settings changed (evaluate.curve_max_k 100 -> 50)" in capsys.readouterr().err
     assert storage.version(spark, cfg, tables.RECOMMENDATIONS) == before
     # a setting that only changes speed reruns nothing
@@ -389,3 +390,153 @@ def test_the_commands_a_run_prints_work_as_printed(ran, tiny_data):
     body = _serve_until(f"{mlflow_ui.command} --port {port}", root,
                         f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/search?max_results=10", {})
     assert cfg.paths.mlflow_experiment in {e["name"] for e in json.loads(body)["experiments"]}
+
+
+# ---- governance: the gate, promote, rollback, compare ---------------------------------------
+
+
+def _served(spark, cfg):
+    """The served table as sorted rows, and its Delta version."""
+    rows = storage.read(spark, cfg, tables.RECOMMENDATIONS).orderBy("customer_id", "rank").collect()
+    return [tuple(r) for r in rows], storage.head_version(spark, cfg, tables.RECOMMENDATIONS)
+
+
+def test_the_refresh_judged_its_model_and_crowned_it(ran):
+    from hmrec.model import registry
+
+    cfg, results = ran
+    version = registry.latest_version(cfg, TINY_AS_OF, role="serve")
+    assert results["gate"]["passed"] and results["gate"]["version"] == version
+    assert registry.alias_version(cfg, registry.CHAMPION) == version
+    assert registry.alias_version(cfg, registry.CHALLENGER) == version
+    tags = registry.version_tags(cfg, version)
+    doc = json.loads((Path(cfg.lakehouse) / "reports" / TINY_AS_OF.isoformat() / "metrics.json").read_text())
+    v = doc["validation"]["methods"]
+    # the gate's figures are the validation week's, as the report has them
+    assert tags["gate.decision"] == "passed"
+    assert float(tags["gate.validation_lift"]) == pytest.approx(v["model"]["map@12"] / v["popularity"]["map@12"],
+                                                                rel=1e-5)
+    assert float(tags["gate.validation_coverage"]) == pytest.approx(v["model"]["coverage"], rel=1e-5)
+    assert 0 < v["popularity"]["coverage"] < v["model"]["coverage"] <= 1
+    assert 0 < float(tags["gate.fallback_share"]) < cfg.gate.max_fallback_share
+
+
+def test_a_challenger_worse_than_popularity_is_not_published_then_promote_and_rollback(
+        spark, ran, tiny_data, tmp_path, capsys):
+    """A second serve version at the same as-of whose validation week says it is worse than popularity."""
+    from hmrec.cli import main
+    from hmrec.errors import GateFailed
+    from hmrec.lake.choices import read_choices, write_choices
+    from hmrec.model import registry
+    from hmrec.serve.index import build_index
+
+    cfg0, _ = ran
+    lake = tmp_path / "lake"
+    shutil.copytree(cfg0.lakehouse, lake)
+    cfg = make_cfg(lake, *TINY_TRAIN)
+    flags = ["--set", f"paths.lakehouse={lake}", *[a for s in TINY_TRAIN for a in ("--set", s)]]
+    champion = registry.alias_version(cfg, registry.CHAMPION)
+    # the challenger: the champion's weights registered again (as a refresh registers), and indexed
+    loaded = registry.load_model(cfg, champion)
+    run_id = registry.start_run(cfg, TINY_AS_OF, {}, {"purpose": "test challenger"})
+    challenger = registry.register_model(cfg, run_id, loaded.model.state_dict(), loaded.meta["model_args"], TINY_AS_OF)
+    registry.end_run(cfg, run_id, "FINISHED")
+    build_index(cfg, spark, TINY_AS_OF, model_version=challenger)
+    assert registry.alias_version(cfg, registry.CHALLENGER) == challenger
+    # its validation week: half of popularity's MAP@12
+    chosen = read_choices(spark, cfg, TINY_AS_OF)
+    figures = chosen["figures"]
+    figures["methods"]["model"]["map@12"] = figures["methods"]["popularity"]["map@12"] / 2
+    write_choices(spark, cfg, TINY_AS_OF, dt.date.fromisoformat(chosen["fit_cutoff"]), chosen["fit_model_version"],
+                  chosen["choices"], figures)
+    before, table_version = _served(spark, cfg)
+
+    capsys.readouterr()
+    assert main(["gate", "--as-of", TINY_AS_OF.isoformat(), *flags]) == 4
+    err = capsys.readouterr().err
+    assert f"model version {challenger}" in err and "0.50x popularity" in err and f"version {champion}) stay" in err
+    assert _served(spark, cfg) == (before, table_version)
+    tags = registry.version_tags(cfg, challenger)
+    assert tags["gate.decision"] == "failed" and "below gate.min_lift" in tags["gate.reason"]
+    assert float(tags["gate.validation_lift"]) == pytest.approx(0.5)
+    assert registry.alias_version(cfg, registry.CHAMPION) == champion
+
+    # the scheduled refresh stops at the gate (it runs again: a gate setting changed), unrecorded
+    cfg_t = make_cfg(lake, *TINY_TRAIN, "gate.tolerance=0.1")
+    gates = storage.read(spark, cfg, tables.STAGE_RUNS).where("stage = 'gate'").count()
+    with pytest.raises(GateFailed) as failed:
+        pipeline.run(cfg_t, spark, data_dir=str(tiny_data), as_of=TINY_AS_OF)
+    assert failed.value.decision.version == challenger
+    assert storage.read(spark, cfg, tables.STAGE_RUNS).where("stage = 'gate'").count() == gates
+    assert _served(spark, cfg) == (before, table_version)
+    assert "FAILED" in capsys.readouterr().err
+
+    # by hand: promote publishes it and crowns it; rollback restores the champion's lists and the champion
+    assert main(["promote", "--version", challenger, *flags]) == 0
+    after, promoted_version = _served(spark, cfg)
+    assert promoted_version == table_version + 1 and {r[5] for r in after} == {challenger}
+    assert registry.alias_version(cfg, registry.CHAMPION) == challenger
+    assert registry.version_tags(cfg, challenger)["gate.decision"] == "promoted by hand"
+
+    assert main(["compare", "--versions", champion, challenger, *flags[:2]]) == 0
+    table = capsys.readouterr().out
+    lines = {line.split()[0]: line.split()[1:] for line in table.splitlines()[1:]}
+    assert lines["gate.decision"] == ["passed", "promoted", "by", "hand"]
+    assert lines["aliases"] == ["-", "challenger,champion"]
+    assert lines["gate.validation_lift"][1] == "0.5"
+
+    assert main(["rollback", *flags]) == 0
+    assert _served(spark, cfg) == (before, promoted_version + 1)
+    assert registry.alias_version(cfg, registry.CHAMPION) == champion
+    # the champion's lists were the first ever published here: nothing before them
+    assert main(["rollback", *flags]) == 2
+    assert "nothing earlier to roll back to" in capsys.readouterr().err
+
+
+def test_the_model_card_holds_the_runs_figures(spark, ran):
+    from hmrec.governance.card import CARD_JSON, CARD_MD
+    from hmrec.model import registry
+
+    cfg, results = ran
+    version = registry.latest_version(cfg, TINY_AS_OF, role="serve")
+    reports = Path(cfg.lakehouse) / "reports" / TINY_AS_OF.isoformat()
+    card = json.loads((reports / CARD_JSON).read_text())
+    assert json.loads((reports / f"v{version}" / CARD_JSON).read_text()) == card
+    doc = json.loads((reports / "metrics.json").read_text())
+    assert json.loads((reports / f"v{version}" / "metrics.json").read_text()) == doc  # the version's report, kept
+    d = card["model_details"]
+    assert (d["version"], d["as_of"], d["role"]) == (version, TINY_AS_OF.isoformat(), "serve")
+    meta = registry.load_model(cfg, version).meta
+    assert d["model_args"] == meta["model_args"] and d["epochs"] == len(meta["history"]) == 3
+    assert card["training_data"]["table_versions"] == meta["table_versions"]
+    train = storage.read_as_of(spark, cfg, tables.TRAIN, TINY_AS_OF).where(
+        F.col("t_dat") >= F.lit(TINY_AS_OF - dt.timedelta(days=cfg.train.train_days)))
+    rows = card["training_data"]["training_rows"]
+    assert rows["rows"] == train.count() and rows["customers"] == train.select("customer_id").distinct().count()
+    ev = card["evaluation"]
+    assert ev["holdout"]["methods"] == doc["methods"] and ev["holdout"]["segments"] == doc["segments"]
+    assert ev["holdout"]["customers"] == doc["users"]
+    assert ev["holdout"]["intervals"] == doc["intervals"]
+    low, high = doc["intervals"]["all"]["model"]["map@12"]
+    assert low < doc["methods"]["model"]["map@12"] < high
+    assert set(doc["intervals"]) == {"all", *doc["segments"]}
+    assert ev["validation"]["methods"] == doc["validation"]["methods"]
+    assert ev["holdout"]["lift_over"]["popularity"] == pytest.approx(
+        doc["methods"]["model"]["map@12"] / doc["methods"]["popularity"]["map@12"], rel=1e-3)
+    tags = registry.version_tags(cfg, version)
+    assert card["gate"] == {key.removeprefix("gate."): v for key, v in tags.items() if key.startswith("gate.")}
+    assert card["gate"]["decision"] == "passed"
+    recs = storage.read(spark, cfg, tables.RECOMMENDATIONS)
+    by_source = {r[0]: r[1] for r in recs.groupBy("source").count().collect()}
+    assert card["exposure"]["source_share"] == {s: round(n / recs.count(), 6) for s, n in sorted(by_source.items())}
+    assert card["exposure"]["catalogue_coverage"] == round(
+        recs.select("article_id").distinct().count() / storage.read(spark, cfg, tables.ARTICLES).count(), 6)
+    assert 0 < card["exposure"]["gini"] < 1
+    md = (reports / CARD_MD).read_text()
+    for section in ("## Model details", "## Training data", "## Evaluation", "## Exposure and popularity bias",
+                    "## Intended use", "## Out-of-scope uses", "## Known limitations", "## The gate's decision"):
+        assert section in md
+    assert f"{doc['methods']['model']['map@12']:.4f}" in md
+    assert f'href="{CARD_MD}"' in (reports / "report.html").read_text()
+    artifacts = registry.client(cfg).list_artifacts(registry.model_version(cfg, version).run_id, "model_card")
+    assert {Path(a.path).name for a in artifacts} == {CARD_MD, CARD_JSON}

@@ -61,18 +61,23 @@ def validation_labels(spark: SparkSession, cfg: Config, as_of: dt.date) -> pd.Da
 
 
 def score_options(
-    users: pd.DataFrame, actual: np.ndarray, ctx, plans: list[ListPlan], k: int
+    users: pd.DataFrame, actual: np.ndarray, ctx, plans: list[ListPlan], k: int,
+    seen: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every plan's summed metrics per history group, and the customers per group.
 
     ``users`` are ``tables.USER_FEATURES`` rows at the fit cutoff (with a
     ``segment`` column), ``actual`` their (B, A) validation purchases padded
     with -1. Returns ({plan label: (groups, metrics) sums}, (groups,) counts)
-    with metrics in the order recall, ndcg, map.
+    with metrics in the order recall, ndcg, map. ``seen``, when given, is
+    filled with {plan label: (groups, articles) bool}: which article_idx each
+    plan's lists hold in each group (for catalogue coverage).
     """
     n_groups = len(segments.HISTORY_GROUPS)
     sums = {p.label(): np.zeros((n_groups, 3)) for p in plans}
     counts = np.zeros(n_groups)
+    if seen is not None:
+        seen.update({p.label(): np.zeros((n_groups, len(ctx.item_pos)), dtype=bool) for p in plans})
     for start in range(0, len(users), BATCH):
         batch = users.iloc[start : start + BATCH]
         truth = actual[start : start + BATCH]
@@ -84,6 +89,9 @@ def score_options(
             values = np.stack([m[f"recall@{k}"], m[f"ndcg@{k}"], m[f"map@{k}"]], axis=1)  # (B, 3)
             for g in range(n_groups):
                 sums[plan.label()][g] += values[inp.group == g].sum(axis=0)
+                if seen is not None:
+                    listed = idx[inp.group == g].ravel()
+                    seen[plan.label()][g, listed[(listed >= 0) & (listed < len(ctx.item_pos))]] = True
     return sums, counts
 
 
@@ -106,8 +114,13 @@ def _means(total: np.ndarray, n: float, k: int) -> dict[str, float]:
 
 
 def figures_of(sums: dict[str, np.ndarray], counts: np.ndarray, chosen: dict[str, ListPlan],
-               candidates: dict[str, list[ListPlan]], k: int) -> dict:
-    """The validation figures: per group every candidate's means, and the served plans against fixed recipes."""
+               candidates: dict[str, list[ListPlan]], k: int, seen: dict[str, np.ndarray] | None = None,
+               catalogue: int = 0) -> dict:
+    """The validation figures: per group every candidate's means, and the served plans against fixed recipes.
+
+    With ``seen`` (from :func:`score_options`) and the ``catalogue`` size, each
+    method also has its ``coverage``: the share of the catalogue its lists hold.
+    """
     groups = segments.HISTORY_GROUPS
     per_group = {
         group: {"users": int(counts[g]), "chosen": chosen[group].label(),
@@ -121,6 +134,13 @@ def figures_of(sums: dict[str, np.ndarray], counts: np.ndarray, chosen: dict[str
                           ("repurchase", f"repurchase+{k} then popular global")):
         if label in sums:
             methods[method] = _means(sums[label].sum(axis=0), counts.sum(), k)
+    if seen is not None and catalogue > 0:
+        held = {"model": np.logical_or.reduce([seen[chosen[group].label()][g] for g, group in enumerate(groups)])}
+        held.update({m: seen[label].any(axis=0) for m, label in (
+            ("popularity", "popular global"), ("popularity_segment", "popular segment"),
+            ("repurchase", f"repurchase+{k} then popular global")) if m in methods})
+        for method, mask in held.items():
+            methods[method]["coverage"] = round(float(mask.sum()) / catalogue, 6)
     return {"users": int(counts.sum()), "groups": per_group, "methods": methods}
 
 
@@ -163,10 +183,11 @@ def choose(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
             ctx = build_context(cfg, spark, cutoff, embedder, index, "last_articles", widest)
             log(STAGE, f"{len(users):,} buyers of the validation week {cutoff} .. {as_of - dt.timedelta(days=1)}, "
                        f"{len(every)} list plans")
-            sums, counts = score_options(users, pad_lists(users["actual"].tolist()), ctx, every, k)
+            seen: dict[str, np.ndarray] = {}
+            sums, counts = score_options(users, pad_lists(users["actual"].tolist()), ctx, every, k, seen)
             chosen = pick(sums, counts, candidates)
             choices["plans"] = plans_to_json(chosen)
-            figures.update(figures_of(sums, counts, chosen, candidates, k))
+            figures.update(figures_of(sums, counts, chosen, candidates, k, seen, int((ctx.item_pos >= 0).sum())))
             for group in segments.HISTORY_GROUPS:
                 g = figures["groups"][group]
                 log(STAGE, f"{group} ({g['users']:,} buyers): {g['chosen']}, "

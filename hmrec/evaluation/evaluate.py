@@ -69,6 +69,39 @@ def compute_metrics(frame: pd.DataFrame, methods: Sequence[str], k: int, catalog
     return results
 
 
+BOOTSTRAP_SAMPLES = 1000  # resamples of the customers behind each 95% interval
+BOOTSTRAP_SEED = 0
+
+
+def bootstrap_interval(values: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED,
+                       level: float = 0.95) -> list[float]:
+    """[low, high] percentile interval of the mean of per-customer ``values``, customers resampled with replacement."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return [0.0, 0.0]
+    rng = np.random.default_rng(seed)
+    means = np.array([values[rng.integers(0, len(values), len(values))].mean() for _ in range(samples)])
+    tail = (1 - level) / 2 * 100
+    return [round(float(np.percentile(means, tail)), 6), round(float(np.percentile(means, 100 - tail)), 6)]
+
+
+def intervals(frame: pd.DataFrame, methods: Sequence[str], k: int) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """{segment: {method: {"map@k": [low, high], "recall@k": [low, high]}}}: bootstrap 95% intervals over customers."""
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    groups = [(ALL, frame)] + [(s, frame[frame["segment"] == s]) for s in SEGMENTS]
+    for name, group in groups:
+        if group.empty:
+            continue
+        actual = group["actual"].tolist()
+        out[name] = {}
+        for method in methods:
+            predicted = group[method].tolist()
+            ap = np.array([M.average_precision(a, p, k) for a, p in zip(actual, predicted)])
+            rec = np.array([M.recall(a, p, k) for a, p in zip(actual, predicted)])
+            out[name][method] = {f"map@{k}": bootstrap_interval(ap), f"recall@{k}": bootstrap_interval(rec)}
+    return out
+
+
 def recall_curves(frame: pd.DataFrame, methods: Sequence[str], max_k: int) -> dict[str, np.ndarray]:
     """Mean Recall@K, K = 1.. the method's longest list (at most ``max_k``)."""
     out = {}
@@ -226,6 +259,7 @@ def run_evaluation(
         results = compute_metrics(frame, methods, k, catalogue)
         curves = recall_curves(frame, methods, cfg.evaluate.curve_max_k)
         doc = metrics_document(as_of, k, version, results, curves, validation)
+        doc["intervals"] = intervals(frame, methods, k)
 
         rows = metric_rows(as_of, version, results) + validation_rows(as_of, version, validation)
         storage.write_partition(

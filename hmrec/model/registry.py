@@ -49,6 +49,10 @@ AS_OF_TAG = "as_of"
 ROLE_TAG = "role"
 ROLES = ("serve", "fit")
 CHECKSUM_TAG = "sha256.{}"  # a registered version's tag holding the SHA-256 of one of its files
+# Aliases of the registered model: the version whose lists are served, and the latest serve version
+# registered by a refresh, which the gate (hmrec.governance.gate) judges before it may be served.
+CHAMPION = "champion"
+CHALLENGER = "challenger"
 
 # What the model's input tensors were built from; checked again when loading.
 FEATURE_COLUMNS = {
@@ -184,7 +188,48 @@ def register_model(
     source = f"{c.get_run(run_id).info.artifact_uri}/{MODEL_DIR}"
     mv = c.create_model_version(name, source=source, run_id=run_id,
                                 tags={AS_OF_TAG: as_of.isoformat(), ROLE_TAG: role, **checksums})
+    if role == "serve":
+        c.set_registered_model_alias(name, CHALLENGER, str(mv.version))
     return str(mv.version)
+
+
+def alias_version(cfg: Config, alias: str) -> str | None:
+    """The version that carries ``alias`` (e.g. :data:`CHAMPION`), or None when no version does."""
+    try:
+        return str(client(cfg).get_model_version_by_alias(cfg.paths.registered_model, alias).version)
+    except MlflowException:
+        return None
+
+
+def set_alias(cfg: Config, alias: str, version: str | None) -> None:
+    """Move ``alias`` to ``version``; None removes it."""
+    c = client(cfg)
+    if version is None:
+        try:
+            c.delete_registered_model_alias(cfg.paths.registered_model, alias)
+        except MlflowException:
+            pass  # no version carried it
+        return
+    c.set_registered_model_alias(cfg.paths.registered_model, alias, str(version))
+
+
+def model_version(cfg: Config, version: str) -> ModelVersion:
+    """The registry's record of ``version``; an unknown version is an HmrecError naming it."""
+    return _model_version(cfg, version)
+
+
+def version_tags(cfg: Config, version: str) -> dict[str, str]:
+    """The tags of a registered version; an unknown version is an HmrecError naming it."""
+    return dict(_model_version(cfg, version).tags or {})
+
+
+def set_version_tags(cfg: Config, version: str, tags: dict[str, object]) -> None:
+    """Set tags on a registered version (and the same ones on its run, where the MLflow UI shows runs)."""
+    c = client(cfg)
+    mv = _model_version(cfg, version)
+    for key, value in tags.items():
+        c.set_model_version_tag(cfg.paths.registered_model, str(version), key, str(value))
+    c.log_batch(mv.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def latest_version(cfg: Config, as_of: dt.date | None = None, role: str = "serve") -> str | None:

@@ -210,9 +210,11 @@ def has_index(cfg: Config, model_version: str, as_of: dt.date) -> bool:
         meta = json.loads(meta_path.read_text())
     except ValueError:
         return False
-    # The index file is named in its meta (its name carries its checksum); older ones are items.faiss.
-    index_file = index_dir(cfg, model_version) / str(meta.get("file") or INDEX_FILE)
-    return index_file.exists() and meta.get("as_of") == as_of.isoformat()
+    # the index file is named in its meta (items-<digest>.faiss); older indexes used INDEX_FILE
+    if not isinstance(meta, dict):
+        return False
+    name = str(meta.get("file") or INDEX_FILE)
+    return (index_dir(cfg, model_version) / name).exists() and meta.get("as_of") == as_of.isoformat()
 
 
 def load_index(cfg: Config, model_version: str, as_of: dt.date | None = None) -> tuple[faiss.Index, dict]:

@@ -537,7 +537,7 @@ def score_customers(
 
 
 def score(cfg: Config, spark: SparkSession, as_of: dt.date, model_version: str | None = None) -> dict:
-    """The ``hmrec score`` stage with the registered model and its saved index."""
+    """The ``hmrec score`` stage with the registered model and its saved index; the version becomes the champion."""
     # Spark workers import this module to unpickle the ScoringContext; the
     # registry (mlflow, torch) is loaded only by the driver stage that needs it.
     from hmrec.model import registry
@@ -548,4 +548,7 @@ def score(cfg: Config, spark: SparkSession, as_of: dt.date, model_version: str |
     plans, why = served_plans(spark, cfg, as_of)
     log("score", f"model version {loaded.version}, {meta.get('kind')} index of {meta.get('count')} items; "
                  f"lists {why}: " + ", ".join(f"{g} {plans[g].label()}" for g in segments.HISTORY_GROUPS))
-    return score_customers(cfg, spark, as_of, embedder, index, index_meta=meta, plans=plans)
+    summary = score_customers(cfg, spark, as_of, embedder, index, index_meta=meta, plans=plans)
+    # the served lists are this version's now: the alias follows them (see hmrec.governance)
+    registry.set_alias(cfg, registry.CHAMPION, str(loaded.version))
+    return summary

@@ -1,0 +1,217 @@
+"""The gate: a refresh's model is served only when it clears it on its validation week.
+
+    hmrec gate --as-of YYYY-MM-DD
+
+A refresh at as-of D registers its serve version with the MLflow alias
+``challenger``. Before scoring publishes its lists, this stage judges that
+version, from figures that exist before anything is published and never from
+the holdout week:
+
+- sanity: its item embeddings are finite (``tables.ITEM_EMBEDDINGS``); the
+  share of customers whose whole list is the popularity fallback (no
+  features, fewer than ``score.min_history`` purchases, or a history group
+  whose plan is popularity) is at most ``gate.max_fallback_share``; its lists
+  on the validation week hold at least ``gate.min_coverage`` of the indexed
+  catalogue. Exactly K distinct articles per customer is checked by scoring
+  itself, before its commit (:mod:`hmrec.serve.score`).
+- quality: the lift of MAP@K of the refresh's lists over the global
+  popularity list on the validation week [D - 7, D), as the choose stage
+  measured them (the model fitted at D - 7 with the plans the served model
+  uses; the served model trained on that week, so it cannot be judged on it),
+  is at least ``gate.min_lift`` and at least ``(1 - gate.tolerance)`` times
+  the champion's recorded validation lift. These figures are optimistic: the
+  plans were chosen on the same week.
+
+When every setting is pinned the choose stage does not run, so there are no
+validation figures: the quality checks are then not judged, and the decision
+says so. The decision goes to the version's tags (``gate.*``), to the stage
+summary and, when the gate fails, to a :class:`GateFailed` error, which
+``hmrec`` turns into exit status :data:`GATE_EXIT`; the lists of the champion
+then stay served.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from pyspark.sql import SparkSession
+
+from hmrec.config import Config, GateConfig
+from hmrec.errors import GateFailed, HmrecError
+from hmrec.etl import segments
+from hmrec.lake import storage, tables
+from hmrec.lake.choices import read_choices
+from hmrec.model import registry
+from hmrec.progress import log, stage
+from hmrec.serve.index import read_item_embeddings
+from hmrec.serve.score import served_plans
+
+STAGE = "gate"
+GATE_EXIT = GateFailed.exit_status
+LIFT_TAG = "gate.validation_lift"  # a judged version's validation lift, which later challengers are held to
+DECISION_TAG = "gate.decision"  # passed | failed | promoted by hand
+REASON_TAG = "gate.reason"
+
+
+@dataclass
+class Decision:
+    """What the gate found for one version."""
+
+    version: str
+    as_of: str
+    passed: bool
+    reasons: list[str]  # why it failed; empty when it passed
+    notes: list[str]  # what was not judged, and why
+    figures: dict = field(default_factory=dict)  # every figure the checks used
+    champion: str | None = None
+    champion_lift: float | None = None
+
+    def tags(self) -> dict[str, str]:
+        """The ``gate.*`` tags of the version."""
+        out = {DECISION_TAG: "passed" if self.passed else "failed",
+               REASON_TAG: "; ".join(self.reasons) or "every check passed",
+               "gate.champion": self.champion or "none",
+               "gate.notes": "; ".join(self.notes) or "-"}
+        for key, value in self.figures.items():
+            if value is not None:
+                out[registry.metric_key(f"gate.{key}")] = f"{value:.6g}" if isinstance(value, float) else str(value)
+        return out
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def failure(decision: Decision) -> GateFailed:
+    """The error a failed gate raises: the version, the reasons, what stays served and how to publish anyway."""
+    return GateFailed(
+        f"model version {decision.version} (as-of {decision.as_of}) failed the gate: "
+        f"{'; '.join(decision.reasons)}; the champion's lists (version {decision.champion or 'none'}) stay "
+        f"served. Publish it anyway with `hmrec promote --version {decision.version}`",
+        decision,
+    )
+
+
+def lift(model: float | None, baseline: float | None) -> float | None:
+    """``model`` over ``baseline``; infinite when only the baseline is 0, None when both are (or one is unknown)."""
+    if model is None or baseline is None:
+        return None
+    if baseline <= 0:
+        return math.inf if model > 0 else None
+    return model / baseline
+
+
+def judge(version: str, as_of: dt.date, figures: dict | None, sanity: dict, champion: str | None,
+          champion_lift: float | None, gate: GateConfig, k: int) -> Decision:
+    """The decision from the validation ``figures`` (the choose stage's, or None) and the ``sanity`` figures.
+
+    ``sanity`` holds ``embeddings_finite`` (bool, or an error text),
+    ``fallback_share`` and the customer count ``customers``.
+    """
+    reasons: list[str] = []
+    notes: list[str] = []
+    methods = (figures or {}).get("methods", {})
+    model = methods.get("model", {})
+    popular = methods.get("popularity", {})
+    metric = f"map@{k}"
+    value = lift(model.get(metric), popular.get(metric))
+    out = {"validation_users": (figures or {}).get("users"), f"validation_model_{metric}": model.get(metric),
+           f"validation_popularity_{metric}": popular.get(metric), "validation_lift": value,
+           "validation_coverage": model.get("coverage"), "fallback_share": sanity.get("fallback_share"),
+           "customers": sanity.get("customers")}
+
+    if sanity.get("embeddings_finite") is not True:
+        reasons.append(f"its item embeddings are not usable ({sanity.get('embeddings_finite')})")
+    share = sanity.get("fallback_share")
+    if share is not None and share > gate.max_fallback_share:
+        reasons.append(f"{share:.1%} of customers would get a popularity list only, more than "
+                       f"gate.max_fallback_share {gate.max_fallback_share:.1%}")
+    coverage = model.get("coverage")
+    if coverage is None:
+        notes.append("catalogue coverage not judged (no validation figures)")
+    elif coverage < gate.min_coverage:
+        reasons.append(f"its validation-week lists hold {coverage:.2%} of the catalogue, less than "
+                       f"gate.min_coverage {gate.min_coverage:.2%}")
+
+    if not model or not popular:
+        why = (figures or {}).get("reason") or "no validation figures (every setting pinned, so choose did not run)"
+        notes.append(f"quality not judged: {why}")
+    elif value is None:
+        notes.append("quality not judged: neither its lists nor popularity hit a purchase of the validation week")
+    else:
+        if value < gate.min_lift:
+            reasons.append(f"validation {metric} {model[metric]:.4f} is {value:.2f}x popularity's "
+                           f"{popular[metric]:.4f}, below gate.min_lift {gate.min_lift:g}")
+        if champion_lift is None:
+            notes.append("no champion lift to compare with" + (f" (version {champion} has none recorded)"
+                                                                if champion else " (no champion yet)"))
+        elif value < champion_lift * (1 - gate.tolerance):
+            reasons.append(f"validation lift {value:.2f}x is more than gate.tolerance {gate.tolerance:.0%} below "
+                           f"the champion's (version {champion}: {champion_lift:.2f}x)")
+    return Decision(version=str(version), as_of=as_of.isoformat(), passed=not reasons, reasons=reasons, notes=notes,
+                    figures=out, champion=champion, champion_lift=champion_lift)
+
+
+def sanity_figures(cfg: Config, spark: SparkSession, as_of: dt.date, version: str) -> dict:
+    """The sanity figures of ``version`` at ``as_of``, from the tables scoring would read (nothing is scored)."""
+    try:
+        read_item_embeddings(spark, cfg, as_of, version, need_vectors=True)
+        finite: bool | str = True
+    except HmrecError as exc:
+        finite = str(exc)
+    plans, _ = served_plans(spark, cfg, as_of)
+    users = (storage.read_as_of(spark, cfg, tables.USER_FEATURES, as_of)
+             .select("n_purchases", "days_since_last_log").toPandas())
+    n_purchases = users["n_purchases"].to_numpy(dtype=np.int64, na_value=0)
+    days = segments.days_since_last(users["days_since_last_log"].to_numpy(dtype=np.float64, na_value=np.nan))
+    group = segments.history_groups(n_purchases, days, cfg.evaluate.lapsed_days)
+    popular_plan = np.array([plans[g].source == "popular" for g in segments.HISTORY_GROUPS])
+    popular = (n_purchases < max(cfg.score.min_history, 1)) | popular_plan[group]
+    customers = storage.read(spark, cfg, tables.CUSTOMERS).select("customer_id").distinct().count()
+    without = max(customers - len(users), 0)  # customers without features get the global popular list
+    total = max(customers, len(users))
+    return {"embeddings_finite": finite, "customers": int(total),
+            "fallback_share": round(float(popular.sum() + without) / max(total, 1), 6)}
+
+
+def gate(cfg: Config, spark: SparkSession, as_of: dt.date, enforce: bool = True) -> dict:
+    """Judge the serve version registered for ``as_of``; raise :class:`GateFailed` when it fails and ``enforce``.
+
+    Without ``enforce`` (the backtest, whose every week must be scored) the
+    decision is recorded and the stage returns.
+    """
+    with stage(STAGE) as summary:
+        version = registry.latest_version(cfg, as_of, role="serve")
+        if version is None:
+            raise HmrecError(f"no serve model version registered for as-of {as_of}: run `hmrec train --as-of {as_of}` "
+                             f"first")
+        champion = registry.alias_version(cfg, registry.CHAMPION)
+        summary["version"], summary["champion"] = version, champion or "none"
+        if champion == version:
+            log(STAGE, f"version {version} is already the champion (its lists are served): nothing to judge")
+            summary["decision"] = "already champion"
+            return dict(summary, passed=True)
+        chosen = read_choices(spark, cfg, as_of)
+        figures = chosen["figures"] if chosen is not None else None
+        champion_lift = None
+        if champion is not None:
+            recorded = registry.version_tags(cfg, champion).get(LIFT_TAG)
+            champion_lift = float(recorded) if recorded not in (None, "", "None") else None
+        decision = judge(version, as_of, figures, sanity_figures(cfg, spark, as_of, version), champion,
+                         champion_lift, cfg.gate, cfg.score.k)
+        registry.set_version_tags(cfg, version, decision.tags())
+        summary["decision"] = "passed" if decision.passed else "failed"
+        summary.update({k: v for k, v in decision.figures.items() if v is not None})
+        for note in decision.notes:
+            log(STAGE, note)
+        if not decision.passed:
+            summary["reason"] = "; ".join(decision.reasons)
+            if enforce:
+                raise failure(decision)
+            log(STAGE, f"version {version} failed the gate ({summary['reason']}); published anyway, as a backtest does")
+        else:
+            log(STAGE, f"version {version} passed: validation lift {decision.figures['validation_lift']}, "
+                       f"fallback share {decision.figures['fallback_share']:.1%}")
+    return dict(summary, passed=decision.passed, decision=decision.to_dict())

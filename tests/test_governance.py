@@ -1,0 +1,154 @@
+"""The gate's decisions and the rollback's choice of version, on hand-made figures with known answers.
+
+The gate and publishing on a real lakehouse are tested on the pipeline run in
+tests/test_pipeline.py.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import pytest
+
+from hmrec.config import load_config
+from hmrec.errors import GateFailed
+from hmrec.governance.card import exposure, gini, lifts
+from hmrec.governance.gate import failure, judge, lift
+from hmrec.governance.publish import origins, rollback_target
+
+AS_OF = dt.date(2020, 9, 16)
+GATE = load_config(None, []).gate  # min_lift 1.1, tolerance 0.2, max_fallback_share 0.6, min_coverage 0.01
+SANE = {"embeddings_finite": True, "fallback_share": 0.2, "customers": 1000}
+
+
+def figures(model_map: float, popularity_map: float, coverage: float = 0.3) -> dict:
+    return {"users": 500, "methods": {"model": {"map@12": model_map, "recall@12": 0.3, "coverage": coverage},
+                                      "popularity": {"map@12": popularity_map, "recall@12": 0.1, "coverage": 0.02}}}
+
+
+def test_the_defaults_are_the_documented_ones():
+    assert (GATE.min_lift, GATE.tolerance, GATE.max_fallback_share, GATE.min_coverage) == (1.1, 0.2, 0.6, 0.01)
+
+
+def test_lift_over_popularity():
+    assert lift(0.06, 0.02) == pytest.approx(3.0)
+    assert lift(0.01, 0.0) == math.inf
+    assert lift(0.0, 0.0) is None
+    assert lift(None, 0.02) is None
+
+
+def test_a_model_well_above_popularity_and_the_champion_passes():
+    d = judge("7", AS_OF, figures(0.06, 0.02), SANE, champion="5", champion_lift=2.8, gate=GATE, k=12)
+    assert d.passed and d.reasons == [] and d.notes == []
+    assert d.figures["validation_lift"] == pytest.approx(3.0)
+    tags = d.tags()
+    assert tags["gate.decision"] == "passed" and tags["gate.champion"] == "5"
+    assert float(tags["gate.validation_lift"]) == pytest.approx(3.0)
+
+
+def test_a_model_worse_than_popularity_fails_and_the_error_says_what_stays_served():
+    d = judge("7", AS_OF, figures(0.01, 0.02), SANE, champion="5", champion_lift=2.0, gate=GATE, k=12)
+    assert not d.passed
+    assert any("0.50x popularity" in r and "gate.min_lift 1.1" in r for r in d.reasons), d.reasons
+    exc = failure(d)
+    assert isinstance(exc, GateFailed) and exc.exit_status == 4 and exc.decision is d
+    assert "version 5" in str(exc) and "hmrec promote --version 7" in str(exc)
+    assert d.tags()["gate.decision"] == "failed"
+
+
+def test_the_champion_sets_the_bar_within_the_tolerance():
+    # 3.0 x (1 - 0.2) = 2.4: a lift of 2.5 is within the tolerance, 2.3 is not
+    ok = judge("7", AS_OF, figures(0.05, 0.02), SANE, champion="5", champion_lift=3.0, gate=GATE, k=12)
+    assert ok.passed, ok.reasons
+    worse = judge("7", AS_OF, figures(0.046, 0.02), SANE, champion="5", champion_lift=3.0, gate=GATE, k=12)
+    assert not worse.passed
+    assert worse.reasons == ["validation lift 2.30x is more than gate.tolerance 20% below the champion's "
+                             "(version 5: 3.00x)"]
+
+
+def test_the_first_version_and_a_champion_without_a_recorded_lift_are_held_to_min_lift_only():
+    first = judge("1", AS_OF, figures(0.03, 0.02), SANE, champion=None, champion_lift=None, gate=GATE, k=12)
+    assert first.passed and first.notes == ["no champion lift to compare with (no champion yet)"]
+    by_hand = judge("2", AS_OF, figures(0.03, 0.02), SANE, champion="1", champion_lift=None, gate=GATE, k=12)
+    assert by_hand.passed and "version 1 has none recorded" in by_hand.notes[0]
+
+
+@pytest.mark.parametrize("sanity, coverage, expected", [
+    ({**SANE, "embeddings_finite": "article_id 0108775015 has a NaN embedding"}, 0.3, "item embeddings are not usable"),
+    ({**SANE, "fallback_share": 0.75}, 0.3, "75.0% of customers would get a popularity list only"),
+    (SANE, 0.004, "hold 0.40% of the catalogue, less than gate.min_coverage 1.00%"),
+])
+def test_each_sanity_check_fails_the_gate_on_its_own(sanity, coverage, expected):
+    d = judge("7", AS_OF, figures(0.06, 0.02, coverage), sanity, champion=None, champion_lift=None, gate=GATE, k=12)
+    assert not d.passed and len(d.reasons) == 1 and expected in d.reasons[0], d.reasons
+
+
+def test_without_validation_figures_quality_is_not_judged_and_says_so():
+    d = judge("7", AS_OF, None, SANE, champion="5", champion_lift=3.0, gate=GATE, k=12)
+    assert d.passed
+    assert any(n.startswith("quality not judged: no validation figures") for n in d.notes), d.notes
+    assert d.tags()["gate.notes"].count("not judged") == 2  # quality and coverage
+    empty = judge("7", AS_OF, {"reason": "no purchase in the validation week"}, SANE, None, None, GATE, 12)
+    assert "quality not judged: no purchase in the validation week" in empty.notes
+
+
+def _history(*ops):
+    """Delta history rows: ('W',) a write, ('R', v) a restore of version v; versions 0, 1, ..."""
+    return [{"version": i, "operation": "RESTORE" if op[0] == "R" else "WRITE",
+             "restored": op[1] if op[0] == "R" else None} for i, op in enumerate(ops)]
+
+
+def test_rollback_goes_back_one_publish_each_time():
+    h = _history(("W",), ("W",), ("W",))  # lists A, B, C
+    assert rollback_target(h) == (2, 1)
+    h = _history(("W",), ("W",), ("W",), ("R", 1))  # B again
+    assert origins(h)[3] == 1
+    assert rollback_target(h) == (3, 0)  # A, not back to C
+    h = _history(("W",), ("W",), ("W",), ("R", 1), ("R", 0))
+    with pytest.raises(Exception, match="nothing earlier to roll back to"):
+        rollback_target(h)
+    # a publish after a rollback: the rollback's state is the one before it
+    h = _history(("W",), ("W",), ("R", 0), ("W",))
+    assert rollback_target(h) == (3, 2) and origins(h)[2] == 0
+
+
+def test_rollback_of_the_first_publish_is_refused():
+    with pytest.raises(Exception, match="first lists ever published"):
+        rollback_target(_history(("W",)))
+
+
+def test_gini_of_exposure():
+    assert gini([5, 5, 5, 5]) == pytest.approx(0.0)
+    assert gini([0, 0, 0, 8]) == pytest.approx(3 / 4)
+    assert gini([]) == 0.0 and gini([0, 0]) == 0.0
+    assert gini([1, 2, 3, 4]) == pytest.approx(0.25)
+
+
+def test_exposure_of_hand_made_lists():
+    catalogue = [f"{i:010d}" for i in range(200)]
+    bought = {a: 200 - i for i, a in enumerate(catalogue)}  # article 0 most bought, then 1, ...
+    slots = [catalogue[0]] * 6 + [catalogue[1]] * 2 + [catalogue[2]] * 2  # the top 1% is 2 articles: 0 and 1
+    out = exposure(slots, catalogue, bought, {"model": 7, "popular": 3})
+    assert out["slots"] == 10 and out["top_articles"] == 2
+    assert out["top_articles_slot_share"] == pytest.approx(0.8)
+    assert out["catalogue_coverage"] == pytest.approx(3 / 200)
+    assert out["source_share"] == {"model": 0.7, "popular": 0.3}
+
+
+def test_lifts_over_each_baseline():
+    methods = {"model": {"map@12": 0.06}, "popularity": {"map@12": 0.02}, "repurchase": {"map@12": 0.0}}
+    assert lifts(methods, 12) == {"popularity": 3.0, "repurchase": None}
+
+
+def test_bootstrap_interval_of_a_mean():
+    import numpy as np
+
+    from hmrec.evaluation.evaluate import bootstrap_interval
+
+    assert bootstrap_interval(np.full(50, 0.25)) == [0.25, 0.25]  # no spread, no width
+    values = np.r_[np.zeros(500), np.ones(500)]  # mean 0.5, standard error 0.5 / sqrt(1000) = 0.0158
+    low, high = bootstrap_interval(values)
+    assert low < 0.5 < high
+    assert high - low == pytest.approx(2 * 1.96 * 0.0158, rel=0.15)
+    assert bootstrap_interval(values) == [low, high]  # seeded
+    assert bootstrap_interval(np.array([])) == [0.0, 0.0]
