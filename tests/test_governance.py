@@ -17,7 +17,7 @@ from hmrec.governance.gate import failure, judge, lift
 from hmrec.governance.publish import origins, rollback_target
 
 AS_OF = dt.date(2020, 9, 16)
-GATE = load_config(None, []).gate  # min_lift 1.1, tolerance 0.2, max_fallback_share 0.6, min_coverage 0.01
+GATE = load_config(None, []).gate  # min_lift 1.0, tolerance 0.2, max_fallback_share 0.9, min_coverage 0.01
 SANE = {"embeddings_finite": True, "fallback_share": 0.2, "customers": 1000}
 
 
@@ -27,7 +27,7 @@ def figures(model_map: float, popularity_map: float, coverage: float = 0.3) -> d
 
 
 def test_the_defaults_are_the_documented_ones():
-    assert (GATE.min_lift, GATE.tolerance, GATE.max_fallback_share, GATE.min_coverage) == (1.1, 0.2, 0.6, 0.01)
+    assert (GATE.min_lift, GATE.tolerance, GATE.max_fallback_share, GATE.min_coverage) == (1.0, 0.2, 0.9, 0.01)
 
 
 def test_lift_over_popularity():
@@ -49,7 +49,7 @@ def test_a_model_well_above_popularity_and_the_champion_passes():
 def test_a_model_worse_than_popularity_fails_and_the_error_says_what_stays_served():
     d = judge("7", AS_OF, figures(0.01, 0.02), SANE, champion="5", champion_lift=2.0, gate=GATE, k=12)
     assert not d.passed
-    assert any("0.50x popularity" in r and "gate.min_lift 1.1" in r for r in d.reasons), d.reasons
+    assert any("0.50x popularity" in r and "gate.min_lift 1" in r for r in d.reasons), d.reasons
     exc = failure(d)
     assert isinstance(exc, GateFailed) and exc.exit_status == 4 and exc.decision is d
     assert "version 5" in str(exc) and "hmrec promote --version 7" in str(exc)
@@ -75,7 +75,7 @@ def test_the_first_version_and_a_champion_without_a_recorded_lift_are_held_to_mi
 
 @pytest.mark.parametrize("sanity, coverage, expected", [
     ({**SANE, "embeddings_finite": "article_id 0108775015 has a NaN embedding"}, 0.3, "item embeddings are not usable"),
-    ({**SANE, "fallback_share": 0.75}, 0.3, "75.0% of customers would get a popularity list only"),
+    ({**SANE, "fallback_share": 0.95}, 0.3, "95.0% of customers have too little history for the model"),
     (SANE, 0.004, "hold 0.40% of the catalogue, less than gate.min_coverage 1.00%"),
 ])
 def test_each_sanity_check_fails_the_gate_on_its_own(sanity, coverage, expected):

