@@ -28,7 +28,8 @@ from hmrec.next_steps import next_steps, print_next_steps
 
 ALLOW_SHRINK_HELP = ("accept input that replaces a bronze table with far fewer rows, or whose rows are mostly "
                      "rejected (sets ingest.min_keep_share=0 and ingest.max_reject_share=1)")
-STAGES = ["ingest", "features", "split", "popularity", "choose", "train", "index", "score", "evaluate"]
+STAGES = ["ingest", "features", "split", "popularity", "choose", "train", "index", "candidates", "rank", "score",
+          "evaluate"]
 
 EPILOG = """\
 a first run (about 2 minutes on 2 cores):
@@ -89,9 +90,26 @@ TEXTS: dict[str, tuple[str, str, str, str]] = {
               f"the registered model version, {T.ITEM_FEATURES}",
               f"{_names(*T.written_by('index'))}, <lakehouse>/indexes/<version>/",
               "hmrec index --as-of 2020-09-16"),
+    "candidates": ("Every customer's candidates from several sources (the model's FAISS neighbours, own "
+                   "purchases, other colours of them, the age segment's popular articles, trending ones), each "
+                   "with every source's score and rank and the ranker's features. With --role fit: at the fit "
+                   "cutoff (as-of minus split.validation_days) with the fit model, for the validation week's "
+                   "buyers, and each source's recall on that week.",
+                   f"the model version and its index, {_names(T.TRAIN, T.USER_FEATURES, T.ITEM_FEATURES, T.POPULARITY, T.ARTICLES)}"
+                   f"; with --role fit also {T.VALIDATION}",
+                   _names(*T.written_by("candidates")),
+                   "hmrec candidates --as-of 2020-09-16 --role fit"),
+    "rank": ("Train the ranker (LightGBM lambdarank) on the fit cutoff's candidates labelled by the validation "
+             "week, early-stopped on a held-out share of that week's buyers; its figures against the blend's "
+             "for them; attached to the served model version.",
+             f"{_names(T.CANDIDATES, T.VALIDATION, T.USER_FEATURES, T.POPULARITY)}, the fit and served model versions",
+             "ranker/booster.txt and ranker/ranker.json on the served version's MLflow run, their checksums as tags",
+             "hmrec rank --as-of 2020-09-16"),
     "score": ("Write every customer's list of score.k articles, each customer group (cold, lapsed, active) by "
-              "its plan: recent purchases, the model's nearest articles, then popular ones.",
-              f"the model version and its index, {_names(T.USER_FEATURES, T.TRAIN, T.POPULARITY, T.CHOICES)}",
+              "its plan: recent purchases, the model's nearest articles, then popular ones (score.method: blend); or "
+              "the ranker's best candidates, filled from the popular ones (score.method: ranker).",
+              f"the model version and its index (or its ranker and {T.CANDIDATES}), "
+              f"{_names(T.USER_FEATURES, T.TRAIN, T.POPULARITY, T.CHOICES)}",
               f"{_names(*T.written_by('score'))} (replaced whole, one commit)",
               "hmrec score --as-of 2020-09-16"),
     "evaluate": ("Judge the served lists and the baselines on the holdout week.",
@@ -128,6 +146,8 @@ STAGE_HELP = {
     "score": "write every customer's top-K list",
     "evaluate": "judge the lists and the baselines on the holdout week; the report",
     "choose": "decide the auto settings on the validation week",
+    "candidates": "every customer's candidates from several sources, with the ranker's features",
+    "rank": "train the ranker on the validation week and attach it to the served model version",
 }
 
 SCORE_HELP = """\
@@ -200,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cutoff date YYYY-MM-DD" + (" (default: the day after the last transaction)" if stage == "features" else ""))
         if stage == "train":
             p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+        if stage == "candidates":
+            p.add_argument("--role", choices=("serve", "fit"), default="serve",
+                           help="serve: at the as-of with the served model; fit: at the fit cutoff with the fit "
+                                "model, for the validation week's buyers (default serve)")
         if stage in ("index", "score", "evaluate"):
             p.add_argument("--model-version", default=None, help="registered model version (default: the latest for this as-of)")
         add_common(p)
@@ -302,6 +326,14 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> object:
         from hmrec.serve.index import build_index
 
         return _with_spark(cfg, lambda spark: build_index(cfg, spark, as_of=args.as_of, model_version=args.model_version))
+    if cmd == "candidates":
+        from hmrec.rank.candidates import candidates
+
+        return _with_spark(cfg, lambda spark: candidates(cfg, spark, as_of=args.as_of, role=args.role))
+    if cmd == "rank":
+        from hmrec.rank.ranker import rank
+
+        return _with_spark(cfg, lambda spark: rank(cfg, spark, as_of=args.as_of))
     if cmd == "score":
         from hmrec.serve.score import score
 

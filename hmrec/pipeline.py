@@ -5,7 +5,10 @@ setting says ``auto``, the same three at the fit cutoff v = D -
 ``split.validation_days``, a model of role fit trained at v and validated on
 the week [v, D), its index, and the choose stage, which decides the auto
 settings on that week (:mod:`hmrec.evaluation.choose`); then the model served
-at D, its index, scoring and evaluation.
+at D and its index; then the two-stage list (:mod:`hmrec.rank`): candidates at
+v with the fit model for the validation week's buyers, the ranker trained on
+that week, candidates at D with the served model; then scoring
+(``score.method``: the blend or the ranker) and evaluation.
 
 A stage is skipped when it already finished for this as-of on the same bronze
 data (the same ingest manifest, :mod:`hmrec.lake.manifest`) and with the same
@@ -35,6 +38,7 @@ from hmrec.evaluation import choose, evaluate
 from hmrec.lake import lease, storage, tables
 from hmrec.model import registry
 from hmrec.progress import log, stage
+from hmrec.rank import candidates, ranker
 from hmrec.serve import index, score
 from hmrec.serve.plans import is_auto
 from hmrec.train import job as train_job
@@ -68,7 +72,11 @@ TRAIN = ("train.embedding_dim", "train.id_dim", "train.attr_dim", "train.hidden_
          "train.val_k", "train.max_steps", "train.compute_dtype")
 INDEX = ("index.kind", "index.hnsw_m", "index.hnsw_ef_search", "index.hnsw_ef_construction", "index.ivf_nlist",
          "index.ivf_nprobe")
-LISTS = ("score.k", "score.min_history", "score.repurchase", "score.repurchase_slots", "score.repurchase_days",
+CANDIDATES = ("candidates.retrieval_n", "candidates.repurchase_n", "candidates.colour_n", "candidates.popular_n",
+              "candidates.trending_n", "candidates.history_days", "features.age_buckets")
+RANK = ("rank.valid_share", "rank.negative_share", "rank.num_leaves", "rank.learning_rate", "rank.max_rounds",
+        "rank.early_stopping", "rank.min_child_samples", "rank.seed", "score.k")
+LISTS = ("score.method", "score.k", "score.min_history", "score.repurchase", "score.repurchase_slots", "score.repurchase_days",
          "score.repurchase_order", "score.fallback", "score.filter_bought", "index.candidates",
          "features.age_buckets", "evaluate.lapsed_days")
 
@@ -103,10 +111,19 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", lambda cfg, spark, c, as_of: train_job.train(cfg, spark, as_of=c), TRAIN,
           after=("features", "split", "choose")),
     Stage("index", lambda cfg, spark, c, as_of: index.build_index(cfg, spark, as_of=c), INDEX, after=("train",)),
+    # The two-stage list: candidates at the fit cutoff (the fit model, that week's buyers) train the
+    # ranker on the validation week; the served model's candidates at the as-of are what it ranks.
+    Stage("candidates@fit", lambda cfg, spark, c, as_of: candidates.candidates(cfg, spark, as_of=as_of, role="fit"),
+          CANDIDATES, after=("index-fit", "popularity@fit", "split"), at_fit=True),
+    Stage("candidates", lambda cfg, spark, c, as_of: candidates.candidates(cfg, spark, as_of=c), CANDIDATES,
+          after=("index", "popularity")),
+    Stage("rank", lambda cfg, spark, c, as_of: ranker.rank(cfg, spark, as_of=c), (*RANK, *CANDIDATES),
+          after=("candidates@fit", "train", "choose")),
     Stage("score", lambda cfg, spark, c, as_of: score.score(cfg, spark, as_of=c), LISTS,
-          after=("index", "popularity", "choose")),
+          after=("index", "popularity", "choose", "candidates", "rank")),
     Stage("evaluate", lambda cfg, spark, c, as_of: evaluate.evaluate(cfg, spark, as_of=c),
-          ("evaluate", "score.min_history", "features.age_buckets"), after=("score", "split", "popularity", "choose")),
+          ("evaluate", "score.min_history", "features.age_buckets"),
+          after=("score", "split", "popularity", "choose", "candidates", "rank")),
 )
 PIPELINE = [s.key for s in STAGES]
 
@@ -114,6 +131,11 @@ PIPELINE = [s.key for s in STAGES]
 def chooses(cfg: Config) -> bool:
     """Whether any setting is chosen on the validation week, so the fit stages and choose run."""
     return cfg.train.epochs == AUTO or is_auto(cfg)
+
+
+def ranks(cfg: Config) -> bool:
+    """Whether the two-stage stages run: a ranker is trained when it is served or can be (a fit model is made)."""
+    return cfg.score.method == "ranker" or chooses(cfg)
 
 
 def stage_settings(cfg: Config, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -139,6 +161,8 @@ def _outputs_exist(spark: SparkSession, cfg: Config, name: str, as_of: dt.date) 
     role = "fit" if name.endswith("-fit") else "serve"
     if name in ("train", "train-fit"):
         return registry.latest_version(cfg, as_of, role=role) is not None
+    if name == "rank":
+        return ranker.has_ranker(cfg, registry.latest_version(cfg, as_of, role="serve"))
     if name in ("index", "index-fit"):
         version = registry.latest_version(cfg, as_of, role=role)
         return version is not None and index.has_index(cfg, version, as_of)
@@ -194,7 +218,12 @@ def run(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, force: 
         skipped: list[str] = []
         fit_at = fit_cutoff(cfg, as_of)
         for st in STAGES:
-            if (st.at_fit or st.key == "choose") and not chooses(cfg):
+            if st.key in ("candidates@fit", "candidates", "rank"):
+                if not ranks(cfg):
+                    continue
+            elif (st.at_fit or st.key == "choose") and not (chooses(cfg) or ranks(cfg)):
+                continue
+            if st.key == "choose" and not chooses(cfg):
                 continue
             cutoff = fit_at if st.at_fit else as_of
             settings = stage_settings(cfg, st.settings)
