@@ -188,6 +188,8 @@ def score_ranked(cfg: Config, spark: SparkSession, as_of: dt.date, version: str,
             shipped.unpersist()
         summary["customers"] = rows // cfg.score.k
         summary["rows"] = rows
+        counts = storage.read(spark, cfg, tables.RECOMMENDATIONS).groupBy("source").count().collect()
+        summary.update({f"rows_{r['source']}": int(r["count"]) for r in sorted(counts, key=lambda r: -r["count"])})
         summary["customers_per_s"] = round(summary["customers"] / max(write_s, 1e-9))
         summary["ranker_trained_at"] = meta.get("fit_cutoff")
         log("score", f"ranker of model version {version} (trained at {meta.get('fit_cutoff')}), fallback {fallback}")

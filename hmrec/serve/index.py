@@ -204,12 +204,15 @@ def save_index(index: faiss.Index, directory: Path, meta: dict) -> Path:
 def has_index(cfg: Config, model_version: str, as_of: dt.date) -> bool:
     """Whether a model version's index files are saved, built for ``as_of``."""
     meta_path = index_dir(cfg, model_version) / META_FILE
-    if not meta_path.exists() or not (index_dir(cfg, model_version) / INDEX_FILE).exists():
+    if not meta_path.exists():
         return False
     try:
-        return json.loads(meta_path.read_text()).get("as_of") == as_of.isoformat()
+        meta = json.loads(meta_path.read_text())
     except ValueError:
         return False
+    # the file meta.json names (items-<sha>.faiss), or the one name of indexes saved before that
+    name = meta.get("file", INDEX_FILE) if isinstance(meta, dict) else INDEX_FILE
+    return (index_dir(cfg, model_version) / name).exists() and meta.get("as_of") == as_of.isoformat()
 
 
 def load_index(cfg: Config, model_version: str, as_of: dt.date | None = None) -> tuple[faiss.Index, dict]:
