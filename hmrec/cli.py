@@ -151,9 +151,13 @@ STAGE_HELP = {
 }
 
 SCORE_HELP = """\
-the score column compares only within one source: the model's match of customer and article
-for model and repurchase rows, the article's recent purchases in the customer's age segment
-for popular rows. Recent purchases lead the list, latest first, so scores are not in rank order."""
+with score.method ranker (the default) the source column names the generator that proposed the
+article (model: the two-tower retrieval, repurchase, colour: another colour of a purchase,
+popular, trending) and the score is the ranker's; articles filled from the popularity list
+carry their recent purchase count. With score.method blend the score column
+compares only within one source: the model's match of customer and article for model and repurchase rows,
+the article's recent purchases in the customer's age segment for popular rows. Recent purchases
+lead the list, latest first, so scores are not in rank order."""
 
 
 def _date(text: str) -> dt.date:

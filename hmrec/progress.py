@@ -104,6 +104,8 @@ def _candidates(s: dict) -> str:
 
 
 def _rank(s: dict) -> str:
+    if "skipped" in s:
+        return f"no ranker for model version {s['model_version']}: {s['skipped']}"
     (rk, ranker), (_, blend) = _first(s, "ranker_map@"), _first(s, "blend_map@")
     return (f"ranker of model version {s['model_version']} trained at {s['fit_cutoff']} on {_n(s['train_rows'])} rows "
             f"of {_n(s['train_groups'])} buyers, {_n(s['best_iteration'])} rounds; held-out buyers "

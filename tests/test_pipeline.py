@@ -113,7 +113,8 @@ def test_every_customer_gets_exactly_k_distinct_articles(spark, ran):
     # Kaggle identifier forms, as DESIGN.md requires.
     assert recs.where(~F.col("article_id").rlike("^[0-9]{10}$")).count() == 0
     assert recs.where(~F.col("customer_id").rlike("^[0-9a-f]{64}$")).count() == 0
-    assert {r[0] for r in recs.select("source").distinct().collect()} <= {"model", "repurchase", "popular"}
+    assert {r[0] for r in recs.select("source").distinct().collect()} <= {"model", "repurchase", "colour", "popular",
+                                                                           "trending"}
     assert recs.select("as_of").distinct().collect()[0][0] == TINY_AS_OF
 
 

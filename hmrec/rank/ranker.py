@@ -231,9 +231,14 @@ def has_ranker(cfg: Config, version: str | None) -> bool:
     """Whether model version ``version`` carries a ranker."""
     from hmrec.model import registry
 
+    from mlflow.exceptions import MlflowException
+
     if version is None:
         return False
-    mv = registry.client(cfg).get_model_version(cfg.paths.registered_model, str(version))
+    try:
+        mv = registry.client(cfg).get_model_version(cfg.paths.registered_model, str(version))
+    except MlflowException:  # not a registered version (lists scored from replayed embeddings)
+        return False
     return registry.CHECKSUM_TAG.format(f"{RANKER_DIR}/{BOOSTER_FILE}") in (mv.tags or {})
 
 
@@ -291,14 +296,17 @@ def rank(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
         version = registry.latest_version(cfg, as_of, role="serve")
         if version is None:
             raise HmrecError(f"no served model version for {as_of} to attach the ranker to: run `hmrec train --as-of {as_of}`")
-        if not storage.has_as_of(spark, cfg, tables.CANDIDATES, cutoff):
-            raise HmrecError(f"{tables.CANDIDATES} has no rows at the fit cutoff {cutoff}: run "
-                             f"`hmrec candidates --as-of {as_of} --role fit` first")
         labels = storage.read_as_of(spark, cfg, tables.VALIDATION, as_of).where(
             F.col("customer_idx").isNotNull() & F.col("article_idx").isNotNull())
         actual = labels.groupBy("customer_idx").agg(F.collect_set("article_idx").alias("actual")).toPandas()
         if actual.empty:
-            raise HmrecError(f"{tables.VALIDATION} has no purchase for {as_of}: no week to train the ranker on")
+            log(STAGE, f"{tables.VALIDATION} has no purchase for {as_of}: no week to train a ranker on, the blend "
+                       f"is served")
+            summary.update(model_version=version, skipped="no validation week")
+            return dict(summary)
+        if not storage.has_as_of(spark, cfg, tables.CANDIDATES, cutoff):
+            raise HmrecError(f"{tables.CANDIDATES} has no rows at the fit cutoff {cutoff}: run "
+                             f"`hmrec candidates --as-of {as_of} --role fit` first")
         positives = labels.select("customer_idx", "article_idx").distinct().withColumn("label", F.lit(1))
         cands = (storage.read_as_of(spark, cfg, tables.CANDIDATES, cutoff)
                  .join(positives, ["customer_idx", "article_idx"], "left").fillna({"label": 0}).toPandas())
