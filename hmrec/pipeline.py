@@ -113,12 +113,12 @@ STAGES: tuple[Stage, ...] = (
     Stage("index", lambda cfg, spark, c, as_of: index.build_index(cfg, spark, as_of=c), INDEX, after=("train",)),
     # The two-stage list: candidates at the fit cutoff (the fit model, that week's buyers) train the
     # ranker on the validation week; the served model's candidates at the as-of are what it ranks.
-    Stage("candidates@fit", lambda cfg, spark, c, as_of: candidates.candidates(cfg, spark, as_of=as_of, role="fit"),
+    Stage("candidates-fit", lambda cfg, spark, c, as_of: candidates.candidates(cfg, spark, as_of=as_of, role="fit"),
           CANDIDATES, after=("index-fit", "popularity@fit", "split"), at_fit=True),
     Stage("candidates", lambda cfg, spark, c, as_of: candidates.candidates(cfg, spark, as_of=c), CANDIDATES,
           after=("index", "popularity")),
     Stage("rank", lambda cfg, spark, c, as_of: ranker.rank(cfg, spark, as_of=c), (*RANK, *CANDIDATES),
-          after=("candidates@fit", "train", "choose")),
+          after=("candidates-fit", "train", "choose")),
     Stage("score", lambda cfg, spark, c, as_of: score.score(cfg, spark, as_of=c), LISTS,
           after=("index", "popularity", "choose", "candidates", "rank")),
     Stage("evaluate", lambda cfg, spark, c, as_of: evaluate.evaluate(cfg, spark, as_of=c),
@@ -163,6 +163,8 @@ def _outputs_exist(spark: SparkSession, cfg: Config, name: str, as_of: dt.date) 
         return registry.latest_version(cfg, as_of, role=role) is not None
     if name == "rank":
         return ranker.has_ranker(cfg, registry.latest_version(cfg, as_of, role="serve"))
+    if name in ("candidates", "candidates-fit"):
+        return candidates.has_candidates(spark, cfg, as_of, "fit" if name.endswith("-fit") else "serve")
     if name in ("index", "index-fit"):
         version = registry.latest_version(cfg, as_of, role=role)
         return version is not None and index.has_index(cfg, version, as_of)
@@ -218,7 +220,7 @@ def run(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, force: 
         skipped: list[str] = []
         fit_at = fit_cutoff(cfg, as_of)
         for st in STAGES:
-            if st.key in ("candidates@fit", "candidates", "rank"):
+            if st.key in ("candidates-fit", "candidates", "rank"):
                 if not ranks(cfg):
                     continue
             elif (st.at_fit or st.key == "choose") and not (chooses(cfg) or ranks(cfg)):

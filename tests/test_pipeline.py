@@ -396,20 +396,21 @@ def test_the_commands_a_run_prints_work_as_printed(ran, tiny_data):
 def test_the_two_stage_list_is_built_trained_on_the_validation_week_and_evaluated(spark, ran):
     from hmrec.model import registry
     from hmrec.rank import ranker, sources
+    from hmrec.rank.candidates import candidate_rows
 
     cfg, results = ran
-    fit = results["candidates@fit"]
+    fit = results["candidates-fit"]
     assert fit["cutoff"] == "2020-09-09" and fit["role"] == "fit"
     assert 0 < fit["recall_retrieval"] <= fit["recall_union"] <= 1
     assert fit["recall_union"] >= max(fit[f"recall_{s}"] for s in sources.SOURCES)
-    cands = storage.read_as_of(spark, cfg, tables.CANDIDATES, TINY_AS_OF)
+    cands = candidate_rows(spark, cfg, TINY_AS_OF, "serve")
     assert cands.count() == results["candidates"]["rows"] > 0
     # one row per (customer, article), each proposed by at least one source
     assert cands.groupBy("customer_idx", "article_idx").count().where("count > 1").count() == 0
     assert cands.where("n_sources < 1").count() == 0
     # the validation-week buyers only at the fit cutoff
     buyers = storage.read_as_of(spark, cfg, tables.VALIDATION, TINY_AS_OF).select("customer_idx").distinct()
-    at_fit = storage.read_as_of(spark, cfg, tables.CANDIDATES, fit_cutoff_of(cfg))
+    at_fit = candidate_rows(spark, cfg, fit_cutoff_of(cfg), "fit")
     assert at_fit.join(buyers, "customer_idx", "left_anti").count() == 0
     rank = results["rank"]
     assert rank["fit_cutoff"] == "2020-09-09" and rank["train_rows"] > 0

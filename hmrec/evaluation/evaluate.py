@@ -213,14 +213,15 @@ def two_stage_lists(cfg: Config, spark: SparkSession, as_of: dt.date, version: s
     from the age segment's popularity list) and each candidate source's recall on the holdout week; None
     when the version has no ranker or the as-of no candidates."""
     from hmrec.rank import ranker, sources
+    from hmrec.rank.candidates import candidate_rows, has_candidates
 
-    if not ranker.has_ranker(cfg, version) or not storage.has_as_of(spark, cfg, tables.CANDIDATES, as_of):
+    if not ranker.has_ranker(cfg, version) or not has_candidates(spark, cfg, as_of, "serve"):
         log("evaluate", f"no two_stage list: model version {version} has no ranker or {tables.CANDIDATES} "
                         f"no rows for {as_of}")
         return None
     booster, _ = ranker.load_ranker(cfg, version)
     ids = F.broadcast(spark.createDataFrame(frame[["customer_id"]]))
-    cands = storage.read_as_of(spark, cfg, tables.CANDIDATES, as_of).join(ids, "customer_id").toPandas()
+    cands = candidate_rows(spark, cfg, as_of, "serve").join(ids, "customer_id").toPandas()
     names = storage.read(spark, cfg, tables.ARTICLE_INDEX).toPandas().set_index("article_idx")["article_id"]
     customers, idx, _, _ = ranker.top_lists(cands, ranker.predict(booster, cands), k)
     by_idx = cands.drop_duplicates("customer_idx").set_index("customer_idx")["customer_id"]

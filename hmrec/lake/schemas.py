@@ -204,7 +204,8 @@ CANDIDATE_FEATURES = (
     + ["user_n_purchases", "user_days_since_last", "user_mean_price", "user_age"]
 )
 CANDIDATES = _struct(
-    [("as_of", DateType()), ("customer_id", S), ("customer_idx", I), ("segment", S), ("article_idx", I)]
+    # role: serve (every customer, the served model) or fit (the validation week's buyers, the fitted model)
+    [("as_of", DateType()), ("role", S), ("customer_id", S), ("customer_idx", I), ("segment", S), ("article_idx", I)]
     + [(c, D) for c in CANDIDATE_FEATURES]
 )
 

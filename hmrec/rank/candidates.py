@@ -118,6 +118,7 @@ class CandidateContext:
     trending_n: int
     batch_size: int
     as_of: dt.date
+    role: str = "serve"
     threads: int = 1
 
 
@@ -138,6 +139,7 @@ def batch_candidates(users: pd.DataFrame, ctx: CandidateContext) -> pd.DataFrame
     info = users[["customer_idx", "customer_id", "segment"]].drop_duplicates("customer_idx")
     out = cands.merge(info, on="customer_idx", how="left")
     out["as_of"] = ctx.as_of
+    out["role"] = ctx.role
     return out[[f.name for f in schemas.CANDIDATES.fields]]
 
 
@@ -161,8 +163,18 @@ def _lists(popularity: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]
     return out
 
 
+def candidate_rows(spark: SparkSession, cfg: Config, cutoff: dt.date, role: str) -> DataFrame:
+    """The rows of ``tables.CANDIDATES`` made at ``cutoff`` for ``role`` (serve or fit)."""
+    return storage.read_as_of(spark, cfg, tables.CANDIDATES, cutoff).where(F.col("role") == F.lit(role))
+
+
+def has_candidates(spark: SparkSession, cfg: Config, cutoff: dt.date, role: str) -> bool:
+    """Whether ``tables.CANDIDATES`` holds rows of ``role`` at ``cutoff``."""
+    return storage.exists(spark, cfg, tables.CANDIDATES) and candidate_rows(spark, cfg, cutoff, role).limit(1).count() > 0
+
+
 def build_context(cfg: Config, spark: SparkSession, cutoff: dt.date, embedder: Embedder | None,
-                  index: faiss.Index | None) -> CandidateContext:
+                  index: faiss.Index | None, role: str = "serve") -> CandidateContext:
     """Gather the lookups of ``cutoff`` on the driver (small: one row per article or list entry)."""
     train = storage.read_as_of(spark, cfg, tables.TRAIN, cutoff)
     attrs = item_attributes(storage.read_as_of(spark, cfg, tables.ITEM_FEATURES, cutoff),
@@ -186,6 +198,7 @@ def build_context(cfg: Config, spark: SparkSession, cutoff: dt.date, embedder: E
         trending_n=cfg.candidates.trending_n,
         batch_size=cfg.candidates.batch_size,
         as_of=cutoff,
+        role=role,
         threads=int(spark.sparkContext.getConf().get("spark.task.cpus", "1")),
     )
 
@@ -225,7 +238,7 @@ def candidates(cfg: Config, spark: SparkSession, as_of: dt.date, role: str = "se
         embedder = ModelEmbedder.from_loaded(loaded, threads=int(spark.sparkContext.getConf().get("spark.task.cpus", "1")))
         index, _ = load_index(cfg, str(loaded.version), cutoff)
         summary["model_version"] = str(loaded.version)
-        ctx = build_context(cfg, spark, cutoff, embedder, index)
+        ctx = build_context(cfg, spark, cutoff, embedder, index, role)
         users = (
             storage.read_as_of(spark, cfg, tables.USER_FEATURES, cutoff)
             .where(F.col("n_purchases") >= 1)
@@ -244,10 +257,10 @@ def candidates(cfg: Config, spark: SparkSession, as_of: dt.date, role: str = "se
             out = users.mapInPandas(lambda it: candidate_batches(it, shipped.value), schema=schemas.CANDIDATES)
             rows = storage.write_partition(out, cfg, tables.CANDIDATES, cutoff,
                                            metadata={"as_of": cutoff.isoformat(), "role": role,
-                                                     "model_version": str(loaded.version)})
+                                                     "model_version": str(loaded.version)}, role=role)
         finally:
             shipped.unpersist()
-        written = storage.read_as_of(spark, cfg, tables.CANDIDATES, cutoff)
+        written = candidate_rows(spark, cfg, cutoff, role)
         customers = written.select("customer_idx").distinct().count()
         summary["rows"], summary["customers"] = rows, customers
         summary["per_customer"] = round(rows / max(customers, 1), 1)

@@ -47,6 +47,7 @@ from hmrec.evaluation.metrics import row_metrics
 from hmrec.lake import storage, tables
 from hmrec.progress import log, stage
 from hmrec.rank import sources as S
+from hmrec.rank.candidates import candidate_rows, has_candidates
 from hmrec.serve.blend import blend_batch, pad_lists
 
 STAGE = "rank"
@@ -304,11 +305,11 @@ def rank(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
                        f"is served")
             summary.update(model_version=version, skipped="no validation week")
             return dict(summary)
-        if not storage.has_as_of(spark, cfg, tables.CANDIDATES, cutoff):
+        if not has_candidates(spark, cfg, cutoff, "fit"):
             raise HmrecError(f"{tables.CANDIDATES} has no rows at the fit cutoff {cutoff}: run "
                              f"`hmrec candidates --as-of {as_of} --role fit` first")
         positives = labels.select("customer_idx", "article_idx").distinct().withColumn("label", F.lit(1))
-        cands = (storage.read_as_of(spark, cfg, tables.CANDIDATES, cutoff)
+        cands = (candidate_rows(spark, cfg, cutoff, "fit")
                  .join(positives, ["customer_idx", "article_idx"], "left").fillna({"label": 0}).toPandas())
         out_cands = held_out(cands["customer_idx"].to_numpy(), rc.valid_share, rc.seed)
         train = sample_negatives(cands[~out_cands], rc.negative_share, rc.seed)

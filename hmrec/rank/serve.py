@@ -33,6 +33,7 @@ from hmrec.errors import HmrecError
 from hmrec.etl import segments
 from hmrec.lake import schemas, storage, tables
 from hmrec.progress import log, stage
+from hmrec.rank.candidates import candidate_rows, has_candidates
 from hmrec.rank.ranker import fallback_rows, filled_lists, predict, top_lists
 from hmrec.serve.blend import fill_lists
 from hmrec.serve.embedders import worker_cached
@@ -148,14 +149,14 @@ def score_ranked(cfg: Config, spark: SparkSession, as_of: dt.date, version: str,
     with stage("score") as summary:
         summary["method"], summary["model_version"] = "ranker", str(version)
         booster, meta = load_ranker(cfg, version)
-        if not storage.has_as_of(spark, cfg, tables.CANDIDATES, as_of):
+        if not has_candidates(spark, cfg, as_of, "serve"):
             raise HmrecError(f"{tables.CANDIDATES} has no rows for as_of {as_of}: run `hmrec candidates --as-of {as_of}`")
         ctx = rank_context(cfg, spark, as_of, version, booster, fallback)
         parallelism = spark.sparkContext.defaultParallelism
-        cands = (storage.read_as_of(spark, cfg, tables.CANDIDATES, as_of).repartition(parallelism, "customer_idx")
+        cands = (candidate_rows(spark, cfg, as_of, "serve").repartition(parallelism, "customer_idx")
                  .sortWithinPartitions("customer_idx", "article_idx"))
         features_df = storage.read_as_of(spark, cfg, tables.USER_FEATURES, as_of)
-        have = storage.read_as_of(spark, cfg, tables.CANDIDATES, as_of).select("customer_idx").distinct()
+        have = candidate_rows(spark, cfg, as_of, "serve").select("customer_idx").distinct()
         bare = (features_df.join(have, "customer_idx", "left_anti")
                 .select("customer_id", segments.age_segment(F.col("age_bucket"), cfg.features.age_buckets).alias("segment")))
         customers = storage.read(spark, cfg, tables.CUSTOMERS).select("customer_id").dropDuplicates()
