@@ -20,6 +20,10 @@ from hmrec.lake import storage
 from hmrec.lake import tables
 from tests.conftest import TINY_AS_OF, make_cfg, spark_warnings
 
+# The module's first test also waits for its whole pipeline run (every stage at two cutoffs): on two
+# cores shared with other jobs that can pass pytest.ini's per-test limit.
+pytestmark = pytest.mark.timeout(1500)
+
 # Small but real training: enough for the planted segments to show.
 TINY_TRAIN = ["train.epochs=3", "train.batch_size=512", "train.random_negatives=256", "train.log_every=1000",
               "train.val_users=300"]
