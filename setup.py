@@ -27,6 +27,8 @@ setup(
         "matplotlib>=3.7",
         # Reads Delta tables without a JVM, so `hmrec recommend` answers fast.
         "deltalake>=1.0",
+        # The ranking stage's gradient-boosted ranker (lambdarank), trained on the driver.
+        "lightgbm>=4.7,<4.8",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2.3", "nbformat>=5", "nbclient>=0.10", "ipykernel>=6"],

@@ -29,7 +29,8 @@ from hmrec.next_steps import next_steps, print_next_steps
 
 ALLOW_SHRINK_HELP = ("accept input that replaces a bronze table with far fewer rows, or whose rows are mostly "
                      "rejected (sets ingest.min_keep_share=0 and ingest.max_reject_share=1)")
-STAGES = ["ingest", "features", "split", "popularity", "choose", "train", "index", "gate", "score", "evaluate", "card"]
+STAGES = ["ingest", "features", "split", "popularity", "choose", "train", "index", "candidates", "rank", "gate",
+          "score", "evaluate", "card"]
 GATE_EXIT = GateFailed.exit_status
 
 EPILOG = """\
@@ -91,6 +92,21 @@ TEXTS: dict[str, tuple[str, str, str, str]] = {
               f"the registered model version, {T.ITEM_FEATURES}",
               f"{_names(*T.written_by('index'))}, <lakehouse>/indexes/<version>/",
               "hmrec index --as-of 2020-09-16"),
+    "candidates": ("Every customer's candidates from several sources (the model's FAISS neighbours, own "
+                   "purchases, other colours of them, the age segment's popular articles, trending ones), each "
+                   "with every source's score and rank and the ranker's features. With --role fit: at the fit "
+                   "cutoff (as-of minus split.validation_days) with the fit model, for the validation week's "
+                   "buyers, and each source's recall on that week.",
+                   f"the model version and its index, {_names(T.TRAIN, T.USER_FEATURES, T.ITEM_FEATURES, T.POPULARITY, T.ARTICLES)}"
+                   f"; with --role fit also {T.VALIDATION}",
+                   _names(*T.written_by("candidates")),
+                   "hmrec candidates --as-of 2020-09-16 --role fit"),
+    "rank": ("Train the ranker (LightGBM lambdarank) on the fit cutoff's candidates labelled by the validation "
+             "week, early-stopped on a held-out share of that week's buyers; its figures against the blend's "
+             "for them; attached to the served model version.",
+             f"{_names(T.CANDIDATES, T.VALIDATION, T.USER_FEATURES, T.POPULARITY)}, the fit and served model versions",
+             "ranker/booster.txt and ranker/ranker.json on the served version's MLflow run, their checksums as tags",
+             "hmrec rank --as-of 2020-09-16"),
     "gate": ("Judge the serve model version of the as-of before it is published: finite embeddings, the share "
              "of popularity-only lists, catalogue coverage, and the lift of MAP@12 over popularity on the "
              "validation week (at least gate.min_lift, and within gate.tolerance of the champion's). Exits with "
@@ -99,9 +115,11 @@ TEXTS: dict[str, tuple[str, str, str, str]] = {
              "the champion's tags",
              "gate.* tags on the model version and its MLflow run",
              "hmrec gate --as-of 2020-09-16"),
-    "score": ("Write every customer's list of score.k articles, each customer group (cold, lapsed, active) by "
-              "its plan: recent purchases, the model's nearest articles, then popular ones.",
-              f"the model version and its index, {_names(T.USER_FEATURES, T.TRAIN, T.POPULARITY, T.CHOICES)}",
+    "score": ("Write every customer's list of score.k articles: the ranker's best candidates, filled from the "
+              "popular ones (score.method: ranker); or each customer group (cold, lapsed, active) by its plan: "
+              "recent purchases, the model's nearest articles, then popular ones (score.method: blend).",
+              f"the model version and its index (or its ranker and {T.CANDIDATES}), "
+              f"{_names(T.USER_FEATURES, T.TRAIN, T.POPULARITY, T.CHOICES)}",
               f"{_names(*T.written_by('score'))} (replaced whole, one commit); the model version becomes the "
               "champion (MLflow alias). `hmrec run` scores only past the gate; by hand, prefer `hmrec promote`",
               "hmrec score --as-of 2020-09-16"),
@@ -167,12 +185,18 @@ STAGE_HELP = {
     "choose": "decide the auto settings on the validation week",
     "card": "write the model card of a serve version",
     "gate": f"judge the serve model before it is published (exit status {GATE_EXIT} when it fails)",
+    "candidates": "every customer's candidates from several sources, with the ranker's features",
+    "rank": "train the ranker on the validation week and attach it to the served model version",
 }
 
 SCORE_HELP = """\
-the score column compares only within one source: the model's match of customer and article
-for model and repurchase rows, the article's recent purchases in the customer's age segment
-for popular rows. Recent purchases lead the list, latest first, so scores are not in rank order."""
+with score.method ranker (the default) the source column names the generator that proposed the
+article (model: the two-tower retrieval, repurchase, colour: another colour of a purchase,
+popular, trending) and the score is the ranker's; articles filled from the popularity list
+carry their recent purchase count. With score.method blend the score column
+compares only within one source: the model's match of customer and article for model and repurchase rows,
+the article's recent purchases in the customer's age segment for popular rows. Recent purchases
+lead the list, latest first, so scores are not in rank order."""
 
 
 def _date(text: str) -> dt.date:
@@ -239,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cutoff date YYYY-MM-DD" + (" (default: the day after the last transaction)" if stage == "features" else ""))
         if stage == "train":
             p.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+        if stage == "candidates":
+            p.add_argument("--role", choices=("serve", "fit"), default="serve",
+                           help="serve: at the as-of with the served model; fit: at the fit cutoff with the fit "
+                                "model, for the validation week's buyers (default serve)")
         if stage in ("index", "score", "evaluate", "card"):
             p.add_argument("--model-version", default=None, help="registered model version (default: the latest for this as-of)")
         add_common(p)
@@ -375,6 +403,14 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> object:
             raise HmrecError(f"--versions needs two or more versions, got {args.versions}")
         print(compare(cfg, args.versions), flush=True)
         return None
+    if cmd == "candidates":
+        from hmrec.rank.candidates import candidates
+
+        return _with_spark(cfg, lambda spark: candidates(cfg, spark, as_of=args.as_of, role=args.role))
+    if cmd == "rank":
+        from hmrec.rank.ranker import rank
+
+        return _with_spark(cfg, lambda spark: rank(cfg, spark, as_of=args.as_of))
     if cmd == "score":
         from hmrec.serve.score import score
 

@@ -142,7 +142,32 @@ class IndexConfig:
 
 
 @dataclass(frozen=True)
+class CandidatesConfig:
+    retrieval_n: int
+    repurchase_n: int
+    colour_n: int
+    popular_n: int
+    trending_n: int
+    history_days: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class RankConfig:
+    valid_share: float
+    negative_share: float
+    num_leaves: int
+    learning_rate: float
+    max_rounds: int
+    early_stopping: int
+    min_child_samples: int
+    threads: int
+    seed: int
+
+
+@dataclass(frozen=True)
 class ScoreConfig:
+    method: str
     k: int
     min_history: int
     repurchase: bool
@@ -187,6 +212,8 @@ class Config:
     popularity: PopularityConfig
     train: TrainConfig
     index: IndexConfig
+    candidates: CandidatesConfig
+    rank: RankConfig
     score: ScoreConfig
     evaluate: EvaluateConfig
     gate: GateConfig
@@ -362,6 +389,23 @@ RULES: dict[str, Rule] = {
     "index.ivf_nprobe": at_least(1),
     "index.recall_sample": at_least(0),
     "index.candidates": at_least(1),
+    "candidates.retrieval_n": at_least(0),
+    "candidates.repurchase_n": at_least(0),
+    "candidates.colour_n": at_least(0),
+    "candidates.popular_n": at_least(0),
+    "candidates.trending_n": at_least(0),
+    "candidates.history_days": at_least(0),
+    "candidates.batch_size": at_least(1),
+    "rank.valid_share": between(0.05, 0.9),
+    "rank.negative_share": Bound(lo=0.0, hi=1.0, open_lo=True),
+    "rank.num_leaves": at_least(2),
+    "rank.learning_rate": above(0),
+    "rank.max_rounds": at_least(1),
+    "rank.early_stopping": at_least(1),
+    "rank.min_child_samples": at_least(1),
+    "rank.threads": at_least(1),
+    "rank.seed": at_least(0),
+    "score.method": one_of("blend", "ranker"),
     "score.k": at_least(1),
     "score.min_history": at_least(0),
     "score.repurchase_slots": at_least(0),

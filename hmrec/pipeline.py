@@ -5,9 +5,12 @@ setting says ``auto``, the same three at the fit cutoff v = D -
 ``split.validation_days``, a model of role fit trained at v and validated on
 the week [v, D), its index, and the choose stage, which decides the auto
 settings on that week (:mod:`hmrec.evaluation.choose`); then the model served
-at D, its index, the gate that judges it before anything is published
-(:mod:`hmrec.governance.gate`), scoring, evaluation and its model card
-(:mod:`hmrec.governance.card`).
+at D and its index; then the two-stage list (:mod:`hmrec.rank`): candidates at
+v with the fit model for the validation week's buyers, the ranker trained on
+that week, candidates at D with the served model; the gate that judges the
+version before anything is published (:mod:`hmrec.governance.gate`); then
+scoring (``score.method``: the ranker or the blend), evaluation and the
+model card (:mod:`hmrec.governance.card`).
 
 A stage is skipped when it already finished for this as-of on the same bronze
 data (the same ingest manifest, :mod:`hmrec.lake.manifest`) and with the same
@@ -39,6 +42,7 @@ from hmrec.governance import card, gate
 from hmrec.lake import lease, storage, tables
 from hmrec.model import registry
 from hmrec.progress import log, stage
+from hmrec.rank import candidates, ranker
 from hmrec.serve import index, score
 from hmrec.serve.plans import is_auto
 from hmrec.train import job as train_job
@@ -72,7 +76,11 @@ TRAIN = ("train.embedding_dim", "train.id_dim", "train.attr_dim", "train.hidden_
          "train.val_k", "train.max_steps", "train.compute_dtype")
 INDEX = ("index.kind", "index.hnsw_m", "index.hnsw_ef_search", "index.hnsw_ef_construction", "index.ivf_nlist",
          "index.ivf_nprobe")
-LISTS = ("score.k", "score.min_history", "score.repurchase", "score.repurchase_slots", "score.repurchase_days",
+CANDIDATES = ("candidates.retrieval_n", "candidates.repurchase_n", "candidates.colour_n", "candidates.popular_n",
+              "candidates.trending_n", "candidates.history_days", "features.age_buckets")
+RANK = ("rank.valid_share", "rank.negative_share", "rank.num_leaves", "rank.learning_rate", "rank.max_rounds",
+        "rank.early_stopping", "rank.min_child_samples", "rank.seed", "score.k")
+LISTS = ("score.method", "score.k", "score.min_history", "score.repurchase", "score.repurchase_slots", "score.repurchase_days",
          "score.repurchase_order", "score.fallback", "score.filter_bought", "index.candidates",
          "features.age_buckets", "evaluate.lapsed_days")
 GATE = ("gate", "score.min_history", "evaluate.lapsed_days")
@@ -109,14 +117,22 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", lambda cfg, spark, c, as_of: train_job.train(cfg, spark, as_of=c), TRAIN,
           after=("features", "split", "choose")),
     Stage("index", lambda cfg, spark, c, as_of: index.build_index(cfg, spark, as_of=c), INDEX, after=("train",)),
+    # The two-stage list: candidates at the fit cutoff (the fit model, that week's buyers) train the
+    # ranker on the validation week; the served model's candidates at the as-of are what it ranks.
+    Stage("candidates-fit", lambda cfg, spark, c, as_of: candidates.candidates(cfg, spark, as_of=as_of, role="fit"),
+          CANDIDATES, after=("index-fit", "popularity@fit", "split"), at_fit=True),
+    Stage("candidates", lambda cfg, spark, c, as_of: candidates.candidates(cfg, spark, as_of=c), CANDIDATES,
+          after=("index", "popularity")),
+    Stage("rank", lambda cfg, spark, c, as_of: ranker.rank(cfg, spark, as_of=c), (*RANK, *CANDIDATES),
+          after=("candidates-fit", "train", "choose")),
     # Judges the serve version before anything is published (hmrec.governance.gate); a failure stops the
     # refresh here, unrecorded, so the next run judges again.
     Stage("gate", lambda cfg, spark, c, as_of: gate.gate(cfg, spark, as_of=c), GATE,
-          after=("index", "popularity", "choose")),
+          after=("index", "popularity", "choose", "rank")),
     Stage("score", lambda cfg, spark, c, as_of: score.score(cfg, spark, as_of=c), LISTS,
-          after=("index", "popularity", "choose", "gate")),
+          after=("index", "popularity", "choose", "candidates", "rank", "gate")),
     Stage("evaluate", lambda cfg, spark, c, as_of: evaluate.evaluate(cfg, spark, as_of=c),
-          ("evaluate", "score.min_history", "features.age_buckets"), after=("score", "split", "popularity", "choose")),
+          ("evaluate", "score.min_history", "features.age_buckets"), after=("score", "split", "popularity", "choose", "candidates", "rank")),
     Stage("card", lambda cfg, spark, c, as_of: card.write_card(cfg, spark, as_of=c), CARD,
           after=("evaluate", "score", "gate", "choose")),
 )
@@ -126,6 +142,11 @@ PIPELINE = [s.key for s in STAGES]
 def chooses(cfg: Config) -> bool:
     """Whether any setting is chosen on the validation week, so the fit stages and choose run."""
     return cfg.train.epochs == AUTO or is_auto(cfg)
+
+
+def ranks(cfg: Config) -> bool:
+    """Whether the two-stage stages run: a ranker is trained when it is served or can be (a fit model is made)."""
+    return cfg.score.method == "ranker" or chooses(cfg)
 
 
 def stage_settings(cfg: Config, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -151,6 +172,10 @@ def _outputs_exist(spark: SparkSession, cfg: Config, name: str, as_of: dt.date) 
     role = "fit" if name.endswith("-fit") else "serve"
     if name in ("train", "train-fit"):
         return registry.latest_version(cfg, as_of, role=role) is not None
+    if name == "rank":
+        return ranker.has_ranker(cfg, registry.latest_version(cfg, as_of, role="serve"))
+    if name in ("candidates", "candidates-fit"):
+        return candidates.has_candidates(spark, cfg, as_of, "fit" if name.endswith("-fit") else "serve")
     if name in ("index", "index-fit"):
         version = registry.latest_version(cfg, as_of, role=role)
         return version is not None and index.has_index(cfg, version, as_of)
@@ -226,7 +251,12 @@ def _stages(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, for
     summary["as_of"] = as_of.isoformat()
     fit_at = fit_cutoff(cfg, as_of)
     for st in STAGES:
-        if (st.at_fit or st.key == "choose") and not chooses(cfg):
+        if st.key in ("candidates-fit", "candidates", "rank"):
+            if not ranks(cfg):
+                continue
+        elif (st.at_fit or st.key == "choose") and not (chooses(cfg) or ranks(cfg)):
+            continue
+        if st.key == "choose" and not chooses(cfg):
             continue
         cutoff = fit_at if st.at_fit else as_of
         settings = stage_settings(cfg, st.settings)

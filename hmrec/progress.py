@@ -97,6 +97,21 @@ def _score(s: dict) -> str:
     return f"{_n(s['customers'])} customers' lists ({_n(s['rows'])} rows: {mix}), model version {s['model_version']}"
 
 
+def _candidates(s: dict) -> str:
+    recall = f"; union recall on the validation week {s['recall_union']:.3f}" if "recall_union" in s else ""
+    return (f"{_n(s['rows'])} candidates of {_n(s['customers'])} customers ({_n(s['per_customer'])} each) at "
+            f"{s['cutoff']}, {s['role']} model version {s['model_version']}{recall}")
+
+
+def _rank(s: dict) -> str:
+    if "skipped" in s:
+        return f"no ranker for model version {s['model_version']}: {s['skipped']}"
+    (rk, ranker), (_, blend) = _first(s, "ranker_map@"), _first(s, "blend_map@")
+    return (f"ranker of model version {s['model_version']} trained at {s['fit_cutoff']} on {_n(s['train_rows'])} rows "
+            f"of {_n(s['train_groups'])} buyers, {_n(s['best_iteration'])} rounds; held-out buyers "
+            f"{rk.split('_', 1)[1].upper()} {ranker:.4f} (blend {blend:.4f})")
+
+
 def _evaluate(s: dict) -> str:
     (model_key, model), (_, pop) = _first(s, "model_map@"), _first(s, "popularity_map@")
     metric = model_key.split("_", 1)[1].upper()
@@ -115,6 +130,8 @@ SHORT: dict[str, Callable[[dict], str]] = {
     "popularity": lambda s: f"top {_n(s['min_items_per_segment'])} articles of {_n(s['segments'])} segments",
     "train": _train,
     "index": lambda s: f"{s['kind']} index of {_n(s['items'])} articles, model version {s['model_version']}",
+    "candidates": _candidates,
+    "rank": _rank,
     "score": _score,
     "evaluate": _evaluate,
     "run": lambda s: f"as of {s['as_of']}, ran {_stages(s['ran'])}; skipped (already done) {_stages(s['skipped'])}",

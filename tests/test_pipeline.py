@@ -12,6 +12,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
@@ -19,6 +20,10 @@ from hmrec import pipeline
 from hmrec.lake import storage
 from hmrec.lake import tables
 from tests.conftest import TINY_AS_OF, make_cfg, spark_warnings
+
+# The module's first test also waits for its whole pipeline run (every stage at two cutoffs): on two
+# cores shared with other jobs that can pass pytest.ini's per-test limit.
+pytestmark = pytest.mark.timeout(1500)
 
 # Small but real training: enough for the planted segments to show.
 TINY_TRAIN = ["train.epochs=3", "train.batch_size=512", "train.random_negatives=256", "train.log_every=1000",
@@ -113,7 +118,8 @@ def test_every_customer_gets_exactly_k_distinct_articles(spark, ran):
     # Kaggle identifier forms, as DESIGN.md requires.
     assert recs.where(~F.col("article_id").rlike("^[0-9]{10}$")).count() == 0
     assert recs.where(~F.col("customer_id").rlike("^[0-9a-f]{64}$")).count() == 0
-    assert {r[0] for r in recs.select("source").distinct().collect()} <= {"model", "repurchase", "popular"}
+    assert {r[0] for r in recs.select("source").distinct().collect()} <= {"model", "repurchase", "colour", "popular",
+                                                                           "trending"}
     assert recs.select("as_of").distinct().collect()[0][0] == TINY_AS_OF
 
 
@@ -540,3 +546,67 @@ def test_the_model_card_holds_the_runs_figures(spark, ran):
     assert f'href="{CARD_MD}"' in (reports / "report.html").read_text()
     artifacts = registry.client(cfg).list_artifacts(registry.model_version(cfg, version).run_id, "model_card")
     assert {Path(a.path).name for a in artifacts} == {CARD_MD, CARD_JSON}
+
+
+def test_the_two_stage_list_is_built_trained_on_the_validation_week_and_evaluated(spark, ran):
+    from hmrec.model import registry
+    from hmrec.rank import ranker, sources
+    from hmrec.rank.candidates import candidate_rows
+
+    cfg, results = ran
+    fit = results["candidates-fit"]
+    assert fit["cutoff"] == "2020-09-09" and fit["role"] == "fit"
+    assert 0 < fit["recall_retrieval"] <= fit["recall_union"] <= 1
+    assert fit["recall_union"] >= max(fit[f"recall_{s}"] for s in sources.SOURCES)
+    cands = candidate_rows(spark, cfg, TINY_AS_OF, "serve")
+    assert cands.count() == results["candidates"]["rows"] > 0
+    # one row per (customer, article), each proposed by at least one source
+    assert cands.groupBy("customer_idx", "article_idx").count().where("count > 1").count() == 0
+    assert cands.where("n_sources < 1").count() == 0
+    # the validation-week buyers only at the fit cutoff
+    buyers = storage.read_as_of(spark, cfg, tables.VALIDATION, TINY_AS_OF).select("customer_idx").distinct()
+    at_fit = candidate_rows(spark, cfg, fit_cutoff_of(cfg), "fit")
+    assert at_fit.join(buyers, "customer_idx", "left_anti").count() == 0
+    rank = results["rank"]
+    assert rank["fit_cutoff"] == "2020-09-09" and rank["train_rows"] > 0
+    assert 0 <= rank["ranker_map@12"] <= 1 and 0 <= rank["blend_map@12"] <= 1
+    # the served version carries the ranker, and it re-scores identically after a reload
+    version = registry.latest_version(cfg, TINY_AS_OF)
+    b1, meta = ranker.load_ranker(cfg, version)
+    b2, _ = ranker.load_ranker(cfg, version)
+    sample = cands.limit(500).toPandas()
+    np.testing.assert_array_equal(ranker.predict(b1, sample), ranker.predict(b2, sample))
+    assert meta["features"] == list(sources.FEATURES) and meta["fit_cutoff"] == "2020-09-09"
+    doc = json.loads((Path(cfg.lakehouse) / "reports" / TINY_AS_OF.isoformat() / "metrics.json").read_text())
+    assert "two_stage" in doc["methods"] and doc["candidates"]["week"] == "holdout"
+    assert doc["candidates"]["recall"]["union"] >= doc["candidates"]["recall"]["retrieval"]
+    assert doc["methods"]["two_stage"]["recall@12"] <= doc["candidates"]["recall"]["union"] + 1e-9
+
+
+def fit_cutoff_of(cfg):
+    from hmrec.etl.split import fit_cutoff
+
+    return fit_cutoff(cfg, TINY_AS_OF)
+
+
+def test_the_ranker_serves_exactly_k_distinct_articles_to_every_customer(spark, ran, tmp_path):
+    from hmrec.model import registry
+    from hmrec.rank.serve import score_ranked
+
+    cfg0, _ = ran
+    lake = tmp_path / "lake"
+    shutil.copytree(cfg0.lakehouse, lake)
+    cfg = make_cfg(lake, *TINY_TRAIN, "score.method=ranker")
+    summary = score_ranked(cfg, spark, TINY_AS_OF, registry.latest_version(cfg, TINY_AS_OF))
+    k = cfg.score.k
+    recs = storage.read(spark, cfg, tables.RECOMMENDATIONS)
+    per = recs.groupBy("customer_id").agg(F.count(F.lit(1)).alias("n"), F.countDistinct("article_id").alias("d"),
+                                          F.min("rank").alias("lo"), F.max("rank").alias("hi"))
+    assert per.count() == storage.read(spark, cfg, tables.CUSTOMERS).select("customer_id").distinct().count()
+    assert per.where((F.col("n") != k) | (F.col("d") != k) | (F.col("lo") != 1) | (F.col("hi") != k)).count() == 0
+    sources = {r[0] for r in recs.select("source").distinct().collect()}
+    assert "model" in sources and sources <= {"model", "repurchase", "colour", "popular", "trending"}
+    # customers without a purchase before the as-of have no candidates: their segment's popular list
+    never = storage.read_as_of(spark, cfg, tables.USER_FEATURES, TINY_AS_OF).where("n_purchases = 0").select("customer_id")
+    assert recs.join(never, "customer_id").where(F.col("source") != "popular").count() == 0
+    assert summary["customers"] == per.count()

@@ -10,7 +10,12 @@ Methods, each a ranked list per holdout customer:
   ``tables.ITEM_EMBEDDINGS`` of the served model version for customers the
   scoring job gives to the model (``score.min_history``), the age segment's
   popularity list for the others (as served). Present when that version is
-  registered.
+  registered;
+- ``two_stage``: the ranker of the served version over its candidates
+  (``tables.CANDIDATES``), filled from the age segment's popularity list, as
+  ``score.method: ranker`` serves it; present when the version has a ranker.
+  The metrics document then also gives each candidate source's recall on the
+  holdout week (``candidates``).
 
 Only customers with a purchase in ``tables.HOLDOUT`` are evaluated (this is
 the one stage that reads it), and only their lists reach the driver. Metrics
@@ -46,10 +51,12 @@ from hmrec.model import registry
 from hmrec.progress import log, stage
 from hmrec.serve.embedders import ModelEmbedder, embed_in_batches
 from hmrec.serve.index import make_index, read_item_embeddings, search
+from hmrec.serve.blend import fill_list
 from hmrec.serve.plans import ListPlan
 
 METHODS = ["model", *BASELINES]
 RETRIEVAL = "model_retrieval"
+TWO_STAGE = "two_stage"
 
 # ---- metrics of every method ------------------------------------------------------------
 
@@ -230,6 +237,41 @@ def model_retrieval_lists(cfg: Config, spark: SparkSession, as_of: dt.date, vers
     return [ranked.get(c, fallback) for c, fallback in zip(frame["customer_id"], frame["popularity_segment"])]
 
 
+# ---- two_stage: the ranker over the candidates ---------------------------------------------------
+
+
+def two_stage_lists(cfg: Config, spark: SparkSession, as_of: dt.date, version: str,
+                    frame: pd.DataFrame, k: int) -> tuple[list[list[str]], dict[str, float]] | None:
+    """The ``two_stage`` list of every row of ``frame`` (the ranker's K best of ``tables.CANDIDATES``, filled
+    from the age segment's popularity list) and each candidate source's recall on the holdout week; None
+    when the version has no ranker or the as-of no candidates."""
+    from hmrec.rank import ranker, sources
+    from hmrec.rank.candidates import candidate_rows, has_candidates
+
+    if not ranker.has_ranker(cfg, version) or not has_candidates(spark, cfg, as_of, "serve"):
+        log("evaluate", f"no two_stage list: model version {version} has no ranker or {tables.CANDIDATES} "
+                        f"no rows for {as_of}")
+        return None
+    booster, _ = ranker.load_ranker(cfg, version)
+    ids = F.broadcast(spark.createDataFrame(frame[["customer_id"]]))
+    cands = candidate_rows(spark, cfg, as_of, "serve").join(ids, "customer_id").toPandas()
+    names = storage.read(spark, cfg, tables.ARTICLE_INDEX).toPandas().set_index("article_idx")["article_id"]
+    customers, idx, _, _ = ranker.top_lists(cands, ranker.predict(booster, cands), k)
+    by_idx = cands.drop_duplicates("customer_idx").set_index("customer_idx")["customer_id"]
+    ranked = {by_idx[c]: [names[a] for a in row if a >= 0] for c, row in zip(customers, idx)}
+    lists = [fill_list(ranked.get(c, []), fallback, k) for c, fallback in zip(frame["customer_id"], frame["popularity_segment"])]
+    # recall of each source on the holdout week, over every holdout buyer (no candidates: 0)
+    cands["article_id"] = names.reindex(cands["article_idx"]).to_numpy()
+    actual = frame.set_index("customer_id")["actual"].map(set)
+    recall: dict[str, float] = {}
+    for source in (*sources.SOURCES, "union"):
+        picked = cands if source == "union" else cands[cands[f"{source}_rank"].notna()]
+        got = picked.groupby("customer_id")["article_id"].apply(set)
+        recall[source] = round(float(np.mean([len(a & got.get(c, set())) / len(a) for c, a in actual.items() if a])), 5)
+    recall["per_customer"] = round(len(cands) / max(cands["customer_id"].nunique(), 1), 1)
+    return lists, recall
+
+
 # ---- the job --------------------------------------------------------------------------------
 
 
@@ -256,10 +298,18 @@ def run_evaluation(
         if retrieval is not None:
             frame[RETRIEVAL] = retrieval
             methods.append(RETRIEVAL)
+        staged = two_stage_lists(cfg, spark, as_of, version, frame, k) if "," not in version else None
+        if staged is not None:
+            frame[TWO_STAGE] = staged[0]
+            methods.append(TWO_STAGE)
         results = compute_metrics(frame, methods, k, catalogue)
         curves = recall_curves(frame, methods, cfg.evaluate.curve_max_k)
         doc = metrics_document(as_of, k, version, results, curves, validation)
         doc["intervals"] = intervals(frame, methods, k)
+        if staged is not None:
+            doc["candidates"] = {"recall": staged[1], "week": "holdout"}
+            log("evaluate", "candidate recall on the holdout week: "
+                + ", ".join(f"{s_} {v:.3f}" for s_, v in staged[1].items()))
 
         rows = metric_rows(as_of, version, results) + validation_rows(as_of, version, validation)
         storage.write_partition(

@@ -46,13 +46,14 @@ def metric_rows(as_of: dt.date, model_version: str, results: dict) -> list[tuple
 
 
 METHOD_NAMES = {
-    "model": "served lists (two-tower model + recent purchases)",
+    "model": "served lists (score.method: the blend or the ranker)",
+    "two_stage": "ranker over the candidates of five sources (score.method: ranker)",
     "model_retrieval": "two-tower model alone (before the blend)",
     "popularity": "popularity (the same list for everyone)",
     "popularity_segment": "popularity by age segment",
     "repurchase": "recent purchases, then popularity",
 }
-BASELINE_ORDER = ["model", "model_retrieval", "repurchase", "popularity_segment", "popularity"]
+BASELINE_ORDER = ["model", "two_stage", "model_retrieval", "repurchase", "popularity_segment", "popularity"]
 NOISY_BELOW = 100  # customers: a segment this small gives figures that move a lot from week to week
 
 GLOSSARY = [

@@ -191,13 +191,31 @@ ITEM_EMBEDDINGS = _struct(
     ]
 )
 
+# One row per customer and candidate article at a cutoff (hmrec.rank): each source's score and
+# rank (null where the source did not propose the article) and the ranker's features.
+# The column list is hmrec.rank.sources.FEATURES, written out here so the schema stays explicit.
+CANDIDATE_SOURCES = ["retrieval", "repurchase", "colour", "popular", "trending"]
+CANDIDATE_FEATURES = (
+    [f"{s}_{c}" for s in CANDIDATE_SOURCES for c in ("score", "rank")]
+    + ["times_bought", "days_since_bought", "same_product_bought", "share_product_type", "share_colour",
+       "share_index_group", "price_vs_user", "n_sources"]
+    + ["item_sales_1d", "item_sales_7d", "item_sales_28d", "item_trend", "item_price_mean",
+       "item_days_since_first_sale"]
+    + ["user_n_purchases", "user_days_since_last", "user_mean_price", "user_age"]
+)
+CANDIDATES = _struct(
+    # role: serve (every customer, the served model) or fit (the validation week's buyers, the fitted model)
+    [("as_of", DateType()), ("role", S), ("customer_id", S), ("customer_idx", I), ("segment", S), ("article_idx", I)]
+    + [(c, D) for c in CANDIDATE_FEATURES]
+)
+
 RECOMMENDATIONS = _struct(
     [
         ("customer_id", S),
         ("article_id", S),
         ("rank", I),  # 1..K
         ("score", D),
-        ("source", S),  # model | repurchase | popular
+        ("source", S),  # model | repurchase | popular; with score.method ranker also colour | trending
         ("model_version", S),
         ("as_of", DateType()),
     ]

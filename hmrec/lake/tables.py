@@ -60,6 +60,9 @@ VALIDATION = Table("gold/validation", schemas.SPLIT_ROWS, "split", ("as_of",), p
 # The week after the cutoff: read only by evaluation, for the report.
 HOLDOUT = Table("gold/holdout", schemas.SPLIT_ROWS, "split", ("as_of",), per_as_of=True, may_be_empty=True)
 POPULARITY = Table("gold/popularity", schemas.POPULARITY, "popularity", ("as_of",), per_as_of=True)
+# Candidates of every customer at a cutoff, from several sources, with the ranker's features.
+# Its two roles at one cutoff (a refresh's serving and a later as-of's fit) are kept apart by the role partition.
+CANDIDATES = Table("gold/candidates", schemas.CANDIDATES, "candidates", ("as_of", "role"), per_as_of=True)
 ITEM_EMBEDDINGS = Table("gold/item_embeddings", schemas.ITEM_EMBEDDINGS, "index", ("as_of",), per_as_of=True)
 # Replaced as a whole by each refresh (one atomic commit); as_of is a column.
 RECOMMENDATIONS = Table("gold/recommendations", schemas.RECOMMENDATIONS, "score", per_as_of=True, replaced_whole=True)
@@ -75,7 +78,7 @@ INGEST_MANIFESTS = Table("meta/ingest_manifests", schemas.INGEST_MANIFESTS, "ing
 ALL: tuple[Table, ...] = (
     ARTICLES, CUSTOMERS, TRANSACTIONS, REJECTS,
     CUSTOMER_INDEX, ARTICLE_INDEX, INTERACTIONS,
-    USER_FEATURES, ITEM_FEATURES, TRAIN, VALIDATION, HOLDOUT, POPULARITY, ITEM_EMBEDDINGS, RECOMMENDATIONS, EVAL_METRICS,
+    USER_FEATURES, ITEM_FEATURES, TRAIN, VALIDATION, HOLDOUT, POPULARITY, ITEM_EMBEDDINGS, CANDIDATES, RECOMMENDATIONS, EVAL_METRICS,
     STAGE_RUNS, CHOICES, INGEST_MANIFESTS,
 )
 BRONZE: tuple[Table, ...] = (ARTICLES, CUSTOMERS, TRANSACTIONS)

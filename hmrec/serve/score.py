@@ -537,12 +537,22 @@ def score_customers(
 
 
 def score(cfg: Config, spark: SparkSession, as_of: dt.date, model_version: str | None = None) -> dict:
-    """The ``hmrec score`` stage with the registered model and its saved index; the version becomes the champion."""
+    """The ``hmrec score`` stage with the registered model and its saved index (``score.method: blend``),
+    or its ranker over ``tables.CANDIDATES`` (``ranker``, :mod:`hmrec.rank.serve`); the version becomes the champion."""
     # Spark workers import this module to unpickle the ScoringContext; the
     # registry (mlflow, torch) is loaded only by the driver stage that needs it.
     from hmrec.model import registry
 
     loaded = registry.load_model(cfg, model_version=model_version, as_of=as_of)
+    if cfg.score.method == "ranker":
+        from hmrec.rank.ranker import has_ranker
+        from hmrec.rank.serve import score_ranked  # lightgbm: only with this method
+
+        if has_ranker(cfg, str(loaded.version)):
+            plans, why = served_plans(spark, cfg, as_of)
+            return score_ranked(cfg, spark, as_of, str(loaded.version), fallback=plans["cold"].fallback)
+        log("score", f"model version {loaded.version} has no ranker (`hmrec rank --as-of {as_of}` trains one): "
+                     f"the blend is served")
     embedder = ModelEmbedder.from_loaded(loaded, threads=_task_cpus(spark))
     index, meta = load_index(cfg, str(loaded.version), as_of)
     plans, why = served_plans(spark, cfg, as_of)

@@ -1,0 +1,271 @@
+"""The candidates stage: every customer's candidates from several sources, with the ranker's features.
+
+    hmrec candidates --as-of YYYY-MM-DD [--role fit]
+
+At a cutoff c, for every customer with a purchase before c (``role serve``,
+the served model's FAISS index), or only for the buyers of the validation
+week that starts at c (``role fit``: c is the fit cutoff of as-of c + 7, the
+fit model's index; these rows and that week's purchases train the ranker),
+the sources of :mod:`hmrec.rank.sources` are unioned and their features
+added, one batch of ``candidates.batch_size`` customers at a time in Spark's
+Python workers (``mapInPandas``); the lookups (item statistics, popularity
+and trending lists, the index) travel in one broadcast. Everything is
+computed from ``tables.TRAIN`` at c, so from rows before c only.
+
+With ``role fit`` the stage also reports, on the validation week, each
+source's recall (share of a buyer's purchases among its candidates, averaged
+over buyers) and the union's, the ceiling a ranker cannot pass.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import faiss
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from hmrec.config import Config
+from hmrec.errors import HmrecError
+from hmrec.etl import segments
+from hmrec.etl.popularity import GLOBAL
+from hmrec.etl.split import fit_cutoff, window
+from hmrec.lake import schemas, storage, tables
+from hmrec.progress import log, stage
+from hmrec.rank import sources as S
+from hmrec.serve.embedders import Embedder, check_embeddings
+from hmrec.serve.index import ShippedIndex, index_dim, search
+
+STAGE = "candidates"
+
+
+# ---- the lookups, as Spark transforms --------------------------------------------------
+
+
+def item_stats(train: DataFrame, cutoff: dt.date) -> DataFrame:
+    """One row per article sold before ``cutoff``: sales in the last 1, 7 and 28 days, trend, trending
+    score, mean price and days since the first sale (:data:`hmrec.rank.sources.ITEM_COLUMNS` but the
+    article's attributes)."""
+    rows = window(train, cutoff).withColumn("days", F.datediff(F.lit(cutoff), F.col("t_dat")))
+    d = F.col("days")
+    agg = rows.groupBy("article_idx").agg(
+        F.sum(F.when(d <= 1, 1).otherwise(0)).alias("sales_1d"),
+        F.sum(F.when(d <= 7, 1).otherwise(0)).alias("sales_7d"),
+        F.sum(F.when(d <= 28, 1).otherwise(0)).alias("sales_28d"),
+        F.sum(F.when(d <= 7, 1.0 / d).otherwise(0.0)).alias("decayed_7d"),
+        F.avg("price").alias("price_mean"),
+        F.max("days").alias("days_since_first_sale"),
+    )
+    before = F.col("sales_28d") - F.col("sales_7d")  # the three weeks before the last one
+    trend = F.col("sales_7d") / (before / 3.0 + 1.0)
+    return agg.select(
+        "article_idx",
+        *[F.col(c).cast("double") for c in ("sales_1d", "sales_7d", "sales_28d")],
+        trend.alias("trend"),
+        (F.col("decayed_7d") * trend).alias("trending_score"),
+        F.col("price_mean").cast("double"),
+        F.col("days_since_first_sale").cast("double"),
+    )
+
+
+def item_attributes(item_features: DataFrame, articles: DataFrame, article_index: DataFrame) -> DataFrame:
+    """(article_idx, product_code, product_type, colour, index_group) of every article of ``item_features``."""
+    codes = articles.select("article_id", "product_code").dropDuplicates(["article_id"])
+    return (
+        item_features.select(
+            "article_idx",
+            F.col("product_type_no_code").alias("product_type"),
+            F.col("colour_group_code_code").alias("colour"),
+            F.col("index_group_no_code").alias("index_group"),
+        )
+        .join(article_index.join(codes, "article_id").select("article_idx", "product_code"), "article_idx", "left")
+    )
+
+
+def user_histories(train: DataFrame, cutoff: dt.date, days: int) -> DataFrame:
+    """(customer_idx, hist_items, hist_days, hist_price): each customer's purchases before ``cutoff`` (the
+    last ``days`` days of them when > 0), latest first; ``hist_days`` counts days before the cutoff."""
+    rows = window(train, cutoff, days).withColumn("days", F.datediff(F.lit(cutoff), F.col("t_dat")))
+    ordered = F.sort_array(F.collect_list(F.struct("days", "article_idx", "price")))
+    return rows.groupBy("customer_idx").agg(ordered.alias("_h")).select(
+        "customer_idx",
+        F.transform("_h", lambda s: s["article_idx"]).alias("hist_items"),
+        F.transform("_h", lambda s: s["days"]).alias("hist_days"),
+        F.transform("_h", lambda s: s["price"]).alias("hist_price"),
+    )
+
+
+# ---- the per-batch generator (runs in Spark's Python workers) ---------------------------------
+
+
+@dataclass
+class CandidateContext:
+    """Everything a worker needs to make a batch's candidates; broadcast once per job."""
+
+    embedder: Embedder | None  # None: no retrieval source
+    index: ShippedIndex | None
+    dim: int
+    items: S.ItemTable
+    popular: dict[str, tuple[np.ndarray, np.ndarray]]  # segment -> (article_idx, score), best first
+    trending: tuple[np.ndarray, np.ndarray]
+    retrieval_n: int
+    repurchase_n: int
+    colour_n: int
+    popular_n: int
+    trending_n: int
+    batch_size: int
+    as_of: dt.date
+    role: str = "serve"
+    threads: int = 1
+
+
+def batch_candidates(users: pd.DataFrame, ctx: CandidateContext) -> pd.DataFrame:
+    """The candidates and features of one batch of customers (``tables.USER_FEATURES`` rows with
+    ``segment`` and the ``hist_*`` arrays of :func:`user_histories`), as ``tables.CANDIDATES`` rows."""
+    hist = S.history_frame(users)
+    frames: dict[str, pd.DataFrame] = {}
+    if ctx.embedder is not None and ctx.retrieval_n > 0 and len(users):
+        emb = check_embeddings(ctx.embedder.embed_users(users), users["customer_id"], "customer_id", dim=ctx.dim)
+        scores, ids = search(ctx.index.get(), emb, ctx.retrieval_n)
+        frames["retrieval"] = S.retrieval_source(users["customer_idx"].to_numpy(), scores, ids)
+    frames["repurchase"] = S.repurchase_source(hist, ctx.repurchase_n)
+    frames["colour"] = S.colour_source(frames["repurchase"], hist, ctx.items, ctx.colour_n)
+    frames["popular"] = S.list_source(users, ctx.popular, "segment", ctx.popular_n, GLOBAL)
+    frames["trending"] = S.list_source(users, {GLOBAL: ctx.trending}, None, ctx.trending_n, GLOBAL)
+    cands = S.add_features(S.union_sources(frames), hist, users, ctx.items)
+    info = users[["customer_idx", "customer_id", "segment"]].drop_duplicates("customer_idx")
+    out = cands.merge(info, on="customer_idx", how="left")
+    out["as_of"] = ctx.as_of
+    out["role"] = ctx.role
+    return out[[f.name for f in schemas.CANDIDATES.fields]]
+
+
+def candidate_batches(batches: Iterable[pd.DataFrame], ctx: CandidateContext) -> Iterator[pd.DataFrame]:
+    """The ``mapInPandas`` body: slices arriving Arrow batches to ``ctx.batch_size`` customers."""
+    faiss.omp_set_num_threads(max(1, ctx.threads))
+    for pdf in batches:
+        for start in range(0, len(pdf), ctx.batch_size):
+            yield batch_candidates(pdf.iloc[start : start + ctx.batch_size], ctx)
+
+
+# ---- the stage ------------------------------------------------------------------------------
+
+
+def _lists(popularity: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    out = {}
+    for seg, g in popularity.sort_values(["segment", "rank"]).groupby("segment"):
+        out[str(seg)] = (g["article_idx"].to_numpy(np.int64), g["score"].to_numpy(np.float64))
+    if GLOBAL not in out:
+        raise HmrecError(f"{tables.POPULARITY} has no '{GLOBAL}' list at this cutoff: run `hmrec popularity`")
+    return out
+
+
+def candidate_rows(spark: SparkSession, cfg: Config, cutoff: dt.date, role: str) -> DataFrame:
+    """The rows of ``tables.CANDIDATES`` made at ``cutoff`` for ``role`` (serve or fit)."""
+    return storage.read_as_of(spark, cfg, tables.CANDIDATES, cutoff).where(F.col("role") == F.lit(role))
+
+
+def has_candidates(spark: SparkSession, cfg: Config, cutoff: dt.date, role: str) -> bool:
+    """Whether ``tables.CANDIDATES`` holds rows of ``role`` at ``cutoff``."""
+    return storage.exists(spark, cfg, tables.CANDIDATES) and candidate_rows(spark, cfg, cutoff, role).limit(1).count() > 0
+
+
+def build_context(cfg: Config, spark: SparkSession, cutoff: dt.date, embedder: Embedder | None,
+                  index: faiss.Index | None, role: str = "serve") -> CandidateContext:
+    """Gather the lookups of ``cutoff`` on the driver (small: one row per article or list entry)."""
+    train = storage.read_as_of(spark, cfg, tables.TRAIN, cutoff)
+    attrs = item_attributes(storage.read_as_of(spark, cfg, tables.ITEM_FEATURES, cutoff),
+                            storage.read(spark, cfg, tables.ARTICLES), storage.read(spark, cfg, tables.ARTICLE_INDEX))
+    stats = attrs.join(item_stats(train, cutoff), "article_idx", "left").toPandas()
+    items = S.item_table(stats)
+    pop = storage.read_as_of(spark, cfg, tables.POPULARITY, cutoff).select("segment", "rank", "article_idx", "score")
+    trend = stats[stats["trending_score"] > 0].sort_values(["trending_score", "article_idx"], ascending=[False, True])
+    trend = trend.head(max(cfg.candidates.trending_n, 1))
+    return CandidateContext(
+        embedder=embedder,
+        index=ShippedIndex.of(index, str(getattr(embedder, "version", "index"))) if index is not None else None,
+        dim=index_dim(index) if index is not None else 0,
+        items=items,
+        popular=_lists(pop.toPandas()),
+        trending=(trend["article_idx"].to_numpy(np.int64), trend["trending_score"].to_numpy(np.float64)),
+        retrieval_n=min(cfg.candidates.retrieval_n, index.ntotal) if index is not None else 0,
+        repurchase_n=cfg.candidates.repurchase_n,
+        colour_n=cfg.candidates.colour_n,
+        popular_n=cfg.candidates.popular_n,
+        trending_n=cfg.candidates.trending_n,
+        batch_size=cfg.candidates.batch_size,
+        as_of=cutoff,
+        role=role,
+        threads=int(spark.sparkContext.getConf().get("spark.task.cpus", "1")),
+    )
+
+
+def label_sets(spark: SparkSession, cfg: Config, labels_as_of: dt.date) -> DataFrame:
+    """(customer_idx, article_idx): the distinct purchases of the validation week of ``labels_as_of``."""
+    rows = storage.read_as_of(spark, cfg, tables.VALIDATION, labels_as_of)
+    return rows.where(F.col("customer_idx").isNotNull() & F.col("article_idx").isNotNull()).select(
+        "customer_idx", "article_idx").distinct()
+
+
+def candidate_recall(cands: DataFrame, labels: DataFrame) -> dict[str, float]:
+    """Each source's recall and the union's on ``labels`` (customer_idx, article_idx): per buyer the share
+    of its purchases among the source's candidates, averaged over every buyer (those without candidates count 0)."""
+    hits = labels.join(cands, ["customer_idx", "article_idx"], "left")
+    flags = {s: F.col(f"{s}_rank").isNotNull().cast("double") for s in S.SOURCES}
+    flags["union"] = F.col("n_sources").isNotNull().cast("double")  # every candidate row has n_sources >= 1
+    per = hits.groupBy("customer_idx").agg(*[F.avg(e).alias(name) for name, e in flags.items()])
+    row = per.agg(*[F.avg(name).alias(name) for name in flags], F.count(F.lit(1)).alias("buyers")).first()
+    return {f"recall_{k}": round(float(row[k] or 0.0), 5) for k in flags} | {"buyers": int(row["buyers"])}
+
+
+def candidates(cfg: Config, spark: SparkSession, as_of: dt.date, role: str = "serve") -> dict:
+    """The ``hmrec candidates`` stage at ``as_of`` (see the module notes); writes ``tables.CANDIDATES``.
+
+    ``role fit`` makes the candidates of the fit cutoff of ``as_of``, i.e. at
+    ``as_of - split.validation_days``, for that week's buyers.
+    """
+    from hmrec.model import registry  # mlflow and torch: only the driver stage needs them
+    from hmrec.serve.embedders import ModelEmbedder
+    from hmrec.serve.index import load_index
+
+    cutoff = fit_cutoff(cfg, as_of) if role == "fit" else as_of
+    with stage(STAGE) as summary:
+        summary["cutoff"], summary["role"] = cutoff.isoformat(), role
+        loaded = registry.load_model(cfg, as_of=cutoff, role=role)
+        embedder = ModelEmbedder.from_loaded(loaded, threads=int(spark.sparkContext.getConf().get("spark.task.cpus", "1")))
+        index, _ = load_index(cfg, str(loaded.version), cutoff)
+        summary["model_version"] = str(loaded.version)
+        ctx = build_context(cfg, spark, cutoff, embedder, index, role)
+        users = (
+            storage.read_as_of(spark, cfg, tables.USER_FEATURES, cutoff)
+            .where(F.col("n_purchases") >= 1)
+            .withColumn("segment", segments.age_segment(F.col("age_bucket"), cfg.features.age_buckets))
+        )
+        labels = None
+        if role == "fit":
+            labels = label_sets(spark, cfg, as_of)
+            users = users.join(F.broadcast(labels.select("customer_idx").distinct()), "customer_idx")
+        train = storage.read_as_of(spark, cfg, tables.TRAIN, cutoff)
+        users = users.join(user_histories(train, cutoff, cfg.candidates.history_days), "customer_idx", "left")
+        parallelism = spark.sparkContext.defaultParallelism
+        users = users.repartition(max(parallelism, 1))
+        shipped = spark.sparkContext.broadcast(ctx)
+        try:
+            out = users.mapInPandas(lambda it: candidate_batches(it, shipped.value), schema=schemas.CANDIDATES)
+            rows = storage.write_partition(out, cfg, tables.CANDIDATES, cutoff,
+                                           metadata={"as_of": cutoff.isoformat(), "role": role,
+                                                     "model_version": str(loaded.version)}, role=role)
+        finally:
+            shipped.unpersist()
+        written = candidate_rows(spark, cfg, cutoff, role)
+        customers = written.select("customer_idx").distinct().count()
+        summary["rows"], summary["customers"] = rows, customers
+        summary["per_customer"] = round(rows / max(customers, 1), 1)
+        if labels is not None:
+            summary.update(candidate_recall(written, labels))
+            log(STAGE, "recall on the validation week: " + ", ".join(
+                f"{k.removeprefix('recall_')} {v:.3f}" for k, v in summary.items() if k.startswith("recall_")))
+    return dict(summary)

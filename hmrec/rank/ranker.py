@@ -1,0 +1,376 @@
+"""The learned ranker: LightGBM lambdarank over the candidates, trained on the validation week.
+
+    hmrec rank --as-of YYYY-MM-DD
+
+For as-of D and its fit cutoff v = D - ``split.validation_days``, the rows of
+``tables.CANDIDATES`` at v (made from data before v, with the fit model's
+retrieval, for the buyers of the week [v, D)) are labelled 1 when the
+customer bought the article in that week (``tables.VALIDATION`` at D), else
+0. A share ``rank.valid_share`` of the week's buyers, picked by a hash of
+their customer_idx, is held out: training stops when their NDCG@12 has not
+improved for ``rank.early_stopping`` rounds, and their lists give the
+validation figures, the ranker's MAP@12 and Recall@12 beside the blend's for
+the same customers (so the scoring method is chosen on the validation week).
+The others form the training groups: customers with at least one positive,
+their negatives sampled down to ``rank.negative_share``. Training runs on the
+driver: rows are (buyers of one week) x (candidates per customer), a few
+hundred thousand at scale 0.1, about 5M at full H&M size with the default
+sample, which LightGBM fits in a few GB; past that, lower
+``rank.negative_share``.
+
+The booster (``booster.txt``) and ``ranker.json`` (features, their gain
+importance, training cutoff and rows, the validation figures) are attached to
+the served model version of D under ``ranker/``, with their SHA-256 as tags
+of the version (``sha256.ranker/booster.txt``), so the version can be
+re-scored from the registry alone (:func:`load_ranker`).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from hmrec import artifacts
+from hmrec.config import Config
+from hmrec.errors import HmrecError
+from hmrec.etl import segments
+from hmrec.etl.split import fit_cutoff
+from hmrec.evaluation.metrics import row_metrics
+from hmrec.lake import storage, tables
+from hmrec.progress import log, stage
+from hmrec.rank import sources as S
+from hmrec.rank.candidates import candidate_rows, has_candidates
+from hmrec.serve.blend import blend_batch, pad_lists
+
+STAGE = "rank"
+RANKER_DIR = "ranker"
+BOOSTER_FILE = "booster.txt"
+META_FILE = "ranker.json"
+NDCG_AT = 12
+
+
+def held_out(customer_idx: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """(N,) bool: the customers held out, a fixed share picked by a hash of customer_idx and ``seed``."""
+    h = (np.asarray(customer_idx, dtype=np.uint64) * np.uint64(2654435761) + np.uint64(seed * 97 + 13)) % np.uint64(10007)
+    return h < np.uint64(round(share * 10007))
+
+
+def sample_negatives(frame: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
+    """Every positive row of ``frame`` (``label`` 1) and about ``share`` of the negatives, picked by a hash."""
+    if share >= 1.0:
+        return frame
+    key = (frame["customer_idx"].to_numpy(np.uint64) * np.uint64(1000003)
+           + frame["article_idx"].to_numpy(np.uint64) * np.uint64(7919) + np.uint64(seed)) % np.uint64(9973)
+    keep = (frame["label"].to_numpy() > 0) | (key < np.uint64(round(share * 9973)))
+    return frame[keep]
+
+
+def training_groups(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of customers with at least one positive, sorted by customer (the query groups of lambdarank)."""
+    positive = frame.groupby("customer_idx")["label"].transform("max") > 0
+    return frame[positive].sort_values(["customer_idx", "article_idx"], kind="stable").reset_index(drop=True)
+
+
+def _group_sizes(frame: pd.DataFrame) -> np.ndarray:
+    return frame.groupby("customer_idx", sort=False).size().to_numpy()
+
+
+@dataclass
+class Trained:
+    booster: object  # lightgbm.Booster
+    best_iteration: int
+    train_rows: int
+    train_groups: int
+    seconds: float
+    importance: dict[str, float]
+
+
+def train_ranker(train: pd.DataFrame, valid: pd.DataFrame, cfg: Config) -> Trained:
+    """Fit lambdarank on ``train`` (rows with ``label``), early-stopped on NDCG@12 of ``valid``."""
+    import lightgbm as lgb  # the driver's stage only; workers need it just to predict
+
+    train, valid = training_groups(train), training_groups(valid)
+    if train.empty:
+        raise HmrecError("no training customer has a purchase of the validation week among its candidates: "
+                         "raise candidates.retrieval_n or check that the fit cutoff's tables hold data")
+    rc = cfg.rank
+    params = {"objective": "lambdarank", "metric": "ndcg", "ndcg_eval_at": [NDCG_AT], "learning_rate": rc.learning_rate,
+              "num_leaves": rc.num_leaves, "min_child_samples": rc.min_child_samples, "num_threads": rc.threads,
+              "seed": rc.seed, "deterministic": True, "force_row_wise": True, "verbose": -1,
+              "lambdarank_truncation_level": 20}
+    features = list(S.FEATURES)
+    t0 = time.perf_counter()
+    dtrain = lgb.Dataset(train[features].to_numpy(np.float64), train["label"].to_numpy(), group=_group_sizes(train),
+                         feature_name=features, free_raw_data=True)
+    sets, callbacks = [], []
+    if not valid.empty:
+        sets = [lgb.Dataset(valid[features].to_numpy(np.float64), valid["label"].to_numpy(), group=_group_sizes(valid),
+                            reference=dtrain)]
+        callbacks = [lgb.early_stopping(rc.early_stopping, verbose=False)]
+    booster = lgb.train(params, dtrain, num_boost_round=rc.max_rounds, valid_sets=sets, callbacks=callbacks)
+    best = int(booster.best_iteration or booster.current_iteration())
+    gains = booster.feature_importance("gain", iteration=best)
+    return Trained(booster, best, len(train), int(train["customer_idx"].nunique()), round(time.perf_counter() - t0, 2),
+                   {f: round(float(g), 3) for f, g in sorted(zip(features, gains), key=lambda x: -x[1])})
+
+
+def predict(booster: object, frame: pd.DataFrame) -> np.ndarray:
+    """The ranker's score of every row of ``frame`` (``tables.CANDIDATES`` rows)."""
+    if frame.empty:
+        return np.zeros(0)
+    missing = [c for c in S.FEATURES if c not in frame.columns]
+    if missing:
+        raise HmrecError(f"candidate rows lack feature columns {missing[:5]}: rerun `hmrec candidates`")
+    return np.asarray(booster.predict(frame[list(S.FEATURES)].to_numpy(np.float64), num_threads=1), dtype=np.float64)
+
+
+def top_lists(frame: pd.DataFrame, pred: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per customer of ``frame`` its ``k`` best candidates by ``pred``: (customer_idx (C,), article_idx (C, k),
+    score (C, k), source name (C, k)); -1 / 0 / '' where a customer has fewer than k candidates."""
+    if frame.empty:
+        return (np.zeros(0, np.int64), np.zeros((0, k), np.int64), np.zeros((0, k)), np.zeros((0, k), dtype=object))
+    f = pd.DataFrame({"c": frame["customer_idx"].to_numpy(np.int64), "a": frame["article_idx"].to_numpy(np.int64),
+                      "p": pred, "s": S.primary_source(frame)})
+    f = f.sort_values(["c", "p", "a"], ascending=[True, False, True], kind="stable")
+    f["r"] = f.groupby("c").cumcount()
+    f = f[f["r"] < k]
+    customers, row = np.unique(f["c"].to_numpy(), return_inverse=True)
+    idx = np.full((len(customers), k), -1, dtype=np.int64)
+    score = np.zeros((len(customers), k))
+    src = np.full((len(customers), k), "", dtype=object)
+    col = f["r"].to_numpy()
+    idx[row, col] = f["a"].to_numpy()
+    score[row, col] = f["p"].to_numpy()
+    src[row, col] = f["s"].to_numpy()
+    return customers, idx, score, src
+
+
+def filled_lists(idx: np.ndarray, score: np.ndarray, src: np.ndarray, fill_idx: np.ndarray, fill_score: np.ndarray,
+                 k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ranked lists (B, k) completed from each row's popularity list ``fill_*`` (B, T) to exactly k distinct
+    articles; the filled slots' source is ``popular``."""
+    b = idx.shape[0]
+    if idx.shape[1] < k:  # fewer columns than K (no candidates at all): pad with empty slots
+        pad = ((0, 0), (0, k - idx.shape[1]))
+        idx, score, src = np.pad(idx, pad, constant_values=-1), np.pad(score, pad), np.pad(src, pad, constant_values="")
+    order_score = np.where(idx >= 0, -np.arange(idx.shape[1])[None, :].astype(np.float64), 0.0)  # keep the ranked order
+    out_idx, _, out_src_code = blend_batch(idx, order_score, np.full((b, 0), -1, np.int64), np.zeros((b, 0)),
+                                           fill_idx, fill_score, k)
+    # blend_batch keeps the ranked candidates first, in their order; map each back to its score and source
+    pos = np.argmax(out_idx[:, :, None] == idx[:, None, :], axis=2)
+    from_rank = out_src_code == 0
+    rows = np.arange(b)[:, None]
+    out_score = np.where(from_rank, score[rows, pos], 0.0)
+    fill_pos = np.argmax(out_idx[:, :, None] == fill_idx[:, None, :], axis=2)
+    out_score = np.where(from_rank, out_score, fill_score[rows, fill_pos])
+    out_src = np.where(from_rank, src[rows, pos], "popular")
+    return out_idx, out_score, out_src
+
+
+# ---- the registry ---------------------------------------------------------------------------
+
+
+def save_ranker(cfg: Config, version: str, trained: Trained, meta: dict) -> dict[str, str]:
+    """Attach the booster and ``ranker.json`` to model version ``version`` with their SHA-256 as its tags."""
+    from hmrec.model import registry
+
+    c = registry.client(cfg)
+    mv = c.get_model_version(cfg.paths.registered_model, version)
+    with tempfile.TemporaryDirectory(prefix="hmrec-ranker-") as tmp:
+        trained.booster.save_model(os.path.join(tmp, BOOSTER_FILE), num_iteration=trained.best_iteration)
+        with open(os.path.join(tmp, META_FILE), "w") as f:
+            json.dump(meta, f, indent=1, sort_keys=True, default=str)
+        sums = {registry.CHECKSUM_TAG.format(f"{RANKER_DIR}/{n}"): artifacts.sha256_file(os.path.join(tmp, n))
+                for n in (BOOSTER_FILE, META_FILE)}
+        c.log_artifacts(mv.run_id, tmp, RANKER_DIR)
+    for key, value in sums.items():
+        c.set_model_version_tag(cfg.paths.registered_model, version, key, value)
+    return sums
+
+
+def load_ranker(cfg: Config, version: str) -> tuple[object, dict]:
+    """The booster and ``ranker.json`` of model version ``version``, checked against their recorded SHA-256."""
+    import lightgbm as lgb
+    from mlflow.artifacts import download_artifacts
+
+    from hmrec.model import registry
+
+    c = registry.client(cfg)
+    mv = c.get_model_version(cfg.paths.registered_model, str(version))
+    tags = mv.tags or {}
+    fix = f"rerun `hmrec rank --as-of {tags.get(registry.AS_OF_TAG, 'YYYY-MM-DD')}`"
+    if registry.CHECKSUM_TAG.format(f"{RANKER_DIR}/{BOOSTER_FILE}") not in tags:
+        raise HmrecError(f"model version {version} has no ranker: {fix}")
+    run = c.get_run(mv.run_id)
+    local = download_artifacts(artifact_uri=f"{run.info.artifact_uri}/{RANKER_DIR}", tracking_uri=cfg.mlflow_uri,
+                               dst_path=tempfile.mkdtemp(prefix=f"hmrec-ranker-v{version}-"))
+    paths = {n: os.path.join(local, n) for n in (BOOSTER_FILE, META_FILE)}
+    for name, path in paths.items():
+        artifacts.verify(path, tags.get(registry.CHECKSUM_TAG.format(f"{RANKER_DIR}/{name}")),
+                         f"the ranker's {name} of model version {version}", fix)
+    with open(paths[META_FILE]) as f:
+        meta = json.load(f)
+    if meta.get("features") != list(S.FEATURES):
+        raise HmrecError(f"the ranker of model version {version} was trained on features {meta.get('features')}, "
+                         f"hmrec.rank.sources now has {list(S.FEATURES)}: {fix}")
+    try:
+        booster = lgb.Booster(model_file=paths[BOOSTER_FILE])
+    except Exception as exc:  # a damaged file: whatever LightGBM's parser raises
+        raise artifacts.unreadable(paths[BOOSTER_FILE], f"the ranker of model version {version}", fix, exc) from None
+    return booster, meta
+
+
+def has_ranker(cfg: Config, version: str | None) -> bool:
+    """Whether model version ``version`` carries a ranker."""
+    from hmrec.model import registry
+
+    from mlflow.exceptions import MlflowException
+
+    if version is None:
+        return False
+    try:
+        mv = registry.client(cfg).get_model_version(cfg.paths.registered_model, str(version))
+    except MlflowException:  # not a registered version (lists scored from replayed embeddings)
+        return False
+    return registry.CHECKSUM_TAG.format(f"{RANKER_DIR}/{BOOSTER_FILE}") in (mv.tags or {})
+
+
+# ---- the validation figures --------------------------------------------------------------
+
+
+def _means(predicted: np.ndarray, actual: np.ndarray, k: int) -> dict[str, float]:
+    m = row_metrics(predicted, actual, k)
+    return {f"map@{k}": round(float(m[f"map@{k}"].mean()), 6), f"recall@{k}": round(float(m[f"recall@{k}"].mean()), 6),
+            "users": int(len(predicted))}
+
+
+def blend_on(cfg: Config, spark: SparkSession, as_of: dt.date, users: pd.DataFrame):
+    """The blend's lists at the fit cutoff of ``as_of`` for ``users`` (``tables.USER_FEATURES`` rows at it
+    with ``segment``), exactly as scoring would make them with the plans of ``as_of``; and the scoring context."""
+    from hmrec.model import registry
+    from hmrec.serve.embedders import ModelEmbedder
+    from hmrec.serve.index import load_index
+    from hmrec.serve.score import assemble, batch_inputs, build_context, served_plans
+
+    cutoff = fit_cutoff(cfg, as_of)
+    loaded = registry.load_model(cfg, as_of=cutoff, role="fit")
+    index, _ = load_index(cfg, str(loaded.version), cutoff)
+    plans, _ = served_plans(spark, cfg, as_of)
+    ctx = build_context(cfg, spark, cutoff, ModelEmbedder.from_loaded(loaded), index, "last_articles", plans)
+    out = []
+    for start in range(0, len(users), 8192):
+        batch = users.iloc[start : start + 8192]
+        inp = batch_inputs(batch, ctx, model_groups=np.array([p.source != "popular" for p in ctx.plans]))
+        out.append(assemble(inp, ctx, ctx.plans)[0])
+    lists = np.concatenate(out) if out else np.zeros((0, cfg.score.k), np.int64)
+    return lists, ctx, plans
+
+
+def fallback_rows(ctx, segment: pd.Series, fallback: str) -> np.ndarray:
+    """Each customer's row in ``ctx.fill_idx`` (a scoring context): its age segment's, or global (row 0)."""
+    if fallback == "global":
+        return np.zeros(len(segment), dtype=np.int64)
+    seg_row = {name: i for i, name in enumerate(ctx.segment_names)}
+    return np.fromiter((seg_row.get(s, 0) for s in segment), dtype=np.int64, count=len(segment))
+
+
+# ---- the stage ------------------------------------------------------------------------------
+
+
+def rank(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
+    """The ``hmrec rank`` stage (see the module notes): train, measure on the held-out buyers, register."""
+    from hmrec.model import registry
+
+    k = cfg.score.k
+    cutoff = fit_cutoff(cfg, as_of)
+    rc = cfg.rank
+    with stage(STAGE) as summary:
+        summary["as_of"], summary["fit_cutoff"] = as_of.isoformat(), cutoff.isoformat()
+        version = registry.latest_version(cfg, as_of, role="serve")
+        if version is None:
+            raise HmrecError(f"no served model version for {as_of} to attach the ranker to: run `hmrec train --as-of {as_of}`")
+        labels = storage.read_as_of(spark, cfg, tables.VALIDATION, as_of).where(
+            F.col("customer_idx").isNotNull() & F.col("article_idx").isNotNull())
+        actual = labels.groupBy("customer_idx").agg(F.collect_set("article_idx").alias("actual")).toPandas()
+        if actual.empty:
+            log(STAGE, f"{tables.VALIDATION} has no purchase for {as_of}: no week to train a ranker on, the blend "
+                       f"is served")
+            summary.update(model_version=version, skipped="no validation week")
+            return dict(summary)
+        if not has_candidates(spark, cfg, cutoff, "fit"):
+            raise HmrecError(f"{tables.CANDIDATES} has no rows at the fit cutoff {cutoff}: run "
+                             f"`hmrec candidates --as-of {as_of} --role fit` first")
+        positives = labels.select("customer_idx", "article_idx").distinct().withColumn("label", F.lit(1))
+        cands = (candidate_rows(spark, cfg, cutoff, "fit")
+                 .join(positives, ["customer_idx", "article_idx"], "left").fillna({"label": 0}).toPandas())
+        out_cands = held_out(cands["customer_idx"].to_numpy(), rc.valid_share, rc.seed)
+        train = sample_negatives(cands[~out_cands], rc.negative_share, rc.seed)
+        valid = cands[out_cands]
+        log(STAGE, f"{len(cands):,} candidate rows of {cands['customer_idx'].nunique():,} buyers at {cutoff}; "
+                   f"training on {len(train):,} rows, {len(valid):,} held out")
+        trained = train_ranker(train, valid, cfg)
+        summary.update(train_rows=trained.train_rows, train_groups=trained.train_groups,
+                       best_iteration=trained.best_iteration, train_s=trained.seconds)
+
+        # the validation figures: every held-out buyer of the week, the ranker's list against the blend's
+        actual = actual[held_out(actual["customer_idx"].to_numpy(), rc.valid_share, rc.seed)]
+        actual = actual.sort_values("customer_idx").reset_index(drop=True)
+        figures: dict = {"users": int(len(actual))}
+        if len(actual):
+            ids = F.broadcast(spark.createDataFrame(actual[["customer_idx"]]))
+            users = (storage.read_as_of(spark, cfg, tables.USER_FEATURES, cutoff).join(ids, "customer_idx")
+                     .withColumn("segment", segments.age_segment(F.col("age_bucket"), cfg.features.age_buckets))
+                     .toPandas().sort_values("customer_idx").reset_index(drop=True))
+            users = actual[["customer_idx"]].merge(users, on="customer_idx", how="left")
+            blend, ctx, plans = blend_on(cfg, spark, as_of, users)
+            truth = pad_lists(actual["actual"].tolist())
+            ranked = ranked_for(users, valid, trained.booster, ctx, plans["cold"].fallback, k)
+            figures["ranker"] = _means(ranked, truth, k)
+            figures["blend"] = _means(blend, truth, k)
+            log(STAGE, f"held-out buyers of the validation week ({len(actual):,}): ranker map@{k} "
+                       f"{figures['ranker'][f'map@{k}']:.4f} recall@{k} {figures['ranker'][f'recall@{k}']:.4f}; "
+                       f"blend map@{k} {figures['blend'][f'map@{k}']:.4f} recall@{k} {figures['blend'][f'recall@{k}']:.4f}")
+        meta = {"features": list(S.FEATURES), "library": "lightgbm", "objective": "lambdarank",
+                "fit_cutoff": cutoff.isoformat(), "as_of": as_of.isoformat(), "label_week": [cutoff.isoformat(),
+                (as_of - dt.timedelta(days=1)).isoformat()], "train_rows": trained.train_rows,
+                "train_groups": trained.train_groups, "best_iteration": trained.best_iteration,
+                "importance_gain": trained.importance, "validation": figures,
+                "settings": {f"rank.{key}": getattr(rc, key) for key in rc.__dataclass_fields__}}
+        save_ranker(cfg, version, trained, meta)
+        mv = registry.client(cfg).get_model_version(cfg.paths.registered_model, version)
+        registry.log_run_metrics(cfg, mv.run_id, {
+            **{f"validation.{m}.{name}": v for m in ("ranker", "blend") for name, v in figures.get(m, {}).items()},
+            "ranker.train_rows": trained.train_rows, "ranker.best_iteration": trained.best_iteration,
+            "ranker.train_s": trained.seconds})
+        summary["model_version"] = version
+        for m in ("ranker", "blend"):
+            if m in figures:
+                summary[f"{m}_map@{k}"] = figures[m][f"map@{k}"]
+                summary[f"{m}_recall@{k}"] = figures[m][f"recall@{k}"]
+        summary["top_features"] = ",".join(list(trained.importance)[:5])
+    return dict(summary, validation=figures)
+
+
+def ranked_for(users: pd.DataFrame, cands: pd.DataFrame, booster: object, ctx, fallback: str, k: int) -> np.ndarray:
+    """(B, k) article_idx: each row of ``users`` its ranked candidates of ``cands``, filled from its
+    popularity list in ``ctx`` (a scoring context); customers without candidates get the list alone."""
+    customers, idx, score, src = top_lists(cands, predict(booster, cands), k)
+    at = pd.Series(np.arange(len(customers)), index=customers)
+    pos = users["customer_idx"].map(at).to_numpy()
+    have = ~pd.isna(pos)
+    full = np.full((len(users), k), -1, dtype=np.int64)
+    full_score = np.zeros((len(users), k))
+    full_src = np.full((len(users), k), "", dtype=object)
+    p = pos[have].astype(np.int64)
+    full[have], full_score[have], full_src[have] = idx[p], score[p], src[p]
+    rows = fallback_rows(ctx, users["segment"].fillna(segments.UNKNOWN_SEGMENT), fallback)
+    out, _, _ = filled_lists(full, full_score, full_src, ctx.fill_idx[rows], ctx.fill_score[rows], k)
+    return out

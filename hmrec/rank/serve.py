@@ -1,0 +1,197 @@
+"""Scoring with ``score.method: ranker``: the ranker's K best candidates of every customer, in one Delta commit.
+
+The booster of the served model version (:func:`hmrec.rank.ranker.load_ranker`)
+travels to Spark's Python workers in a broadcast, as text, and is rebuilt
+once per worker. ``tables.CANDIDATES`` at the as-of is partitioned by
+customer and sorted within partitions, so a worker sees each customer's
+candidates together (a customer cut by an Arrow batch boundary is carried to
+the next batch). Each customer's candidates are scored, the K best kept and
+the list completed from the popularity list (the age segment's, or the
+global one, as the cold customers' plan says) to exactly K distinct
+articles. Customers with features but no candidates (no purchase before the
+as-of) get that popularity list alone, customers without features the global
+list. ``source`` names the generator that proposed each article (``model``
+for the two-tower retrieval, then ``repurchase``, ``colour``, ``popular``,
+``trending``); ``score`` is the ranker's for ranked rows and the popularity
+count for filled ones. The checks before publishing are those of
+:mod:`hmrec.serve.score`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from hmrec.config import Config
+from hmrec.errors import HmrecError
+from hmrec.etl import segments
+from hmrec.lake import schemas, storage, tables
+from hmrec.progress import log, stage
+from hmrec.rank.candidates import candidate_rows, has_candidates
+from hmrec.rank.ranker import fallback_rows, filled_lists, predict, top_lists
+from hmrec.serve.blend import fill_lists
+from hmrec.serve.embedders import worker_cached
+from hmrec.serve.score import check_coverage, check_lists, worker_error
+
+
+@dataclass
+class RankContext:
+    """What a worker needs to rank a batch; broadcast once per job."""
+
+    booster_text: str
+    key: str  # cache key of the rebuilt booster in a worker
+    k: int
+    article_ids: np.ndarray  # (max article_idx + 1,) article_id strings
+    segment_names: list[str]
+    fill_idx: np.ndarray  # (S, T)
+    fill_score: np.ndarray  # (S, T)
+    fallback: str  # segment | global
+    model_version: str
+    as_of: dt.date
+    verify: bool = True
+
+    def booster(self) -> object:
+        import lightgbm as lgb
+
+        return worker_cached(self.key, lambda: lgb.Booster(model_str=self.booster_text))
+
+
+def _frame(ctx: RankContext, customer_ids: np.ndarray, idx: np.ndarray, score: np.ndarray, src: np.ndarray) -> pd.DataFrame:
+    n, k = idx.shape
+    return pd.DataFrame({
+        "customer_id": np.repeat(customer_ids, k),
+        "article_id": ctx.article_ids[idx.ravel()],
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
+        "score": score.ravel().astype(np.float64),
+        "source": src.ravel(),
+        "model_version": ctx.model_version,
+        "as_of": ctx.as_of,
+    })
+
+
+def rank_frame(cands: pd.DataFrame, ctx: RankContext) -> pd.DataFrame:
+    """``tables.RECOMMENDATIONS`` rows (exactly K per customer) for whole customers' ``tables.CANDIDATES`` rows."""
+    customers, idx, score, src = top_lists(cands, predict(ctx.booster(), cands), ctx.k)
+    info = cands.drop_duplicates("customer_idx").set_index("customer_idx")
+    seg = info.loc[customers, "segment"].fillna(segments.UNKNOWN_SEGMENT)
+    rows = fallback_rows(ctx, seg, ctx.fallback)
+    out_idx, out_score, out_src = filled_lists(idx, score, src, ctx.fill_idx[rows], ctx.fill_score[rows], ctx.k)
+    if (out_idx < 0).any():
+        raise HmrecError(f"could not fill {ctx.k} distinct articles for customer_idx {customers[(out_idx < 0).any(axis=1)][:3]}:"
+                         f" the popularity lists are too short; rerun `hmrec popularity` or lower score.k")
+    frame = _frame(ctx, info.loc[customers, "customer_id"].to_numpy(dtype=object), out_idx, out_score, out_src)
+    if ctx.verify:
+        check_lists(frame, info.loc[customers, "customer_id"].to_numpy(dtype=object), ctx.k)
+    return frame
+
+
+def rank_batches(batches: Iterable[pd.DataFrame], ctx: RankContext) -> Iterator[pd.DataFrame]:
+    """The ``mapInPandas`` body over candidates sorted by customer: the last customer of a batch waits
+    for the next one, so each customer is ranked on all of its candidates."""
+    carry = None
+    for pdf in batches:
+        if carry is not None:
+            pdf = pd.concat([carry, pdf], ignore_index=True)
+        if pdf.empty:
+            continue
+        last = pdf["customer_idx"].iloc[-1]
+        tail = (pdf["customer_idx"] == last).to_numpy()
+        carry = pdf[tail]
+        if (~tail).any():
+            yield rank_frame(pdf[~tail], ctx)
+    if carry is not None and len(carry):
+        yield rank_frame(carry, ctx)
+
+
+def fallback_batches(batches: Iterable[pd.DataFrame], ctx: RankContext) -> Iterator[pd.DataFrame]:
+    """The popularity list of customers with features but no candidates (customer_id, segment)."""
+    for pdf in batches:
+        if pdf.empty:
+            continue
+        rows = fallback_rows(ctx, pdf["segment"].fillna(segments.UNKNOWN_SEGMENT), ctx.fallback)
+        b = len(pdf)
+        empty = np.full((b, 0), -1, dtype=np.int64)
+        idx, score, _ = filled_lists(empty, np.zeros((b, 0)), np.zeros((b, 0), dtype=object),
+                                     ctx.fill_idx[rows], ctx.fill_score[rows], ctx.k)
+        frame = _frame(ctx, pdf["customer_id"].to_numpy(dtype=object), idx, score, np.full(idx.shape, "popular", dtype=object))
+        if ctx.verify:
+            check_lists(frame, pdf["customer_id"].to_numpy(dtype=object), ctx.k, "a popular batch")
+        yield frame
+
+
+def rank_context(cfg: Config, spark: SparkSession, as_of: dt.date, version: str, booster: object,
+                 fallback: str) -> RankContext:
+    """The lookups of ``as_of`` on the driver: the catalogue of the version's item embeddings and the popularity lists."""
+    from hmrec.serve.index import read_item_embeddings
+
+    items, _ = read_item_embeddings(spark, cfg, as_of, version, need_vectors=False)
+    idx = items["article_idx"].to_numpy(np.int64)
+    article_ids = np.empty(int(idx.max()) + 1, dtype=object)
+    article_ids[idx] = items["article_id"].to_numpy(dtype=object)
+    popularity = storage.read_as_of(spark, cfg, tables.POPULARITY, as_of).select("segment", "rank", "article_idx", "score").toPandas()
+    names, f_idx, f_score = fill_lists(popularity, idx, cfg.score.k)
+    text = booster.model_to_string()
+    return RankContext(text, f"ranker:{version}:{hash(text)}", cfg.score.k, article_ids, names, f_idx, f_score,
+                       fallback, str(version), as_of)
+
+
+def score_ranked(cfg: Config, spark: SparkSession, as_of: dt.date, version: str, fallback: str = "segment") -> dict:
+    """Score every customer of ``tables.CUSTOMERS`` with the ranker of ``version`` and replace
+    ``tables.RECOMMENDATIONS`` in one commit; returns the stage summary."""
+    from hmrec.rank.ranker import load_ranker
+
+    with stage("score") as summary:
+        summary["method"], summary["model_version"] = "ranker", str(version)
+        booster, meta = load_ranker(cfg, version)
+        if not has_candidates(spark, cfg, as_of, "serve"):
+            raise HmrecError(f"{tables.CANDIDATES} has no rows for as_of {as_of}: run `hmrec candidates --as-of {as_of}`")
+        ctx = rank_context(cfg, spark, as_of, version, booster, fallback)
+        parallelism = spark.sparkContext.defaultParallelism
+        cands = (candidate_rows(spark, cfg, as_of, "serve").repartition(parallelism, "customer_idx")
+                 .sortWithinPartitions("customer_idx", "article_idx"))
+        features_df = storage.read_as_of(spark, cfg, tables.USER_FEATURES, as_of)
+        have = candidate_rows(spark, cfg, as_of, "serve").select("customer_idx").distinct()
+        bare = (features_df.join(have, "customer_idx", "left_anti")
+                .select("customer_id", segments.age_segment(F.col("age_bucket"), cfg.features.age_buckets).alias("segment")))
+        customers = storage.read(spark, cfg, tables.CUSTOMERS).select("customer_id").dropDuplicates()
+        unknown = customers.join(features_df.select("customer_id"), "customer_id", "left_anti")
+        top = pd.DataFrame({"article_id": ctx.article_ids[ctx.fill_idx[0, : ctx.k]],
+                            "rank": np.arange(1, ctx.k + 1, dtype=np.int32), "score": ctx.fill_score[0, : ctx.k]})
+        top_df = spark.createDataFrame(top, "article_id string, rank int, score double")
+        glob = unknown.crossJoin(F.broadcast(top_df)).select(
+            "customer_id", "article_id", "rank", "score", F.lit("popular").alias("source"),
+            F.lit(str(version)).alias("model_version"), F.lit(as_of).alias("as_of"))
+        shipped = spark.sparkContext.broadcast(ctx)
+        try:
+            ranked = cands.mapInPandas(lambda it: rank_batches(it, shipped.value), schema=schemas.RECOMMENDATIONS)
+            popular = bare.mapInPandas(lambda it: fallback_batches(it, shipped.value), schema=schemas.RECOMMENDATIONS)
+            out = ranked.unionByName(popular).unionByName(glob).select(
+                [F.col(f.name).cast(f.dataType) for f in schemas.RECOMMENDATIONS.fields])
+            summary.update(check_coverage(features_df, customers, as_of))
+            t0 = time.perf_counter()
+            try:
+                rows = storage.write(out, cfg, tables.RECOMMENDATIONS, mode="overwrite",
+                                     metadata={"as_of": as_of.isoformat(), "model_version": str(version),
+                                               "k": cfg.score.k, "method": "ranker"})
+            except Exception as exc:  # a worker's refusal fails the write's Spark job: no commit was made
+                message = worker_error(exc)
+                if message is None:
+                    raise
+                raise HmrecError(message) from None
+            write_s = time.perf_counter() - t0
+        finally:
+            shipped.unpersist()
+        summary["customers"] = rows // cfg.score.k
+        summary["rows"] = rows
+        counts = storage.read(spark, cfg, tables.RECOMMENDATIONS).groupBy("source").count().collect()
+        summary.update({f"rows_{r['source']}": int(r["count"]) for r in sorted(counts, key=lambda r: -r["count"])})
+        summary["customers_per_s"] = round(summary["customers"] / max(write_s, 1e-9))
+        summary["ranker_trained_at"] = meta.get("fit_cutoff")
+        log("score", f"ranker of model version {version} (trained at {meta.get('fit_cutoff')}), fallback {fallback}")
+    return dict(summary)
