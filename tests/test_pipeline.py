@@ -610,3 +610,23 @@ def test_the_ranker_serves_exactly_k_distinct_articles_to_every_customer(spark, 
     never = storage.read_as_of(spark, cfg, tables.USER_FEATURES, TINY_AS_OF).where("n_purchases = 0").select("customer_id")
     assert recs.join(never, "customer_id").where(F.col("source") != "popular").count() == 0
     assert summary["customers"] == per.count()
+
+
+def test_a_ranker_worse_than_the_blend_on_the_validation_week_is_not_served(spark, ran, tmp_path, capsys):
+    from hmrec.model import registry
+    from hmrec.serve.score import score
+
+    cfg0, _ = ran
+    lake = tmp_path / "lake"
+    shutil.copytree(cfg0.lakehouse, lake)
+    cfg = make_cfg(lake, *TINY_TRAIN, "score.method=ranker")
+    version = registry.latest_version(cfg, TINY_AS_OF)
+    run_id = registry.client(cfg).get_model_version(cfg.paths.registered_model, version).run_id
+    registry.log_run_metrics(cfg, run_id, {"validation.ranker.map@12": 0.01, "validation.blend.map@12": 0.2})
+    capsys.readouterr()
+    summary = score(cfg, spark, TINY_AS_OF)
+    assert "the blend is served: on the validation week's held-out buyers the ranker's MAP@12 0.0100 is below " \
+           "the blend's 0.2000" in capsys.readouterr().err
+    assert "plans" in summary  # the blend's summary names each group's recipe
+    sources = {r[0] for r in storage.read(spark, cfg, tables.RECOMMENDATIONS).select("source").distinct().collect()}
+    assert sources <= {"model", "repurchase", "popular"}

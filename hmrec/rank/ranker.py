@@ -374,3 +374,17 @@ def ranked_for(users: pd.DataFrame, cands: pd.DataFrame, booster: object, ctx, f
     rows = fallback_rows(ctx, users["segment"].fillna(segments.UNKNOWN_SEGMENT), fallback)
     out, _, _ = filled_lists(full, full_score, full_src, ctx.fill_idx[rows], ctx.fill_score[rows], k)
     return out
+
+
+def validation_maps(cfg: Config, version: str) -> tuple[float, float] | None:
+    """(ranker, blend) MAP@K on the validation week's held-out buyers, as the rank stage logged them on
+    the version's MLflow run; None when they were not measured."""
+    from hmrec.model import registry
+
+    c = registry.client(cfg)
+    metrics = c.get_run(c.get_model_version(cfg.paths.registered_model, str(version)).run_id).data.metrics
+    k = cfg.score.k
+    ranker = metrics.get(registry.metric_key(f"validation.ranker.map@{k}"))
+    blend = metrics.get(registry.metric_key(f"validation.blend.map@{k}"))
+    return None if ranker is None or blend is None else (float(ranker), float(blend))
+

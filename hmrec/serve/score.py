@@ -545,14 +545,23 @@ def score(cfg: Config, spark: SparkSession, as_of: dt.date, model_version: str |
 
     loaded = registry.load_model(cfg, model_version=model_version, as_of=as_of)
     if cfg.score.method == "ranker":
-        from hmrec.rank.ranker import has_ranker
+        from hmrec.rank.ranker import has_ranker, validation_maps
         from hmrec.rank.serve import score_ranked  # lightgbm: only with this method
 
-        if has_ranker(cfg, str(loaded.version)):
+        version = str(loaded.version)
+        maps = validation_maps(cfg, version) if has_ranker(cfg, version) else None
+        if not has_ranker(cfg, version):
+            log("score", f"model version {version} has no ranker (`hmrec rank --as-of {as_of}` trains one): "
+                         f"the blend is served")
+        elif maps is not None and maps[0] < maps[1]:
+            # a choice made on the validation week, as the blend's recipes are: the better list is served
+            log("score", f"the blend is served: on the validation week's held-out buyers the ranker's "
+                         f"MAP@{cfg.score.k} {maps[0]:.4f} is below the blend's {maps[1]:.4f}")
+        else:
             plans, why = served_plans(spark, cfg, as_of)
-            return score_ranked(cfg, spark, as_of, str(loaded.version), fallback=plans["cold"].fallback)
-        log("score", f"model version {loaded.version} has no ranker (`hmrec rank --as-of {as_of}` trains one): "
-                     f"the blend is served")
+            summary = score_ranked(cfg, spark, as_of, version, fallback=plans["cold"].fallback)
+            registry.set_alias(cfg, registry.CHAMPION, version)
+            return summary
     embedder = ModelEmbedder.from_loaded(loaded, threads=_task_cpus(spark))
     index, meta = load_index(cfg, str(loaded.version), as_of)
     plans, why = served_plans(spark, cfg, as_of)
