@@ -593,7 +593,9 @@ def test_a_broken_artifact_is_one_line_naming_file_version_and_fix(spark, served
                                                           registry.CHECKSUM_TAG.format(name))
     _damage(target, how)
     before = view(cfg, (tables.RECOMMENDATIONS,))
-    code, err = cli(capsys, "score", "--as-of", AS_OF.isoformat(), *lake_args(lake))
+    # the blend reads the index when scoring (the ranker reads the candidates built with it)
+    method = ["--set", "score.method=blend"] if what.startswith("index") else []
+    code, err = cli(capsys, "score", "--as-of", AS_OF.isoformat(), *lake_args(lake), *method)
     msg = error_line(err, "score")
     assert code == 2
     assert msg.startswith(f"hmrec score: error: {target}: ") and f"model version {version}" in msg
