@@ -37,7 +37,7 @@ from hmrec.rank.candidates import candidate_rows, has_candidates
 from hmrec.rank.ranker import fallback_rows, filled_lists, predict, top_lists
 from hmrec.serve.blend import fill_lists
 from hmrec.serve.embedders import worker_cached
-from hmrec.serve.score import check_coverage, check_lists, worker_error
+from hmrec.serve.score import check_coverage, check_lists, publish
 
 
 @dataclass
@@ -175,15 +175,7 @@ def score_ranked(cfg: Config, spark: SparkSession, as_of: dt.date, version: str,
                 [F.col(f.name).cast(f.dataType) for f in schemas.RECOMMENDATIONS.fields])
             summary.update(check_coverage(features_df, customers, as_of))
             t0 = time.perf_counter()
-            try:
-                rows = storage.write(out, cfg, tables.RECOMMENDATIONS, mode="overwrite",
-                                     metadata={"as_of": as_of.isoformat(), "model_version": str(version),
-                                               "k": cfg.score.k, "method": "ranker"})
-            except Exception as exc:  # a worker's refusal fails the write's Spark job: no commit was made
-                message = worker_error(exc)
-                if message is None:
-                    raise
-                raise HmrecError(message) from None
+            rows = publish(out, cfg, as_of, version, method="ranker")
             write_s = time.perf_counter() - t0
         finally:
             shipped.unpersist()

@@ -322,6 +322,23 @@ def worker_error(exc: BaseException) -> str | None:
     return found.group(1).strip() if found else None
 
 
+def publish(out: DataFrame, cfg: Config, as_of: dt.date, version: str, **metadata: object) -> int:
+    """Replace ``tables.RECOMMENDATIONS`` with ``out`` in one commit; returns the rows written.
+
+    A worker's refusal (:func:`check_lists`) fails the write's Spark job, so no
+    commit is made; it reaches the caller as one :class:`HmrecError` line.
+    """
+    try:
+        return storage.write(out, cfg, tables.RECOMMENDATIONS, mode="overwrite",
+                             metadata={"as_of": as_of.isoformat(), "model_version": str(version), "k": cfg.score.k,
+                                       **metadata})
+    except Exception as exc:
+        message = worker_error(exc)
+        if message is None:
+            raise
+        raise HmrecError(message) from None
+
+
 # ---- Spark plumbing -----------------------------------------------------------------------
 
 
@@ -508,19 +525,7 @@ def score_customers(
                             np.array(["*"], dtype=object), ctx.k, "the popular list of customers without features")
                 summary.update(check_coverage(features_df, customers, as_of))
                 summary["check_s"] = round(time.perf_counter() - t0, 2)
-            try:
-                rows = storage.write(
-                    out,
-                    cfg,
-                    tables.RECOMMENDATIONS,
-                    mode="overwrite",
-                    metadata={"as_of": as_of.isoformat(), "model_version": version, "k": cfg.score.k},
-                )
-            except Exception as exc:  # a worker's refusal fails the write's Spark job: no commit was made
-                message = worker_error(exc)
-                if message is None:
-                    raise
-                raise HmrecError(message) from None
+            rows = publish(out, cfg, as_of, version)
             write_s = time.perf_counter() - t0
         finally:
             shipped.unpersist()
