@@ -185,5 +185,6 @@ def score_ranked(cfg: Config, spark: SparkSession, as_of: dt.date, version: str,
         summary.update({f"rows_{r['source']}": int(r["count"]) for r in sorted(counts, key=lambda r: -r["count"])})
         summary["customers_per_s"] = round(summary["customers"] / max(write_s, 1e-9))
         summary["ranker_trained_at"] = meta.get("fit_cutoff")
+        summary["version"] = storage.version(spark, cfg, tables.RECOMMENDATIONS)  # the Delta version published
         log("score", f"ranker of model version {version} (trained at {meta.get('fit_cutoff')}), fallback {fallback}")
     return dict(summary)
