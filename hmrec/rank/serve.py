@@ -33,6 +33,7 @@ from hmrec.errors import HmrecError
 from hmrec.etl import segments
 from hmrec.lake import schemas, storage, tables
 from hmrec.progress import log, stage
+from hmrec.rank import sources as S
 from hmrec.rank.candidates import candidate_rows, has_candidates
 from hmrec.rank.ranker import fallback_rows, filled_lists, predict, top_lists
 from hmrec.serve.blend import fill_lists
@@ -125,6 +126,14 @@ def fallback_batches(batches: Iterable[pd.DataFrame], ctx: RankContext) -> Itera
         yield frame
 
 
+def counted(frames: Iterator[pd.DataFrame], counters: dict) -> Iterator[pd.DataFrame]:
+    """``frames`` as they go to the writer, each one's rows added to ``counters`` (an accumulator per source)."""
+    for frame in frames:
+        for source, n in frame["source"].value_counts().items():
+            counters[source].add(int(n))
+        yield frame
+
+
 def rank_context(cfg: Config, spark: SparkSession, as_of: dt.date, version: str, booster: object,
                  fallback: str) -> RankContext:
     """The lookups of ``as_of`` on the driver: the catalogue of the version's item embeddings and the popularity lists."""
@@ -168,23 +177,28 @@ def score_ranked(cfg: Config, spark: SparkSession, as_of: dt.date, version: str,
             "customer_id", "article_id", "rank", "score", F.lit("popular").alias("source"),
             F.lit(str(version)).alias("model_version"), F.lit(as_of).alias("as_of"))
         shipped = spark.sparkContext.broadcast(ctx)
+        # Counted as the rows stream by, so the summary needs no second pass over the table.
+        counters = {name: spark.sparkContext.accumulator(0) for name in sorted(set(S.SERVED_NAME.values()))}
         try:
-            ranked = cands.mapInPandas(lambda it: rank_batches(it, shipped.value), schema=schemas.RECOMMENDATIONS)
-            popular = bare.mapInPandas(lambda it: fallback_batches(it, shipped.value), schema=schemas.RECOMMENDATIONS)
+            ranked = cands.mapInPandas(lambda it: counted(rank_batches(it, shipped.value), counters),
+                                       schema=schemas.RECOMMENDATIONS)
+            popular = bare.mapInPandas(lambda it: counted(fallback_batches(it, shipped.value), counters),
+                                       schema=schemas.RECOMMENDATIONS)
             out = ranked.unionByName(popular).unionByName(glob).select(
                 [F.col(f.name).cast(f.dataType) for f in schemas.RECOMMENDATIONS.fields])
             summary.update(check_coverage(features_df, customers, as_of))
             t0 = time.perf_counter()
-            rows = publish(out, cfg, as_of, version, method="ranker")
+            rows, published = publish(out, cfg, as_of, version, method="ranker")
             write_s = time.perf_counter() - t0
         finally:
             shipped.unpersist()
         summary["customers"] = rows // cfg.score.k
         summary["rows"] = rows
-        counts = storage.read(spark, cfg, tables.RECOMMENDATIONS).groupBy("source").count().collect()
-        summary.update({f"rows_{r['source']}": int(r["count"]) for r in sorted(counts, key=lambda r: -r["count"])})
+        counts = {source: acc.value for source, acc in counters.items()}
+        counts["popular"] += rows - sum(counts.values())  # customers without features: the global list, outside mapInPandas
+        summary.update({f"rows_{source}": n for source, n in sorted(counts.items(), key=lambda c: -c[1]) if n})
         summary["customers_per_s"] = round(summary["customers"] / max(write_s, 1e-9))
         summary["ranker_trained_at"] = meta.get("fit_cutoff")
-        summary["version"] = storage.version(spark, cfg, tables.RECOMMENDATIONS)  # the Delta version published
+        summary["version"] = published  # the Delta version published
         log("score", f"ranker of model version {version} (trained at {meta.get('fit_cutoff')}), fallback {fallback}")
     return dict(summary)

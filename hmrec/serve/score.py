@@ -322,14 +322,15 @@ def worker_error(exc: BaseException) -> str | None:
     return found.group(1).strip() if found else None
 
 
-def publish(out: DataFrame, cfg: Config, as_of: dt.date, version: str, **metadata: object) -> int:
-    """Replace ``tables.RECOMMENDATIONS`` with ``out`` in one commit; returns the rows written.
+def publish(out: DataFrame, cfg: Config, as_of: dt.date, version: str, **metadata: object) -> tuple[int, int | None]:
+    """Replace ``tables.RECOMMENDATIONS`` with ``out`` in one commit; returns (rows written, the table's
+    Delta version after it).
 
     A worker's refusal (:func:`check_lists`) fails the write's Spark job, so no
     commit is made; it reaches the caller as one :class:`HmrecError` line.
     """
     try:
-        return storage.write(out, cfg, tables.RECOMMENDATIONS, mode="overwrite",
+        return storage.commit(out, cfg, tables.RECOMMENDATIONS, mode="overwrite",
                              metadata={"as_of": as_of.isoformat(), "model_version": str(version), "k": cfg.score.k,
                                        **metadata})
     except Exception as exc:
@@ -525,7 +526,7 @@ def score_customers(
                             np.array(["*"], dtype=object), ctx.k, "the popular list of customers without features")
                 summary.update(check_coverage(features_df, customers, as_of))
                 summary["check_s"] = round(time.perf_counter() - t0, 2)
-            rows = publish(out, cfg, as_of, version)
+            rows, published = publish(out, cfg, as_of, version)
             write_s = time.perf_counter() - t0
         finally:
             shipped.unpersist()
@@ -537,7 +538,7 @@ def score_customers(
         summary["rows"] = rows
         summary.update({f"rows_{source}": n for source, n in counts.items()})
         summary["customers_per_s"] = round(summary["customers"] / max(write_s, 1e-9))
-        summary["version"] = storage.version(spark, cfg, tables.RECOMMENDATIONS)
+        summary["version"] = published
     return dict(summary)
 
 
