@@ -89,6 +89,50 @@ def tiny_data(tmp_path_factory) -> Path:
     return out
 
 
+# Small but real training: enough for the planted segments to show.
+TINY_TRAIN = ["train.epochs=3", "train.batch_size=512", "train.random_negatives=256", "train.log_every=1000",
+              "train.val_users=300"]
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(spark, tiny_data, tmp_path_factory):
+    """`hmrec run` on the tiny data at TINY_AS_OF, shared by tests/test_pipeline.py and tests/test_pyfunc.py:
+    (cfg, results, the Spark warnings it logged, those of the controls after it, the Python warnings, the
+    modules that read the holdout week). Tests that change the lakehouse work on a copy of it."""
+    import inspect
+    import warnings
+
+    from hmrec import pipeline
+    from hmrec.lake import storage, tables
+
+    readers: list[str] = []
+    lake = tmp_path_factory.mktemp("pipeline") / "lake"
+    cfg = make_cfg(lake, *TINY_TRAIN)
+    with spark_warnings(spark) as spark_log, warnings.catch_warnings(record=True) as caught, \
+            pytest.MonkeyPatch.context() as mp:
+        # Appended, so the filters hmrec installs still come first; a FutureWarning that passes them is recorded.
+        warnings.filterwarnings("always", category=FutureWarning, append=True)
+        warnings.filterwarnings("always", category=UserWarning, append=True)
+        for name in ("read", "read_as_of"):
+            real = getattr(storage, name)
+
+            def spy(spark, cfg, table, *args, _real=real, **kwargs):
+                if table == tables.HOLDOUT:
+                    callers = [f.frame.f_globals["__name__"] for f in inspect.stack()[1:]]
+                    readers.append(next(c for c in callers if c not in ("hmrec.lake.storage", __name__)))
+                return _real(spark, cfg, table, *args, **kwargs)
+
+            mp.setattr(storage, name, spy)
+        results = pipeline.run(cfg, spark, data_dir=str(tiny_data), as_of=TINY_AS_OF)
+        mp.undo()
+        run_log = spark_log()
+        # Positive controls: an unpartitioned window and a FutureWarning are caught here.
+        spark.range(3).selectExpr("row_number() over (order by id) AS r").collect()
+        warnings.warn("control", FutureWarning)
+        control_log = spark_log()[len(run_log):]
+    return cfg, results, run_log, control_log, [(w.category.__name__, str(w.message)) for w in caught], readers
+
+
 @contextlib.contextmanager
 def spark_warnings(spark):
     """Collect the driver's log4j2 events at WARN and above while the block runs; yields a function

@@ -1,15 +1,13 @@
 """`hmrec run` end to end on tiny generated data: contracts, quality, skip and resume.
 
-One pipeline run is shared by the module (it is the expensive part); the
+One pipeline run is shared by the session (tests/conftest.py: it is the expensive part); the
 crash test runs on its own lakehouse copy so it cannot disturb the others.
 """
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,49 +17,22 @@ from pyspark.sql import functions as F
 from hmrec import pipeline
 from hmrec.lake import storage
 from hmrec.lake import tables
-from tests.conftest import TINY_AS_OF, make_cfg, spark_warnings
+from tests.conftest import TINY_AS_OF, TINY_TRAIN, make_cfg
 
 # The module's first test also waits for its whole pipeline run (every stage at two cutoffs): on two
 # cores shared with other jobs that can pass pytest.ini's per-test limit.
 pytestmark = pytest.mark.timeout(1500)
 
-# Small but real training: enough for the planted segments to show.
-TINY_TRAIN = ["train.epochs=3", "train.batch_size=512", "train.random_negatives=256", "train.log_every=1000",
-              "train.val_users=300"]
-
-
-# The modules that read the holdout week during the module's pipeline run.
+# The modules that read the holdout week during the session's pipeline run.
 HOLDOUT_READERS: list[str] = []
 
 
 @pytest.fixture(scope="module")
-def noisy_run(spark, tiny_data, tmp_path_factory):
-    """The module's pipeline run, with the Spark warnings and Python warnings it caused."""
-    lake = tmp_path_factory.mktemp("pipeline") / "lake"
-    cfg = make_cfg(lake, *TINY_TRAIN)
-    with spark_warnings(spark) as spark_log, warnings.catch_warnings(record=True) as caught, \
-            pytest.MonkeyPatch.context() as mp:
-        # Appended, so the filters hmrec installs still come first; a FutureWarning that passes them is recorded.
-        warnings.filterwarnings("always", category=FutureWarning, append=True)
-        warnings.filterwarnings("always", category=UserWarning, append=True)
-        for name in ("read", "read_as_of"):
-            real = getattr(storage, name)
-
-            def spy(spark, cfg, table, *args, _real=real, **kwargs):
-                if table == tables.HOLDOUT:
-                    callers = [f.frame.f_globals["__name__"] for f in inspect.stack()[1:]]
-                    HOLDOUT_READERS.append(next(c for c in callers if c not in ("hmrec.lake.storage", __name__)))
-                return _real(spark, cfg, table, *args, **kwargs)
-
-            mp.setattr(storage, name, spy)
-        results = pipeline.run(cfg, spark, data_dir=str(tiny_data), as_of=TINY_AS_OF)
-        mp.undo()
-        run_log = spark_log()
-        # Positive controls: an unpartitioned window and a FutureWarning are caught here.
-        spark.range(3).selectExpr("row_number() over (order by id) AS r").collect()
-        warnings.warn("control", FutureWarning)
-        control_log = spark_log()[len(run_log):]
-    return cfg, results, run_log, control_log, [(w.category.__name__, str(w.message)) for w in caught]
+def noisy_run(pipeline_run):
+    """The session's pipeline run (tests/conftest.py), with the Spark warnings and Python warnings it caused."""
+    *run, readers = pipeline_run
+    HOLDOUT_READERS[:] = readers
+    return tuple(run)
 
 
 @pytest.fixture(scope="module")

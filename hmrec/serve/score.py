@@ -444,6 +444,22 @@ def served_plans(spark: SparkSession, cfg: Config, as_of: dt.date) -> tuple[Plan
     return plans_from_json(chosen["choices"]["plans"]), f"chosen on the validation week from {chosen['fit_cutoff']}"
 
 
+def scoring_users(cfg: Config, spark: SparkSession, as_of: dt.date, plans: Plans) -> tuple[DataFrame, DataFrame, str]:
+    """(``tables.USER_FEATURES`` at ``as_of``, the same rows with ``segment`` and, when
+    ``score.repurchase_days`` > 0, ``recent_articles``, the column recent purchases are read from)."""
+    features_df = storage.read_as_of(spark, cfg, tables.USER_FEATURES, as_of)
+    users = features_df.withColumn("segment", segments.age_segment(F.col("age_bucket"), cfg.features.age_buckets))
+    rep_col = "last_articles"
+    if cfg.score.repurchase and cfg.score.repurchase_days > 0 and storage.exists(spark, cfg, tables.TRAIN):
+        train = storage.read_as_of(spark, cfg, tables.TRAIN, as_of)
+        widest = max(p.slots for p in plans.values())
+        recent = recent_purchases(train, as_of, cfg.score.repurchase_days, max(cfg.features.last_n, widest))
+        # Small (customers active in the window × a few ints): broadcast, so user_features is not shuffled.
+        users = users.join(F.broadcast(recent), "customer_idx", "left")
+        rep_col = RECENT_COLUMN
+    return features_df, users, rep_col
+
+
 def score_customers(
     cfg: Config,
     spark: SparkSession,
@@ -469,16 +485,7 @@ def score_customers(
     with stage("score") as summary:
         summary["model_version"] = version
         summary["plans"] = ", ".join(f"{g}: {plans[g].label()}" for g in segments.HISTORY_GROUPS)
-        features_df = storage.read_as_of(spark, cfg, tables.USER_FEATURES, as_of)
-        users = features_df.withColumn("segment", segments.age_segment(F.col("age_bucket"), cfg.features.age_buckets))
-        rep_col = "last_articles"
-        if cfg.score.repurchase and cfg.score.repurchase_days > 0 and storage.exists(spark, cfg, tables.TRAIN):
-            train = storage.read_as_of(spark, cfg, tables.TRAIN, as_of)
-            widest = max(p.slots for p in plans.values())
-            recent = recent_purchases(train, as_of, cfg.score.repurchase_days, max(cfg.features.last_n, widest))
-            # Small (customers active in the window × a few ints): broadcast, so user_features is not shuffled.
-            users = users.join(F.broadcast(recent), "customer_idx", "left")
-            rep_col = RECENT_COLUMN
+        features_df, users, rep_col = scoring_users(cfg, spark, as_of, plans)
         ctx = build_context(cfg, spark, as_of, embedder, index, rep_col, plans)
         ctx.verify = verify
         summary["index_kind"] = (index_meta or {}).get("kind", type(index).__name__)
@@ -567,6 +574,8 @@ def score(cfg: Config, spark: SparkSession, as_of: dt.date, model_version: str |
             plans, why = served_plans(spark, cfg, as_of)
             summary = score_ranked(cfg, spark, as_of, version, fallback=plans["cold"].fallback)
             registry.set_alias(cfg, registry.CHAMPION, version)
+            index, _ = load_index(cfg, version, as_of)
+            summary["pyfunc"] = _log_pyfunc(cfg, spark, as_of, loaded, index, plans, "ranker")
             return summary
     embedder = ModelEmbedder.from_loaded(loaded, threads=_task_cpus(spark))
     index, meta = load_index(cfg, str(loaded.version), as_of)
@@ -576,4 +585,13 @@ def score(cfg: Config, spark: SparkSession, as_of: dt.date, model_version: str |
     summary = score_customers(cfg, spark, as_of, embedder, index, index_meta=meta, plans=plans)
     # the served lists are this version's now: the alias follows them (see hmrec.governance)
     registry.set_alias(cfg, registry.CHAMPION, str(loaded.version))
+    summary["pyfunc"] = _log_pyfunc(cfg, spark, as_of, loaded, index, plans, "blend")
     return summary
+
+
+def _log_pyfunc(cfg: Config, spark: SparkSession, as_of: dt.date, loaded: Any, index: faiss.Index, plans: Plans,
+                served: str) -> str:
+    """Add the MLflow pyfunc flavour to the scored version (:mod:`hmrec.serve.pyfunc`); returns its model URI."""
+    from hmrec.serve.pyfunc import log_pyfunc  # mlflow: only on the driver, as the registry is
+
+    return log_pyfunc(cfg, spark, as_of, loaded, index, plans, served)
