@@ -264,15 +264,22 @@ class Recommender(mlflow.pyfunc.PythonModel):
         out_ids[:], out_src[:] = self.popular[0], "popular"
         out_score = np.tile(self.popular[1], (n, 1))
 
-        features = self.basket_features(baskets, cids)
-        by_basket = np.flatnonzero(features["n_purchases"].to_numpy() > 0) if n else np.zeros(0, np.int64)
+        asked = np.asarray([len(b) == 0 for b in baskets], dtype=bool)  # answered by customer_id
+        by_basket = np.zeros(0, dtype=np.int64)
+        if not asked.all():
+            features = self.basket_features(baskets, cids)
+            by_basket = np.flatnonzero(features["n_purchases"].to_numpy() > 0)
         if len(by_basket):
             sub = features.iloc[by_basket].reset_index(drop=True)
             inp = batch_inputs(sub, self.basket_ctx)
             idx, score, src = assemble(inp, self.basket_ctx, self.basket_ctx.plans)
+            if (idx < 0).any():
+                raise HmrecError(f"could not fill {k} distinct articles for the basket "
+                                 f"{baskets[by_basket[np.flatnonzero((idx < 0).any(axis=1))[0]]]}: the popularity "
+                                 f"lists of model version {self.version} are too short; score it again with "
+                                 f"`hmrec score` after `hmrec popularity`")
             out_ids[by_basket], out_score[by_basket], out_src[by_basket] = (
                 self.ctx.article_ids[idx], score, SOURCES[src])
-        asked = np.asarray([len(b) == 0 for b in baskets], dtype=bool)
         rows = [(i, self.user_row[c]) for i, c in enumerate(cids) if asked[i] and c in self.user_row]
         if rows:
             at = np.array([i for i, _ in rows])
