@@ -181,7 +181,9 @@ def test_mlflow_models_serve_answers_a_bounded_request_loop(served):
     cfg, model = served
     port = _free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": cfg.mlflow_uri,
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+           # the server runs uvicorn from the environment's bin directory
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     server = subprocess.Popen(
         [str(mlflow_cli), "models", "serve", "-m", model_uri(cfg), "--env-manager", "local", "-h", "127.0.0.1",
@@ -211,7 +213,8 @@ def test_mlflow_models_serve_answers_a_bounded_request_loop(served):
         got = _post(port, {"dataframe_records": [{"basket": basket}]})["predictions"]
         assert got[0]["article_ids"] == model.predict(pd.DataFrame({"basket": [basket]}))["article_ids"][0]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -98,7 +98,9 @@ def model_server(uri: str, tracking_uri: str, timeout_s: float = 300.0) -> Itera
     stops it (the process group it started) afterwards."""
     port = _free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    # the server runs uvicorn from the environment's bin directory, which need not be on PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+           "PATH": os.pathsep.join([str(mlflow_cli.parent), os.environ.get("PATH", "")])}
     server = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m", uri, "--env-manager", "local",
                                "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -119,7 +121,8 @@ def model_server(uri: str, tracking_uri: str, timeout_s: float = 300.0) -> Itera
             time.sleep(0.5)
         yield port
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
