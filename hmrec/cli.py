@@ -121,7 +121,9 @@ TEXTS: dict[str, tuple[str, str, str, str]] = {
               f"the model version and its index (or its ranker and {T.CANDIDATES}), "
               f"{_names(T.USER_FEATURES, T.TRAIN, T.POPULARITY, T.CHOICES)}",
               f"{_names(*T.written_by('score'))} (replaced whole, one commit); the model version becomes the "
-              "champion (MLflow alias). `hmrec run` scores only past the gate; by hand, prefer `hmrec promote`",
+              "champion (MLflow alias) and gets an MLflow pyfunc flavour (its blend, for customer ids and "
+              "baskets: README \"Serving through MLflow\"). `hmrec run` scores only past the gate; by hand, "
+              "prefer `hmrec promote`",
               "hmrec score --as-of 2020-09-16"),
     "evaluate": ("Judge the served lists and the baselines on the holdout week.",
                  _names(T.RECOMMENDATIONS, T.HOLDOUT, T.TRAIN, T.POPULARITY, T.USER_FEATURES, T.ITEM_EMBEDDINGS),

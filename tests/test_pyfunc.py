@@ -174,7 +174,6 @@ def _post(port: int, body: dict) -> dict:
         return json.loads(resp.read())
 
 
-@pytest.mark.slow
 def test_mlflow_models_serve_answers_a_bounded_request_loop(served):
     from hmrec.serve.pyfunc import model_uri
 
