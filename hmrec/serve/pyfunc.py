@@ -29,9 +29,10 @@ the source of each (``sources``: model, repurchase, popular) and its score
 * a row with a non-empty ``basket`` (article ids, latest first) is a new
   customer whose purchases are that basket, bought on the as-of: the user
   tower embeds it (unseen customer id, the basket as the history bag and the
-  category shares, profile unknown), FAISS answers, the basket's articles lead
-  the list as the active customers' plan keeps recent purchases, and the
-  global popular list fills what is left. Articles unknown to the version are
+  category shares, profile unknown), FAISS answers, the basket's articles are
+  kept as the active customers' plan keeps recent purchases (its slots and
+  order: with ``recency`` they lead the list), and the global popular list
+  fills what is left. Articles unknown to the version are
   left out; a basket of only unknown articles gets the global popular list;
 * otherwise ``customer_id``: a customer of ``tables.USER_FEATURES`` gets
   exactly the blend ``hmrec score`` makes for them (same code, same

@@ -551,7 +551,8 @@ def score_customers(
 
 def score(cfg: Config, spark: SparkSession, as_of: dt.date, model_version: str | None = None) -> dict:
     """The ``hmrec score`` stage with the registered model and its saved index (``score.method: blend``),
-    or its ranker over ``tables.CANDIDATES`` (``ranker``, :mod:`hmrec.rank.serve`); the version becomes the champion."""
+    or its ranker over ``tables.CANDIDATES`` (``ranker``, :mod:`hmrec.rank.serve`); the version becomes the champion
+    and gets its MLflow pyfunc flavour, which serves the blend (:mod:`hmrec.serve.pyfunc`)."""
     # Spark workers import this module to unpickle the ScoringContext; the
     # registry (mlflow, torch) is loaded only by the driver stage that needs it.
     from hmrec.model import registry
