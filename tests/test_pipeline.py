@@ -577,6 +577,10 @@ def test_the_two_stage_list_is_built_trained_on_the_validation_week_and_evaluate
     sample = cands.limit(500).toPandas()
     np.testing.assert_array_equal(ranker.predict(b1, sample), ranker.predict(b2, sample))
     assert meta["features"] == list(sources.FEATURES) and meta["fit_cutoff"] == "2020-09-09"
+    c = registry.client(cfg)
+    run_id = c.get_model_version(cfg.paths.registered_model, version).run_id
+    names = {Path(f.path).name for f in c.list_artifacts(run_id, ranker.RANKER_DIR)}
+    assert {ranker.BOOSTER_FILE, ranker.META_FILE, ranker.IMPORTANCE_FILE} <= names
     doc = json.loads((Path(cfg.lakehouse) / "reports" / TINY_AS_OF.isoformat() / "metrics.json").read_text())
     assert "two_stage" in doc["methods"] and doc["candidates"]["week"] == "holdout"
     assert doc["candidates"]["recall"]["union"] >= doc["candidates"]["recall"]["retrieval"]
