@@ -616,6 +616,32 @@ def test_the_ranker_serves_exactly_k_distinct_articles_to_every_customer(spark, 
     assert summary["customers"] == per.count()
 
 
+def test_the_gate_judges_the_rankers_lift_when_the_ranker_is_what_scoring_serves(spark, ran, tmp_path):
+    from hmrec.governance.gate import gate
+    from hmrec.model import registry
+    from hmrec.rank import ranker
+
+    cfg0, _ = ran
+    lake = tmp_path / "lake"
+    shutil.copytree(cfg0.lakehouse, lake)
+    cfg = make_cfg(lake, *TINY_TRAIN, "score.method=ranker")
+    champion = registry.alias_version(cfg, registry.CHAMPION)
+    loaded = registry.load_model(cfg, champion)
+    run_id = registry.start_run(cfg, TINY_AS_OF, {}, {"purpose": "test challenger"})
+    challenger = registry.register_model(cfg, run_id, loaded.model.state_dict(), loaded.meta["model_args"], TINY_AS_OF)
+    registry.end_run(cfg, run_id, "FINISHED")
+    # a ranker better than the blend (so scoring would serve it) but below popularity on its held-out buyers
+    registry.set_version_tags(cfg, challenger, {registry.CHECKSUM_TAG.format(f"{ranker.RANKER_DIR}/{ranker.BOOSTER_FILE}"): "0"})
+    registry.log_run_metrics(cfg, run_id, {"validation.ranker.map@12": 0.01, "validation.blend.map@12": 0.005,
+                                           "validation.popularity.map@12": 0.02, "validation.ranker.users": 40})
+    summary = gate(cfg, spark, TINY_AS_OF, enforce=False)
+    assert summary["judged_list"] == "ranker" and not summary["passed"]
+    assert summary["validation_lift"] == pytest.approx(0.5) and summary["validation_users"] == 40
+    # the same version under score.method blend is judged on the choose stage's lists
+    summary = gate(make_cfg(lake, *TINY_TRAIN, "score.method=blend"), spark, TINY_AS_OF, enforce=False)
+    assert summary["judged_list"] == "blend" and summary["validation_lift"] != pytest.approx(0.5)
+
+
 def test_a_ranker_worse_than_the_blend_on_the_validation_week_is_not_served(spark, ran, tmp_path, capsys):
     from hmrec.model import registry
     from hmrec.serve.score import score
