@@ -429,7 +429,10 @@ def test_the_refresh_judged_its_model_and_crowned_it(ran):
 
 def test_a_challenger_worse_than_popularity_is_not_published_then_promote_and_rollback(
         spark, ran, tiny_data, tmp_path, capsys):
-    """A second serve version at the same as-of whose validation week says it is worse than popularity."""
+    """A second serve version at the same as-of whose validation week says it is worse than popularity.
+
+    The blend is served here, so the gate judges the choose stage's figures; with the ranker served it
+    judges the ranker's own (test_the_gate_judges_the_rankers_lift_when_the_ranker_is_what_scoring_serves)."""
     from hmrec.cli import main
     from hmrec.errors import GateFailed
     from hmrec.lake.choices import read_choices, write_choices
@@ -439,8 +442,9 @@ def test_a_challenger_worse_than_popularity_is_not_published_then_promote_and_ro
     cfg0, _ = ran
     lake = tmp_path / "lake"
     shutil.copytree(cfg0.lakehouse, lake)
-    cfg = make_cfg(lake, *TINY_TRAIN)
-    flags = ["--set", f"paths.lakehouse={lake}", *[a for s in TINY_TRAIN for a in ("--set", s)]]
+    settings = [*TINY_TRAIN, "score.method=blend"]
+    cfg = make_cfg(lake, *settings)
+    flags = ["--set", f"paths.lakehouse={lake}", *[a for s in settings for a in ("--set", s)]]
     champion = registry.alias_version(cfg, registry.CHAMPION)
     # the challenger: the champion's weights registered again (as a refresh registers), and indexed
     loaded = registry.load_model(cfg, champion)
@@ -468,7 +472,7 @@ def test_a_challenger_worse_than_popularity_is_not_published_then_promote_and_ro
     assert registry.alias_version(cfg, registry.CHAMPION) == champion
 
     # the scheduled refresh stops at the gate (it runs again: a gate setting changed), unrecorded
-    cfg_t = make_cfg(lake, *TINY_TRAIN, "gate.tolerance=0.1")
+    cfg_t = make_cfg(lake, *settings, "gate.tolerance=0.1")
     gates = storage.read(spark, cfg, tables.STAGE_RUNS).where("stage = 'gate'").count()
     with pytest.raises(GateFailed) as failed:
         pipeline.run(cfg_t, spark, data_dir=str(tiny_data), as_of=TINY_AS_OF)
