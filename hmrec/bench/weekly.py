@@ -118,7 +118,7 @@ def bench_weekly(scale: float, seed: int, overrides: list[str], as_of: dt.date) 
             ("full at D+7", root / "lake-cold", root / "data-upto", nxt, False, ["train.warm_start=off"])]
     for label, lake, data, at, append, extra in runs:
         cfg = load_config(None, [f"paths.lakehouse={lake}", *overrides, *extra])
-        with timed(timings, f"{label} ({at})") as row:
+        with timed(timings, f"{label} ({at})"):
             results = pipeline.run(cfg, spark, data_dir=str(data), as_of=at, append=append)
         rows += _stage_rows(label, results, row_seconds(timings))
         rows.append(_quality(lake, at, label))
