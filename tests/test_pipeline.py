@@ -429,22 +429,19 @@ def test_the_refresh_judged_its_model_and_crowned_it(ran):
 
 def test_a_challenger_worse_than_popularity_is_not_published_then_promote_and_rollback(
         spark, ran, tiny_data, tmp_path, capsys):
-    """A second serve version at the same as-of whose validation week says it is worse than popularity.
-
-    The blend is served here, so the gate judges the choose stage's figures; with the ranker served it
-    judges the ranker's own (test_the_gate_judges_the_rankers_lift_when_the_ranker_is_what_scoring_serves)."""
+    """A second serve version at the same as-of whose validation week says it is worse than popularity."""
     from hmrec.cli import main
     from hmrec.errors import GateFailed
     from hmrec.lake.choices import read_choices, write_choices
     from hmrec.model import registry
+    from hmrec.rank import ranker
     from hmrec.serve.index import build_index
 
     cfg0, _ = ran
     lake = tmp_path / "lake"
     shutil.copytree(cfg0.lakehouse, lake)
-    settings = [*TINY_TRAIN, "score.method=blend"]
-    cfg = make_cfg(lake, *settings)
-    flags = ["--set", f"paths.lakehouse={lake}", *[a for s in settings for a in ("--set", s)]]
+    cfg = make_cfg(lake, *TINY_TRAIN)
+    flags = ["--set", f"paths.lakehouse={lake}", *[a for s in TINY_TRAIN for a in ("--set", s)]]
     champion = registry.alias_version(cfg, registry.CHAMPION)
     # the challenger: the champion's weights registered again (as a refresh registers), and indexed
     loaded = registry.load_model(cfg, champion)
@@ -459,6 +456,12 @@ def test_a_challenger_worse_than_popularity_is_not_published_then_promote_and_ro
     figures["methods"]["model"]["map@12"] = figures["methods"]["popularity"]["map@12"] / 2
     write_choices(spark, cfg, TINY_AS_OF, dt.date.fromisoformat(chosen["fit_cutoff"]), chosen["fit_model_version"],
                   chosen["choices"], figures)
+    # and its ranker (the champion's booster), whose held-out buyers say the same: the served list is judged
+    booster, meta = ranker.load_ranker(cfg, champion)
+    ranker.save_ranker(cfg, challenger, ranker.Trained(booster, meta["best_iteration"], meta["train_rows"],
+                                                       meta["train_groups"], 0.0, meta["importance_gain"]), meta)
+    registry.log_run_metrics(cfg, run_id, {"validation.ranker.map@12": 0.02, "validation.blend.map@12": 0.01,
+                                           "validation.popularity.map@12": 0.04, "validation.ranker.users": 50})
     before, table_version = _served(spark, cfg)
 
     capsys.readouterr()
@@ -472,7 +475,7 @@ def test_a_challenger_worse_than_popularity_is_not_published_then_promote_and_ro
     assert registry.alias_version(cfg, registry.CHAMPION) == champion
 
     # the scheduled refresh stops at the gate (it runs again: a gate setting changed), unrecorded
-    cfg_t = make_cfg(lake, *settings, "gate.tolerance=0.1")
+    cfg_t = make_cfg(lake, *TINY_TRAIN, "gate.tolerance=0.1")
     gates = storage.read(spark, cfg, tables.STAGE_RUNS).where("stage = 'gate'").count()
     with pytest.raises(GateFailed) as failed:
         pipeline.run(cfg_t, spark, data_dir=str(tiny_data), as_of=TINY_AS_OF)
