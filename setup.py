@@ -34,6 +34,8 @@ setup(
         "test": ["pytest>=8", "pytest-timeout>=2.3", "nbformat>=5", "nbclient>=0.10", "ipykernel>=6"],
         # `jupyter lab notebooks/`, the command `hmrec run` prints to open the notebooks
         "notebooks": ["jupyterlab>=4"],
+        # `python -m hmrec.bench rankers` compares the served LightGBM ranker with XGBoost's on the same rows
+        "bench": ["xgboost>=3.2,<3.3"],
     },
     entry_points={"console_scripts": ["hmrec=hmrec.cli:main"]},
 )

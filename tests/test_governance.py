@@ -13,7 +13,7 @@ import pytest
 from hmrec.config import load_config
 from hmrec.errors import GateFailed
 from hmrec.governance.card import exposure, gini, lifts
-from hmrec.governance.gate import failure, judge, lift
+from hmrec.governance.gate import failure, judge, lift, ranker_figures
 from hmrec.governance.publish import origins, rollback_target
 
 AS_OF = dt.date(2020, 9, 16)
@@ -96,6 +96,21 @@ def _history(*ops):
     """Delta history rows: ('W',) a write, ('R', v) a restore of version v; versions 0, 1, ..."""
     return [{"version": i, "operation": "RESTORE" if op[0] == "R" else "WRITE",
              "restored": op[1] if op[0] == "R" else None} for i, op in enumerate(ops)]
+
+
+def test_with_the_ranker_served_its_own_lift_is_judged_and_the_coverage_is_the_choose_stages():
+    # the blend's lists are 2x popularity; the ranker's, on its held-out buyers, 0.9x: the served list fails
+    maps = {"ranker": 0.018, "blend": 0.017, "popularity": 0.02, "users": 300}
+    judged = ranker_figures(figures(0.04, 0.02, coverage=0.25), maps, 12)
+    assert judged["users"] == 300 and judged["list"] == "ranker"
+    assert judged["methods"]["model"] == {"map@12": 0.018, "coverage": 0.25}
+    d = judge("7", AS_OF, judged, SANE, champion=None, champion_lift=None, gate=GATE, k=12)
+    assert not d.passed and d.figures["validation_lift"] == pytest.approx(0.9)
+    assert d.figures["validation_users"] == 300
+    # without choose figures the coverage is not judged, and the note says so
+    d = judge("7", AS_OF, ranker_figures(None, {**maps, "ranker": 0.05}, 12), SANE, None, None, GATE, 12)
+    assert d.passed and d.figures["validation_lift"] == pytest.approx(2.5)
+    assert any("coverage not judged" in n for n in d.notes)
 
 
 def test_rollback_goes_back_one_publish_each_time():

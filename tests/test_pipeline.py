@@ -405,6 +405,7 @@ def test_a_challenger_worse_than_popularity_is_not_published_then_promote_and_ro
     from hmrec.errors import GateFailed
     from hmrec.lake.choices import read_choices, write_choices
     from hmrec.model import registry
+    from hmrec.rank import ranker
     from hmrec.serve.index import build_index
 
     cfg0, _ = ran
@@ -426,6 +427,12 @@ def test_a_challenger_worse_than_popularity_is_not_published_then_promote_and_ro
     figures["methods"]["model"]["map@12"] = figures["methods"]["popularity"]["map@12"] / 2
     write_choices(spark, cfg, TINY_AS_OF, dt.date.fromisoformat(chosen["fit_cutoff"]), chosen["fit_model_version"],
                   chosen["choices"], figures)
+    # and its ranker (the champion's booster), whose held-out buyers say the same: the served list is judged
+    booster, meta = ranker.load_ranker(cfg, champion)
+    ranker.save_ranker(cfg, challenger, ranker.Trained(booster, meta["best_iteration"], meta["train_rows"],
+                                                       meta["train_groups"], 0.0, meta["importance_gain"]), meta)
+    registry.log_run_metrics(cfg, run_id, {"validation.ranker.map@12": 0.02, "validation.blend.map@12": 0.01,
+                                           "validation.popularity.map@12": 0.04, "validation.ranker.users": 50})
     before, table_version = _served(spark, cfg)
 
     capsys.readouterr()
@@ -548,6 +555,10 @@ def test_the_two_stage_list_is_built_trained_on_the_validation_week_and_evaluate
     sample = cands.limit(500).toPandas()
     np.testing.assert_array_equal(ranker.predict(b1, sample), ranker.predict(b2, sample))
     assert meta["features"] == list(sources.FEATURES) and meta["fit_cutoff"] == "2020-09-09"
+    c = registry.client(cfg)
+    run_id = c.get_model_version(cfg.paths.registered_model, version).run_id
+    names = {Path(f.path).name for f in c.list_artifacts(run_id, ranker.RANKER_DIR)}
+    assert {ranker.BOOSTER_FILE, ranker.META_FILE, ranker.IMPORTANCE_FILE} <= names
     doc = json.loads((Path(cfg.lakehouse) / "reports" / TINY_AS_OF.isoformat() / "metrics.json").read_text())
     assert "two_stage" in doc["methods"] and doc["candidates"]["week"] == "holdout"
     assert doc["candidates"]["recall"]["union"] >= doc["candidates"]["recall"]["retrieval"]
@@ -581,6 +592,32 @@ def test_the_ranker_serves_exactly_k_distinct_articles_to_every_customer(spark, 
     never = storage.read_as_of(spark, cfg, tables.USER_FEATURES, TINY_AS_OF).where("n_purchases = 0").select("customer_id")
     assert recs.join(never, "customer_id").where(F.col("source") != "popular").count() == 0
     assert summary["customers"] == per.count()
+
+
+def test_the_gate_judges_the_rankers_lift_when_the_ranker_is_what_scoring_serves(spark, ran, tmp_path):
+    from hmrec.governance.gate import gate
+    from hmrec.model import registry
+    from hmrec.rank import ranker
+
+    cfg0, _ = ran
+    lake = tmp_path / "lake"
+    shutil.copytree(cfg0.lakehouse, lake)
+    cfg = make_cfg(lake, *TINY_TRAIN, "score.method=ranker")
+    champion = registry.alias_version(cfg, registry.CHAMPION)
+    loaded = registry.load_model(cfg, champion)
+    run_id = registry.start_run(cfg, TINY_AS_OF, {}, {"purpose": "test challenger"})
+    challenger = registry.register_model(cfg, run_id, loaded.model.state_dict(), loaded.meta["model_args"], TINY_AS_OF)
+    registry.end_run(cfg, run_id, "FINISHED")
+    # a ranker better than the blend (so scoring would serve it) but below popularity on its held-out buyers
+    registry.set_version_tags(cfg, challenger, {registry.CHECKSUM_TAG.format(f"{ranker.RANKER_DIR}/{ranker.BOOSTER_FILE}"): "0"})
+    registry.log_run_metrics(cfg, run_id, {"validation.ranker.map@12": 0.01, "validation.blend.map@12": 0.005,
+                                           "validation.popularity.map@12": 0.02, "validation.ranker.users": 40})
+    summary = gate(cfg, spark, TINY_AS_OF, enforce=False)
+    assert summary["judged_list"] == "ranker" and not summary["passed"]
+    assert summary["validation_lift"] == pytest.approx(0.5) and summary["validation_users"] == 40
+    # the same version under score.method blend is judged on the choose stage's lists
+    summary = gate(make_cfg(lake, *TINY_TRAIN, "score.method=blend"), spark, TINY_AS_OF, enforce=False)
+    assert summary["judged_list"] == "blend" and summary["validation_lift"] != pytest.approx(0.5)
 
 
 def test_a_ranker_worse_than_the_blend_on_the_validation_week_is_not_served(spark, ran, tmp_path, capsys):

@@ -199,3 +199,14 @@ def test_held_out_share_and_negative_sample_are_fixed_by_the_seed():
     kept = sample_negatives(frame, 0.3, 7)
     assert (kept["label"] == 1).sum() == 100  # every positive stays
     assert 0.25 < (kept["label"] == 0).sum() / (frame["label"] == 0).sum() < 0.35
+
+
+def test_the_importance_figure_shows_the_largest_gains_first_as_shares():
+    from hmrec.rank.ranker import importance_figure
+
+    fig = importance_figure({"a": 1.0, "b": 6.0, "c": 3.0}, top=2)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    widths = [bar.get_width() for bar in ax.patches]
+    assert labels == ["c", "b"]  # barh draws bottom-up: the largest gain is the top bar
+    assert widths == pytest.approx([0.3, 0.6])

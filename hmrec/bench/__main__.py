@@ -1,4 +1,4 @@
-"""Benchmarks that print figures: ``python -m hmrec.bench {etl,train,score,all,csv,matrix,shapes,sweep,serving} --scale S``.
+"""Benchmarks that print figures: ``python -m hmrec.bench {etl,train,score,all,csv,matrix,shapes,sweep,serving,rankers,weekly} --scale S``.
 
 - ``etl``: generate, ingest, features, split, popularity (:mod:`hmrec.bench.etl`);
 - ``train``: the loader alone, the trainer from memory, one epoch (:mod:`hmrec.bench.train`);
@@ -10,7 +10,9 @@
 - ``sweep``: one setting's values, each refreshed and judged on one week (:mod:`hmrec.bench.sweep`);
 - ``serving``: the champion's MLflow pyfunc of an existing run (``--set paths.lakehouse=DIR``): load time,
   requests per second and p50/p99 latency for one customer and one basket per request, in process and
-  through ``mlflow models serve`` (:mod:`hmrec.bench.serving`).
+  through ``mlflow models serve`` (:mod:`hmrec.bench.serving`);
+- ``rankers``: LightGBM and XGBoost trained on the same validation week's candidates (:mod:`hmrec.bench.rankers`);
+- ``weekly``: the refresh after one appended week, warm-started, beside the full refresh (:mod:`hmrec.bench.weekly`).
 
 Results are printed and written to ``bench/results/``.
 """
@@ -23,18 +25,21 @@ from hmrec.bench.csv import bench_csv
 from hmrec.bench.etl import bench_etl
 from hmrec.bench.matrix import bench_matrix
 from hmrec.bench.peers import bench_all
+from hmrec.bench.rankers import bench_rankers
 from hmrec.bench.score import bench_score
 from hmrec.bench.serving import bench_serving
 from hmrec.bench.shapes import bench_shapes
 from hmrec.bench.sweep import bench_sweep
 from hmrec.bench.train import bench_train
+from hmrec.bench.weekly import bench_weekly
 from hmrec.synth.params import PROFILES
 
 
 def main(argv: list[str] | None = None) -> None:
     """Parse the benchmark's arguments and run it."""
     p = argparse.ArgumentParser(prog="python -m hmrec.bench", description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["etl", "train", "score", "all", "csv", "matrix", "shapes", "sweep", "serving"])
+    p.add_argument("what", choices=["etl", "train", "score", "all", "csv", "matrix", "shapes", "sweep", "serving",
+                                    "rankers", "weekly"])
     p.add_argument("--scale", type=float, default=None, help="1.0 is the H&M data's size (default 0.1; matrix, shapes: 0.05)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -46,10 +51,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--profiles", default=",".join(PROFILES), help="matrix, shapes: the generator profiles")
     p.add_argument("--out", default=None, help="shapes: keep the generated data here")
     p.add_argument("--grid", default=None, help="sweep: key=value1,value2,... (one setting)")
-    p.add_argument("--as-of", default="2020-09-09", help="sweep: the cutoff; its following week judges every value")
+    p.add_argument("--as-of", default=None,
+                   help="sweep: the cutoff, its following week judges every value (default 2020-09-09); rankers: the "
+                        "as-of whose validation week trains and judges them (default 2020-09-16); weekly: the "
+                        "first refresh's as-of D, the weekly one is at D+7 (default 2020-09-09)")
     p.add_argument("--requests", type=int, default=500, help="serving: requests of each kind, one row each")
     p.add_argument("--no-rest", dest="rest", action="store_false",
                    help="serving: in process only, without starting `mlflow models serve`")
+    p.add_argument("--libraries", default="lightgbm,xgboost-ndcg,xgboost-map", help="rankers: the libraries to compare")
     args = p.parse_args(argv)
     kinds = tuple(args.index_kinds.split(",")) if args.index_kinds else None
     scale = args.scale if args.scale is not None else (0.05 if args.what in ("matrix", "shapes") else 0.1)
@@ -66,9 +75,13 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "sweep":
         if not args.grid:
             p.error("sweep needs --grid key=value1,value2,...")
-        bench_sweep(scale, args.seed, args.overrides, dt.date.fromisoformat(args.as_of), args.grid)
+        bench_sweep(scale, args.seed, args.overrides, dt.date.fromisoformat(args.as_of or "2020-09-09"), args.grid)
     elif args.what == "serving":
         bench_serving(scale, args.seed, args.overrides, args.requests, args.rest)
+    elif args.what == "rankers":
+        bench_rankers(scale, args.overrides, dt.date.fromisoformat(args.as_of or "2020-09-16"), args.libraries.split(","))
+    elif args.what == "weekly":
+        bench_weekly(scale, args.seed, args.overrides, dt.date.fromisoformat(args.as_of or "2020-09-09"))
     elif args.what == "matrix":
         bench_matrix(scale, args.seed, args.overrides, args.profiles.split(","))
     else:

@@ -20,7 +20,10 @@ the holdout week:
   uses; the served model trained on that week, so it cannot be judged on it),
   is at least ``gate.min_lift`` and at least ``(1 - gate.tolerance)`` times
   the champion's recorded validation lift. These figures are optimistic: the
-  plans were chosen on the same week.
+  plans were chosen on the same week. When scoring will serve the ranker's
+  lists (``score.method: ranker`` and the ranker at least as good as the
+  blend there), the lift judged is the ranker's over popularity on the rank
+  stage's held-out buyers of that week, whom the ranker did not train on.
 
 When every setting is pinned the choose stage does not run, so there are no
 validation figures: the quality checks are then not judged, and the decision
@@ -152,6 +155,18 @@ def judge(version: str, as_of: dt.date, figures: dict | None, sanity: dict, cham
                     figures=out, champion=champion, champion_lift=champion_lift)
 
 
+def ranker_figures(figures: dict | None, maps: dict[str, float], k: int) -> dict:
+    """The validation figures the quality checks judge when the ranker's lists are served: its MAP@K and
+    global popularity's on the rank stage's held-out buyers of the validation week (``maps``, from
+    :func:`hmrec.rank.ranker.validation_maps`), and the catalogue coverage of the choose stage's lists
+    (``figures``; the ranker's own coverage is not measured on that week)."""
+    metric = f"map@{k}"
+    coverage = ((figures or {}).get("methods", {}).get("model", {})).get("coverage")
+    model = {metric: maps["ranker"], **({"coverage": coverage} if coverage is not None else {})}
+    return {"users": maps.get("users"), "list": "ranker",
+            "methods": {"model": model, "popularity": {metric: maps["popularity"]}}}
+
+
 def sanity_figures(cfg: Config, spark: SparkSession, as_of: dt.date, version: str) -> dict:
     """The sanity figures of ``version`` at ``as_of``, from the tables scoring would read (nothing is scored)."""
     try:
@@ -191,6 +206,15 @@ def gate(cfg: Config, spark: SparkSession, as_of: dt.date, enforce: bool = True)
             return dict(summary, passed=True)
         chosen = read_choices(spark, cfg, as_of)
         figures = chosen["figures"] if chosen is not None else None
+        if cfg.score.method == "ranker":
+            from hmrec.rank.ranker import has_ranker, serves_ranker, validation_maps
+
+            maps = validation_maps(cfg, version) if has_ranker(cfg, version) else None
+            if maps is not None and serves_ranker(maps) and "popularity" in maps:
+                figures = ranker_figures(figures, maps, cfg.score.k)
+                log(STAGE, f"judging the ranker's lists (the ones scoring serves) on the validation week's "
+                           f"{maps.get('users', 0):,} held-out buyers")
+        summary["judged_list"] = (figures or {}).get("list", "blend")
         champion_lift = None
         if champion is not None:
             recorded = registry.version_tags(cfg, champion).get(LIFT_TAG)

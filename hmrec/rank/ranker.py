@@ -22,7 +22,8 @@ The booster (``booster.txt``) and ``ranker.json`` (features, their gain
 importance, training cutoff and rows, the validation figures) are attached to
 the served model version of D under ``ranker/``, with their SHA-256 as tags
 of the version (``sha256.ranker/booster.txt``), so the version can be
-re-scored from the registry alone (:func:`load_ranker`).
+re-scored from the registry alone (:func:`load_ranker`), with
+``feature_importance.png``, the features' shares of the total gain.
 """
 from __future__ import annotations
 
@@ -54,6 +55,7 @@ STAGE = "rank"
 RANKER_DIR = "ranker"
 BOOSTER_FILE = "booster.txt"
 META_FILE = "ranker.json"
+IMPORTANCE_FILE = "feature_importance.png"
 NDCG_AT = 12
 
 
@@ -178,6 +180,24 @@ def filled_lists(idx: np.ndarray, score: np.ndarray, src: np.ndarray, fill_idx: 
 # ---- the registry ---------------------------------------------------------------------------
 
 
+def importance_figure(importance: dict[str, float], top: int = 25):
+    """A horizontal bar chart of the ``top`` features by gain importance (largest on top), as a matplotlib
+    Figure; the gains are shown as shares of their total, so versions compare on one scale."""
+    from matplotlib.figure import Figure
+
+    items = sorted(importance.items(), key=lambda kv: -kv[1])[:top]
+    total = sum(importance.values()) or 1.0
+    names = [name for name, _ in items][::-1]
+    shares = [gain / total for _, gain in items][::-1]
+    fig = Figure(figsize=(7, 0.3 * len(items) + 1.2))
+    ax = fig.add_subplot()
+    ax.barh(names, shares, color="#4c72b0")
+    ax.set_xlabel("share of the booster's total gain")
+    ax.set_title(f"ranker feature importance (top {len(items)} of {len(importance)})")
+    fig.tight_layout()
+    return fig
+
+
 def save_ranker(cfg: Config, version: str, trained: Trained, meta: dict) -> dict[str, str]:
     """Attach the booster and ``ranker.json`` to model version ``version`` with their SHA-256 as its tags."""
     from hmrec.model import registry
@@ -188,6 +208,7 @@ def save_ranker(cfg: Config, version: str, trained: Trained, meta: dict) -> dict
         trained.booster.save_model(os.path.join(tmp, BOOSTER_FILE), num_iteration=trained.best_iteration)
         with open(os.path.join(tmp, META_FILE), "w") as f:
             json.dump(meta, f, indent=1, sort_keys=True, default=str)
+        importance_figure(trained.importance).savefig(os.path.join(tmp, IMPORTANCE_FILE), dpi=100)
         sums = {registry.CHECKSUM_TAG.format(f"{RANKER_DIR}/{n}"): artifacts.sha256_file(os.path.join(tmp, n))
                 for n in (BOOSTER_FILE, META_FILE)}
         c.log_artifacts(mv.run_id, tmp, RANKER_DIR)
@@ -282,6 +303,39 @@ def fallback_rows(ctx, segment: pd.Series, fallback: str) -> np.ndarray:
     return np.fromiter((seg_row.get(s, 0) for s in segment), dtype=np.int64, count=len(segment))
 
 
+@dataclass
+class WeekFrames:
+    """The ranker's rows for one as-of: every buyer of the validation week with its purchases (``actual``),
+    the training rows (negatives sampled) and the held-out buyers' candidate rows (``valid``)."""
+    actual: pd.DataFrame
+    train: pd.DataFrame
+    valid: pd.DataFrame
+
+
+def week_frames(cfg: Config, spark: SparkSession, as_of: dt.date) -> WeekFrames | None:
+    """The fit cutoff's candidates of ``as_of`` labelled with the validation week's purchases and split by
+    customer into training and held-out rows; None when the validation week has no purchase."""
+    cutoff = fit_cutoff(cfg, as_of)
+    rc = cfg.rank
+    labels = storage.read_as_of(spark, cfg, tables.VALIDATION, as_of).where(
+        F.col("customer_idx").isNotNull() & F.col("article_idx").isNotNull())
+    actual = labels.groupBy("customer_idx").agg(F.collect_set("article_idx").alias("actual")).toPandas()
+    if actual.empty:
+        return None
+    if not has_candidates(spark, cfg, cutoff, "fit"):
+        raise HmrecError(f"{tables.CANDIDATES} has no rows at the fit cutoff {cutoff}: run "
+                         f"`hmrec candidates --as-of {as_of} --role fit` first")
+    positives = labels.select("customer_idx", "article_idx").distinct().withColumn("label", F.lit(1))
+    cands = (candidate_rows(spark, cfg, cutoff, "fit")
+             .join(positives, ["customer_idx", "article_idx"], "left").fillna({"label": 0}).toPandas())
+    out_cands = held_out(cands["customer_idx"].to_numpy(), rc.valid_share, rc.seed)
+    train = sample_negatives(cands[~out_cands], rc.negative_share, rc.seed)
+    valid = cands[out_cands]
+    log(STAGE, f"{len(cands):,} candidate rows of {cands['customer_idx'].nunique():,} buyers at {cutoff}; "
+               f"training on {len(train):,} rows, {len(valid):,} held out")
+    return WeekFrames(actual, train, valid)
+
+
 # ---- the stage ------------------------------------------------------------------------------
 
 
@@ -297,25 +351,13 @@ def rank(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
         version = registry.latest_version(cfg, as_of, role="serve")
         if version is None:
             raise HmrecError(f"no served model version for {as_of} to attach the ranker to: run `hmrec train --as-of {as_of}`")
-        labels = storage.read_as_of(spark, cfg, tables.VALIDATION, as_of).where(
-            F.col("customer_idx").isNotNull() & F.col("article_idx").isNotNull())
-        actual = labels.groupBy("customer_idx").agg(F.collect_set("article_idx").alias("actual")).toPandas()
-        if actual.empty:
+        week = week_frames(cfg, spark, as_of)
+        if week is None:
             log(STAGE, f"{tables.VALIDATION} has no purchase for {as_of}: no week to train a ranker on, the blend "
                        f"is served")
             summary.update(model_version=version, skipped="no validation week")
             return dict(summary)
-        if not has_candidates(spark, cfg, cutoff, "fit"):
-            raise HmrecError(f"{tables.CANDIDATES} has no rows at the fit cutoff {cutoff}: run "
-                             f"`hmrec candidates --as-of {as_of} --role fit` first")
-        positives = labels.select("customer_idx", "article_idx").distinct().withColumn("label", F.lit(1))
-        cands = (candidate_rows(spark, cfg, cutoff, "fit")
-                 .join(positives, ["customer_idx", "article_idx"], "left").fillna({"label": 0}).toPandas())
-        out_cands = held_out(cands["customer_idx"].to_numpy(), rc.valid_share, rc.seed)
-        train = sample_negatives(cands[~out_cands], rc.negative_share, rc.seed)
-        valid = cands[out_cands]
-        log(STAGE, f"{len(cands):,} candidate rows of {cands['customer_idx'].nunique():,} buyers at {cutoff}; "
-                   f"training on {len(train):,} rows, {len(valid):,} held out")
+        actual, train, valid = week.actual, week.train, week.valid
         trained = train_ranker(train, valid, cfg)
         summary.update(train_rows=trained.train_rows, train_groups=trained.train_groups,
                        best_iteration=trained.best_iteration, train_s=trained.seconds)
@@ -335,6 +377,9 @@ def rank(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
             ranked = ranked_for(users, valid, trained.booster, ctx, plans["cold"].fallback, k)
             figures["ranker"] = _means(ranked, truth, k)
             figures["blend"] = _means(blend, truth, k)
+            # the global popularity list at the fit cutoff (the scoring context's row 0), so the gate can
+            # judge the ranker's lift over popularity on the same buyers
+            figures["popularity"] = _means(np.tile(ctx.fill_idx[0, :k], (len(actual), 1)), truth, k)
             log(STAGE, f"held-out buyers of the validation week ({len(actual):,}): ranker map@{k} "
                        f"{figures['ranker'][f'map@{k}']:.4f} recall@{k} {figures['ranker'][f'recall@{k}']:.4f}; "
                        f"blend map@{k} {figures['blend'][f'map@{k}']:.4f} recall@{k} {figures['blend'][f'recall@{k}']:.4f}")
@@ -347,7 +392,8 @@ def rank(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
         save_ranker(cfg, version, trained, meta)
         mv = registry.client(cfg).get_model_version(cfg.paths.registered_model, version)
         registry.log_run_metrics(cfg, mv.run_id, {
-            **{f"validation.{m}.{name}": v for m in ("ranker", "blend") for name, v in figures.get(m, {}).items()},
+            **{f"validation.{m}.{name}": v for m in ("ranker", "blend", "popularity")
+               for name, v in figures.get(m, {}).items()},
             "ranker.train_rows": trained.train_rows, "ranker.best_iteration": trained.best_iteration,
             "ranker.train_s": trained.seconds})
         summary["model_version"] = version
@@ -376,15 +422,24 @@ def ranked_for(users: pd.DataFrame, cands: pd.DataFrame, booster: object, ctx, f
     return out
 
 
-def validation_maps(cfg: Config, version: str) -> tuple[float, float] | None:
-    """(ranker, blend) MAP@K on the validation week's held-out buyers, as the rank stage logged them on
-    the version's MLflow run; None when they were not measured."""
+def validation_maps(cfg: Config, version: str) -> dict[str, float] | None:
+    """The rank stage's MAP@K of the ranker, the blend and global popularity on the validation week's
+    held-out buyers, as it logged them on the version's MLflow run (``popularity`` is absent for versions
+    ranked before it was measured), with ``users``; None when the ranker and blend were not measured."""
     from hmrec.model import registry
 
     c = registry.client(cfg)
     metrics = c.get_run(c.get_model_version(cfg.paths.registered_model, str(version)).run_id).data.metrics
     k = cfg.score.k
-    ranker = metrics.get(registry.metric_key(f"validation.ranker.map@{k}"))
-    blend = metrics.get(registry.metric_key(f"validation.blend.map@{k}"))
-    return None if ranker is None or blend is None else (float(ranker), float(blend))
+    out = {m: metrics.get(registry.metric_key(f"validation.{m}.map@{k}")) for m in ("ranker", "blend", "popularity")}
+    if out["ranker"] is None or out["blend"] is None:
+        return None
+    users = metrics.get(registry.metric_key("validation.ranker.users"))
+    return {**{m: float(v) for m, v in out.items() if v is not None}, **({"users": int(users)} if users else {})}
 
+
+def serves_ranker(maps: dict[str, float] | None) -> bool:
+    """Whether scoring serves the ranker's lists, given its :func:`validation_maps`: when they were not
+    measured, or when its MAP@K on the held-out buyers is at least the blend's (a choice made on the
+    validation week, as the blend's recipes are)."""
+    return maps is None or maps["ranker"] >= maps["blend"]

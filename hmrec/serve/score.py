@@ -559,7 +559,7 @@ def score(cfg: Config, spark: SparkSession, as_of: dt.date, model_version: str |
 
     loaded = registry.load_model(cfg, model_version=model_version, as_of=as_of)
     if cfg.score.method == "ranker":
-        from hmrec.rank.ranker import has_ranker, validation_maps
+        from hmrec.rank.ranker import has_ranker, serves_ranker, validation_maps
         from hmrec.rank.serve import score_ranked  # lightgbm: only with this method
 
         version = str(loaded.version)
@@ -567,10 +567,10 @@ def score(cfg: Config, spark: SparkSession, as_of: dt.date, model_version: str |
         if not has_ranker(cfg, version):
             log("score", f"model version {version} has no ranker (`hmrec rank --as-of {as_of}` trains one): "
                          f"the blend is served")
-        elif maps is not None and maps[0] < maps[1]:
+        elif not serves_ranker(maps):
             # a choice made on the validation week, as the blend's recipes are: the better list is served
             log("score", f"the blend is served: on the validation week's held-out buyers the ranker's "
-                         f"MAP@{cfg.score.k} {maps[0]:.4f} is below the blend's {maps[1]:.4f}")
+                         f"MAP@{cfg.score.k} {maps['ranker']:.4f} is below the blend's {maps['blend']:.4f}")
         else:
             plans, why = served_plans(spark, cfg, as_of)
             summary = score_ranked(cfg, spark, as_of, version, fallback=plans["cold"].fallback)

@@ -1,0 +1,43 @@
+"""Pieces of the benchmarks with known answers (the benchmarks themselves print figures, not assertions)."""
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+
+from hmrec.bench.rankers import held_out_figures
+from hmrec.bench.weekly import cut_transactions
+from hmrec.rank import sources as S
+from hmrec.rank.ranker import WeekFrames, held_out
+from tests.conftest import make_cfg
+
+
+def test_cut_transactions_keeps_the_header_and_the_rows_of_the_window(tmp_path):
+    src = tmp_path / "t.csv"
+    src.write_text("t_dat,customer_id,article_id,price,sales_channel_id\n"
+                   "2020-09-01,a,1,0.1,1\n2020-09-08,b,2,0.2,2\n2020-09-09,c,3,0.3,1\n2020-09-15,d,4,0.4,2\n"
+                   "2020-09-16,e,5,0.5,1\n")
+    out = tmp_path / "week" / "transactions_train.csv"
+    assert cut_transactions(src, out, dt.date(2020, 9, 8), dt.date(2020, 9, 16)) == 3
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("t_dat,") and [line[:10] for line in lines[1:]] == ["2020-09-08", "2020-09-09", "2020-09-15"]
+    assert cut_transactions(src, tmp_path / "before.csv", None, dt.date(2020, 9, 8)) == 1
+
+
+def test_the_rankers_figures_count_every_held_out_buyer_and_rank_only_their_candidates(tmp_path):
+    cfg = make_cfg(tmp_path / "lake", "rank.valid_share=0.5", "rank.seed=3")
+    ids = np.arange(40)
+    out = ids[held_out(ids, 0.5, 3)]
+    assert len(out) >= 2
+    hit, missing = int(out[0]), int(out[1])  # the first held-out buyer's candidates hold its purchase; the second has none
+    actual = pd.DataFrame({"customer_idx": ids, "actual": [[100 + int(c)] for c in ids]})
+    valid = pd.DataFrame({"customer_idx": [hit, hit, hit], "article_idx": [7, 100 + hit, 8]})
+    for source in S.SOURCES:
+        valid[f"{source}_rank"] = 1.0
+    week = WeekFrames(actual=actual, train=pd.DataFrame({"customer_idx": [], "article_idx": []}), valid=valid)
+    # the purchase ranked second: average precision 1/2 for that buyer, 0 for every other held-out buyer
+    figures = held_out_figures(week, np.array([0.9, 0.5, 0.1]), cfg)
+    assert figures["buyers"] == len(out)
+    assert figures["map@12"] == round(0.5 / len(out), 5) and figures["recall@12"] == round(1 / len(out), 5)
+    assert missing != hit
