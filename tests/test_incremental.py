@@ -184,10 +184,11 @@ def test_appending_the_same_week_twice_gives_the_same_table(spark, base_lake, tm
     assert summary["transactions_read"] == 2 * PER_DAY and summary["transactions_written"] == 2 * PER_DAY
     assert len(bronze(spark, cfg)[tables.TRANSACTIONS.name][1]) == 30 * PER_DAY
 
-    # then the whole file, grown to the same days, is nothing new
-    whole = full_data(tmp_path / "whole", 29)
-    summary = ingest.ingest(cfg, spark, data_dir=str(whole))
-    assert summary["transactions_written"] == 0 and summary["mode"] == "grown"
+    # then the whole data set, its file grown to the same days, is nothing new
+    grown = bronze(spark, cfg)
+    summary = ingest.ingest(cfg, spark, data_dir=str(full_data(tmp_path / "whole", 29)))
+    assert summary["skipped"] is True and summary["mode"] == "unchanged"
+    assert bronze(spark, cfg) == grown
 
 
 def test_an_append_repeating_a_day_with_other_rows_is_refused_naming_it(spark, base_lake, tmp_path):
@@ -244,7 +245,8 @@ def test_articles_and_customers_are_upserted_and_the_id_maps_keep_every_old_inde
     m = manifest.latest(cfg)
     assert m.rows[tables.CUSTOMERS.name] == N_CUSTOMERS + 1 and m.batch["customers_updated"] == 1
 
-    features.build_features(cfg, spark, as_of=dt.date.fromisoformat(day(28)))
+    again = features.build_features(cfg, spark, as_of=dt.date.fromisoformat(day(28)))
+    assert again["interactions_appended"] == 7 * PER_DAY + 1  # only the new days were indexed
     new_customers = {r["customer_id"]: r["customer_idx"] for r in storage.read(spark, cfg, tables.CUSTOMER_INDEX).collect()}
     new_articles = {r["article_id"]: r["article_idx"] for r in storage.read(spark, cfg, tables.ARTICLE_INDEX).collect()}
     assert {k: new_customers[k] for k in old_customers} == old_customers

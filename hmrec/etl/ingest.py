@@ -1,6 +1,6 @@
 """Ingest: the three H&M CSV files into the bronze Delta tables, bad rows into ``tables.REJECTS``.
 
-    hmrec ingest --data DIR
+    hmrec ingest --data DIR [--append]
     spark-submit jobs/ingest.py --data DIR      (with the Delta --packages shown in jobs/ingest.py)
 
 The job, in order:
@@ -32,6 +32,14 @@ The job, in order:
    Last, one row appended to ``tables.INGEST_MANIFESTS`` records the version
    written of every table: readers see the new tables only from that commit
    on, all four at once, so a killed ingest changes nothing they read.
+
+That is the whole ingest. When the last manifest kept per-date row counts
+and checksums of the transactions (:func:`day_stats`) and the file still
+matches them on every date ingested, or with ``--append`` (a directory
+holding only a new batch), only the rows of later dates are checked and
+appended, articles and customers are upserted with ``MERGE``, and the
+manifest again commits last (:func:`_incremental`); a changed earlier date
+sends the file down the whole path, after a line naming it.
 
 articles.csv is parsed with ``multiLine`` (its free text, ``detail_desc``,
 may hold quoted line breaks); the other two files line by line, which Spark
@@ -591,8 +599,13 @@ class Whole(Exception):
 
 
 def day_key(t_dat: Column) -> Column:
-    """The raw ``t_dat`` when it has the form yyyy-MM-dd, else ``NO_DATE``: the key of per-date checksums."""
-    return F.when(t_dat.isNotNull() & t_dat.rlike(DATE_RE), t_dat).otherwise(F.lit(NO_DATE))
+    """The raw ``t_dat`` when it has the form yyyy-MM-dd and is not after today, else ``NO_DATE``.
+
+    The key of per-date checksums. A date in the future is no day of the data
+    (its rows are rejected), so it must not become the last date ingested.
+    """
+    today = F.date_format(F.current_date(), "yyyy-MM-dd")
+    return F.when(t_dat.isNotNull() & t_dat.rlike(DATE_RE) & (t_dat <= today), t_dat).otherwise(F.lit(NO_DATE))
 
 
 def day_stats(raw: DataFrame) -> dict[str, tuple[int, int]]:
@@ -1062,9 +1075,28 @@ def _incremental(
                             f"{cfg.ingest.min_keep_share:g} of the rows of its table")
         check_shrink(cfg, counts, {key: None for key in counts})  # the reject share of the new rows
 
+        # Only what differs from bronze is written: catalogue rows not already there as they are, rejects
+        # not already recorded (a whole catalogue file repeats its bad rows each time).
+        changes = {key: keep(good[key].subtract(storage.read(spark, cfg, TABLES[key]))) for key in catalogues}
+        rejects = rejected[0]
+        for part in rejected[1:]:
+            rejects = rejects.unionByName(part)
+        recorded_rejects = storage.read(spark, cfg, REJECTS_TABLE).select("raw", "reason")
+        rejects = keep(rejects.select(*schemas.REJECTS.fieldNames()).join(recorded_rejects, ["raw", "reason"],
+                                                                             "left_anti"))
+        n_changes = {key: df.count() for key, df in changes.items()}
+        n_rejects = rejects.count()
+        if not new_days and not any(n_changes.values()) and not n_rejects:
+            summary.update(skipped=True, mode="unchanged", manifest_id=current.manifest_id)
+            upto = f" up to {last}" if last else ""
+            log(STAGE, f"no new rows: every date of {tx_name}{upto} matches its recorded row count and "
+                       f"checksum, and {' and '.join(schemas.INPUT_FILES[k][0] for k in catalogues)} hold no row "
+                       f"that differs from {current.describe()}; nothing written")
+            return
+
         # From here on tables are written; readers see none of it before the manifest commit.
-        n_rejects = sum(c["read"] - c["good"] for c in counts.values())
-        written_tables = [TABLES[k] for k in catalogues] + ([tables.TRANSACTIONS] if new_days else []) + (
+        merged = [k for k in catalogues if n_changes[k]]
+        written_tables = [TABLES[k] for k in merged] + ([tables.TRANSACTIONS] if new_days else []) + (
             [REJECTS_TABLE] if n_rejects else [])
         _rebase(spark, cfg, current, written_tables)
         meta = {"stage": STAGE, "fingerprint": fp, "mode": mode}
@@ -1078,8 +1110,10 @@ def _incremental(
             detail = ", ".join(f"{rule}={n}" for rule, n in sorted(by_reason.get(file_name, {}).items()))
             detail = f" ({detail})" if detail else ""
             if key in catalogues:
-                inserted, updated, versions[table.name] = storage.upsert(good[key], cfg, table, CATALOGUE_KEYS[key],
-                                                                         metadata=meta)
+                inserted = updated = 0
+                if n_changes[key]:
+                    inserted, updated, versions[table.name] = storage.upsert(changes[key], cfg, table,
+                                                                             CATALOGUE_KEYS[key], metadata=meta)
                 rows[table.name] = (rows.get(table.name) or 0) + inserted
                 summary[f"{key}_written"] = inserted + updated
                 summary[f"{key}_inserted"] = upserts[f"{key}_inserted"] = inserted
@@ -1097,11 +1131,8 @@ def _incremental(
                 summary[f"{key}_written"] = 0
         summary["rejects_written"] = 0
         if n_rejects:
-            rejects = rejected[0]
-            for part in rejected[1:]:
-                rejects = rejects.unionByName(part)
             summary["rejects_written"], versions[REJECTS_TABLE.name] = storage.commit(
-                rejects.select(*schemas.REJECTS.fieldNames()), cfg, REJECTS_TABLE, mode="append", metadata=meta
+                rejects, cfg, REJECTS_TABLE, mode="append", metadata=meta
             )
             rows[REJECTS_TABLE.name] = (rows.get(REJECTS_TABLE.name) or 0) + summary["rejects_written"]
         batch = _batch(mode, new_days, counts["transactions"]["read"], summary["transactions_written"], **upserts)
