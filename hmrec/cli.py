@@ -27,7 +27,7 @@ from hmrec.lake import lease, tables
 from hmrec.lake.tables import Table
 from hmrec.next_steps import next_steps, print_next_steps
 
-APPEND_HELP = ("DIR holds a new batch of transactions_train.csv (articles.csv and customers.csv optional, upserted): "
+APPEND_HELP = ("the --data directory holds a new batch of transactions_train.csv (articles.csv and customers.csv optional, upserted): "
                "its rows of dates after the last one ingested are checked and appended; a date already ingested "
                "must repeat its rows exactly and is left out")
 ALLOW_SHRINK_HELP = ("accept input that replaces a bronze table with far fewer rows, or whose rows are mostly "
