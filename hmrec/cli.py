@@ -27,6 +27,9 @@ from hmrec.lake import lease, tables
 from hmrec.lake.tables import Table
 from hmrec.next_steps import next_steps, print_next_steps
 
+APPEND_HELP = ("the --data directory holds a new batch of transactions_train.csv (articles.csv and customers.csv optional, upserted): "
+               "its rows of dates after the last one ingested are checked and appended; a date already ingested "
+               "must repeat its rows exactly and is left out")
 ALLOW_SHRINK_HELP = ("accept input that replaces a bronze table with far fewer rows, or whose rows are mostly "
                      "rejected (sets ingest.min_keep_share=0 and ingest.max_reject_share=1)")
 STAGES = ["ingest", "features", "split", "popularity", "choose", "train", "index", "candidates", "rank", "gate",
@@ -60,7 +63,11 @@ TEXTS: dict[str, tuple[str, str, str, str]] = {
                  "OUT/articles.csv, OUT/customers.csv, OUT/transactions_train.csv, OUT/planted/ (the ground truth)",
                  "hmrec generate --out data/demo --scale 0.005 --seed 42"),
     "ingest": ("Check the three CSV files and load them into the bronze tables; rows that fail a check go "
-               "to the rejects table with the reason. Skipped when the files are unchanged.",
+               "to the rejects table with the reason. Skipped when the files are unchanged. When "
+               "transactions_train.csv has only grown (every date ingested before has the same rows, by per-date "
+               "counts and checksums), only its new dates are checked and appended and articles and customers "
+               "are upserted; a file whose earlier rows changed is ingested whole, with a line naming the date. "
+               "--append takes a directory holding only the new batch.",
                "DATA/articles.csv, DATA/customers.csv, DATA/transactions_train.csv",
                _names(*T.written_by("ingest")),
                "hmrec ingest --data data/demo"),
@@ -256,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "ingest", f"CSV files into bronze Delta tables, bad rows to {tables.REJECTS}")
     p.add_argument("--data", required=True, help="directory holding articles.csv, customers.csv, transactions_train.csv")
+    p.add_argument("--append", action="store_true", help=APPEND_HELP)
     p.add_argument("--allow-shrink", action="store_true", help=ALLOW_SHRINK_HELP)
     add_common(p)
 
@@ -277,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="directory holding the three CSV files")
     p.add_argument("--as-of", type=_date, required=True, help="cutoff date YYYY-MM-DD")
     p.add_argument("--force", action="store_true", help="rerun stages whose outputs already exist")
+    p.add_argument("--append", action="store_true", help=APPEND_HELP)
     p.add_argument("--allow-shrink", action="store_true", help=ALLOW_SHRINK_HELP)
     add_common(p)
 
@@ -346,11 +355,12 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> object:
     if cmd == "ingest":
         from hmrec.etl.ingest import ingest
 
-        return _with_spark(cfg, lambda spark: ingest(cfg, spark, data_dir=args.data))
+        return _with_spark(cfg, lambda spark: ingest(cfg, spark, data_dir=args.data, append=args.append))
     if cmd == "run":
         from hmrec.pipeline import run
 
-        results = _with_spark(cfg, lambda spark: run(cfg, spark, data_dir=args.data, as_of=args.as_of, force=args.force))
+        results = _with_spark(cfg, lambda spark: run(cfg, spark, data_dir=args.data, as_of=args.as_of, force=args.force,
+                                                       append=args.append))
         print_next_steps(next_steps(cfg, args.as_of, args.data, invocation_flags(args)))
         return results
     if cmd == "backtest":

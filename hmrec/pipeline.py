@@ -221,8 +221,10 @@ def _record(spark: SparkSession, cfg: Config, name: str, as_of: dt.date, bronze_
 
 @lease.holding("run")
 def run(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, force: bool = False,
-        enforce_gate: bool = True) -> dict:
+        enforce_gate: bool = True, append: bool = False) -> dict:
     """Ingest ``data_dir`` and run every later stage for ``as_of``; returns per-stage results.
+
+    ``append``: ``data_dir`` holds a new batch of transactions (``hmrec ingest --append``).
 
     A serve version that fails the gate raises :class:`hmrec.errors.GateFailed` before
     scoring, and the served lists stay as they were; ``enforce_gate=False`` (the backtest) records
@@ -231,7 +233,7 @@ def run(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, force: 
     results: dict[str, object] = {}
     with stage("run") as summary:
         try:
-            _stages(cfg, spark, data_dir, as_of, force, enforce_gate, results, summary)
+            _stages(cfg, spark, data_dir, as_of, force, enforce_gate, results, summary, append)
         except GateFailed as exc:
             summary["gate"] = "failed: " + "; ".join(exc.decision.reasons)
             # the failed version's card records why, under reports/<as_of>/v<version>/
@@ -241,9 +243,9 @@ def run(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, force: 
 
 
 def _stages(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, force: bool, enforce_gate: bool,
-            results: dict[str, object], summary: dict) -> None:
+            results: dict[str, object], summary: dict, append: bool = False) -> None:
     """The body of :func:`run`: ingest, then each stage that is not done yet, filling ``results`` and ``summary``."""
-    results["ingest"] = ingest.ingest(cfg, spark, data_dir=data_dir)
+    results["ingest"] = ingest.ingest(cfg, spark, data_dir=data_dir, append=append)
     ran = [] if results["ingest"].get("skipped") else ["ingest"]
     bronze_version = storage.version(spark, cfg, tables.TRANSACTIONS)
     manifest_id = results["ingest"].get("manifest_id")

@@ -322,11 +322,16 @@ def test_bom_and_crlf_read_as_the_clean_files(spark, small_lake, tmp_path):
     data = write_files(tmp_path / "bom-crlf", clean_files(), bom=True, newline="\r\n")
     assert (data / "customers.csv").read_bytes().startswith(b"\xef\xbb\xbfcustomer_id,FN,")
     assert (data / "customers.csv").read_bytes().count(b"\r\n") == N_CUSTOMERS + 1
-    _, summary, before, after = accepted(spark, small_lake, tmp_path, data)
+    cfg = make_cfg(tmp_path / "fresh")  # read whole into a new lakehouse
+    summary = ingest.ingest(cfg, spark, data_dir=str(data))
     assert summary["rejects_written"] == 0 and summary["skipped"] is False
-    got = contents(after)
+    got = contents(view(cfg))
     for t in (tables.ARTICLES, tables.CUSTOMERS, tables.TRANSACTIONS):
         assert got[t.name] == base[t.name], t
+    # over the clean files' ingest, every date's row count and checksum match: nothing is new
+    _, summary, before, after = accepted(spark, small_lake, tmp_path, data)
+    assert summary["skipped"] is True and summary["mode"] == "unchanged"
+    assert after == before
 
 
 def test_quoted_commas_quotes_line_breaks_and_non_ascii_are_stored_whole(spark, small_lake, tmp_path):

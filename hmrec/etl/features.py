@@ -9,6 +9,13 @@ writes the id maps ``tables.CUSTOMER_INDEX`` and ``tables.ARTICLE_INDEX``
 interactions strictly before the as-of date, so the weeks after it can judge
 the model honestly.
 
+When bronze has only grown since the interactions were built (ingest
+appended later dates, :func:`appended_since`), only the new days are indexed
+and appended to them; any other change rebuilds them whole. The user and
+item features of an as-of are aggregates over the whole history before it,
+so they are written whole for each as-of (docs/BENCHMARKS.md, "Incremental
+features", has what each table costs).
+
 Each grain is aggregated in one pass: a customer's whole purchase history is
 collected as one array of (date, article, product group) structs, from which
 the last N purchases, the distinct-article count and the category shares are
@@ -30,7 +37,7 @@ from hmrec.config import Config
 from hmrec.errors import HmrecError
 from hmrec.etl.segments import age_bucket
 from hmrec.etl.split import window
-from hmrec.lake import schemas, storage, tables
+from hmrec.lake import manifest, schemas, storage, tables
 from hmrec.lake.tables import Table
 from hmrec.progress import log, stage
 
@@ -329,6 +336,31 @@ def update_index(spark: SparkSession, cfg: Config, table: Table, ids: DataFrame,
     return added
 
 
+def appended_since(cfg: Config, spark: SparkSession, built_from: dict | None) -> dt.date | None:
+    """The last date of the transactions the interactions were built from, when bronze has only grown since.
+
+    ``built_from`` is the interactions' commit metadata (the transactions
+    version they index). Returns that version's last date when the ingest
+    manifest that wrote it kept per-date checksums and every later manifest
+    either left the transactions alone or appended only later dates to them
+    (:mod:`hmrec.etl.ingest`); else None (the interactions are rebuilt whole).
+    """
+    if not built_from or built_from.get("transactions_version") is None:
+        return None
+    name = tables.TRANSACTIONS.name
+    history = manifest.history(cfg, spark)
+    start = [i for i, m in enumerate(history) if m.versions.get(name) == built_from["transactions_version"]]
+    if not start or not history[start[-1]].days:
+        return None
+    built = prev = history[start[-1]]
+    for later in history[start[-1] + 1:]:
+        if later.versions.get(name) != prev.versions.get(name) and later.batch.get("mode") not in ("append", "grown"):
+            return None
+        prev = later
+    dates = [d for d in built.days if d[:1].isdigit()]
+    return dt.date.fromisoformat(max(dates)) if dates else None
+
+
 def build_features(cfg: Config, spark: SparkSession, as_of: dt.date | None) -> dict:
     """Refresh the id maps and interactions, then write user and item features for ``as_of``.
 
@@ -361,8 +393,25 @@ def build_features(cfg: Config, spark: SparkSession, as_of: dt.date | None) -> d
             "customer_index_version": storage.version(spark, cfg, tables.CUSTOMER_INDEX),
             "article_index_version": storage.version(spark, cfg, tables.ARTICLE_INDEX),
         }
-        if storage.exists(spark, cfg, tables.INTERACTIONS) and storage.last_metadata(spark, cfg, tables.INTERACTIONS) == sources:
+        built_from = storage.last_metadata(spark, cfg, tables.INTERACTIONS) if storage.exists(
+            spark, cfg, tables.INTERACTIONS) else None
+        after = appended_since(cfg, spark, built_from)
+        summary["interactions_appended"] = 0
+        if built_from == sources:
             log("features", f"{tables.INTERACTIONS} is up to date with {tables.TRANSACTIONS} and the id maps, reused")
+            summary["interactions_reused"] = True
+            n_interactions = storage.read(spark, cfg, tables.INTERACTIONS).count()
+        elif after is not None:
+            # Only appends since the interactions were built: index the new days alone. The id maps only
+            # ever gain rows, so every old row's indices are still right.
+            new_rows = index_interactions(
+                transactions.where(F.col("t_dat") > F.lit(after)), customer_index, article_index,
+                broadcast_customers=n_index <= fc.broadcast_max_customers,
+            )
+            summary["interactions_appended"] = storage.write(new_rows, cfg, tables.INTERACTIONS, mode="append",
+                                                             metadata=sources)
+            log("features", f"{tables.INTERACTIONS}: appended {summary['interactions_appended']} rows of the days "
+                            f"after {after} (bronze only grew since it was built)")
             summary["interactions_reused"] = True
             n_interactions = storage.read(spark, cfg, tables.INTERACTIONS).count()
         else:
@@ -396,7 +445,7 @@ def build_features(cfg: Config, spark: SparkSession, as_of: dt.date | None) -> d
             summary["user_rows"] = storage.write_partition(users, cfg, tables.USER_FEATURES, as_of, metadata=lineage)
         finally:
             codes.unpersist()
-        summary["rows_written"] = (0 if summary["interactions_reused"] else n_interactions) + (
+        summary["rows_written"] = (summary["interactions_appended"] if summary["interactions_reused"] else n_interactions) + (
             summary["item_rows"] + summary["user_rows"])
     return dict(summary)
 

@@ -1,6 +1,6 @@
 """Ingest: the three H&M CSV files into the bronze Delta tables, bad rows into ``tables.REJECTS``.
 
-    hmrec ingest --data DIR
+    hmrec ingest --data DIR [--append]
     spark-submit jobs/ingest.py --data DIR      (with the Delta --packages shown in jobs/ingest.py)
 
 The job, in order:
@@ -33,6 +33,14 @@ The job, in order:
    written of every table: readers see the new tables only from that commit
    on, all four at once, so a killed ingest changes nothing they read.
 
+That is the whole ingest. When the last manifest kept per-date row counts
+and checksums of the transactions (:func:`day_stats`) and the file still
+matches them on every date ingested, or with ``--append`` (a directory
+holding only a new batch), only the rows of later dates are checked and
+appended, articles and customers are upserted with ``MERGE``, and the
+manifest again commits last (:func:`_incremental`); a changed earlier date
+sends the file down the whole path, after a line naming it.
+
 articles.csv is parsed with ``multiLine`` (its free text, ``detail_desc``,
 may hold quoted line breaks); the other two files line by line, which Spark
 splits over every core. A quoted line break in those files, where no field
@@ -43,6 +51,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 import uuid
 
 from pyspark import StorageLevel
@@ -108,11 +117,12 @@ def input_uris(data_dir: str) -> dict[str, str]:
     return {key: f"{base}/{name}" for key, (name, _) in schemas.INPUT_FILES.items()}
 
 
-def stat_inputs(spark: SparkSession, data_dir: str) -> dict[str, dict]:
+def stat_inputs(spark: SparkSession, data_dir: str, optional: tuple[str, ...] = ()) -> dict[str, dict]:
     """Qualified path, size and modification time of every input file.
 
     Asks the Hadoop FileSystem of each path, so a local directory, HDFS or an
-    object store all work. A missing file is an :class:`InputError`.
+    object store all work. A missing file is an :class:`InputError`, unless
+    its key is in ``optional`` (then it is left out of the result).
     """
     jvm = spark.sparkContext._jvm
     hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
@@ -131,6 +141,8 @@ def stat_inputs(spark: SparkSession, data_dir: str) -> dict[str, dict]:
         p = jvm.org.apache.hadoop.fs.Path(uri)
         fs = p.getFileSystem(hadoop_conf)
         if not fs.exists(p) or not fs.getFileStatus(p).isFile():
+            if key in optional:
+                continue
             missing.append(schemas.INPUT_FILES[key][0])
             for suffix in (".gz", ".zip", ".bz2", ".xz", ".zst"):
                 if fs.exists(jvm.org.apache.hadoop.fs.Path(uri + suffix)):
@@ -482,14 +494,17 @@ def validate_transactions(
 # ---- the job -------------------------------------------------------------------------
 
 
-def fingerprint(cfg: Config, inputs: dict[str, dict]) -> dict:
+def fingerprint(cfg: Config, inputs: dict[str, dict], append: bool = False) -> dict:
     """What decides the bronze tables' content: the input files, the rejection settings and the reader."""
-    return {
+    fp = {
         "files": {key: inputs[key] for key in sorted(inputs)},
         "max_price": float(cfg.ingest.max_price),
         "min_date": cfg.ingest.min_date,
         "reader": READER_VERSION,
     }
+    if append:
+        fp["append"] = True
+    return fp
 
 
 def _last_ingests(spark: SparkSession, cfg: Config, which: list[Table]) -> dict[Table, dict | None]:
@@ -515,34 +530,134 @@ def _settings(cfg: Config) -> tuple[dt.date, StorageLevel]:
     return min_date, level
 
 
-def ingest(cfg: Config, spark: SparkSession, data_dir: str) -> dict:
-    """Load the three CSV files of ``data_dir`` into the bronze tables; return the summary.
+def ingest(cfg: Config, spark: SparkSession, data_dir: str, append: bool = False) -> dict:
+    """Load the CSV files of ``data_dir`` into the bronze tables; return the summary.
 
-    The summary holds ``skipped`` (inputs unchanged since the last ingest),
-    ``manifest_id`` (the ingest manifest readers now see), ``<file>_read`` /
-    ``_written`` / ``_rejected`` per input (articles, customers,
-    transactions), ``rejects_written``, ``seconds`` and ``rejected_by_reason``
+    Without ``append`` the directory holds all three files. When the bronze
+    tables' last manifest kept per-date checksums and every date of
+    transactions_train.csv up to the last one ingested still matches them, only
+    the rows of later dates are checked and appended, and articles and customers
+    are upserted (:func:`_incremental`); otherwise the files are ingested whole.
+    With ``append`` the directory holds a new batch of transactions (articles and
+    customers optional), appended the same way; a date of the batch already
+    ingested must match its recorded rows exactly, and is then left out.
+
+    The summary holds ``skipped`` (nothing new since the last ingest),
+    ``mode`` (whole, grown, append or unchanged), ``manifest_id`` (the ingest
+    manifest readers now see), ``<file>_read`` / ``_written`` / ``_rejected``
+    per input (articles, customers, transactions; rows checked, rows written,
+    rows rejected), ``<file>_inserted`` / ``_updated`` for an upsert,
+    ``rejects_written``, ``seconds`` and ``rejected_by_reason``
     ({file name: {rule: rows}}).
     """
     min_date, level = _settings(cfg)
     by_reason: dict[str, dict[str, int]] = {}
     with stage(STAGE) as summary:
-        inputs = stat_inputs(spark, data_dir)
-        fp = fingerprint(cfg, inputs)
+        inputs = stat_inputs(spark, data_dir, optional=("articles", "customers") if append else ())
+        fp = fingerprint(cfg, inputs, append)
         has_manifests, current = manifest.read_latest(cfg, spark)
         if current is not None and current.fingerprint == manifest.fingerprint_json(fp):
             summary["skipped"] = True
+            summary["mode"] = "unchanged"
             summary["manifest_id"] = current.manifest_id
             log(STAGE, f"input files in {data_dir} unchanged since the last ingest ({current.describe()}); nothing written")
         else:
             summary["skipped"] = False
+            if append and current is None:
+                raise InputError(
+                    f"--append adds a batch to ingested data, but the lakehouse {cfg.lakehouse} holds no complete "
+                    f"ingest; ingest the whole data first with `hmrec ingest --data DIR` (all three files)"
+                )
             headers = {}
-            for key, (name, cols) in schemas.INPUT_FILES.items():
+            for key in inputs:
+                name, cols = schemas.INPUT_FILES[key]
                 found = read_header(spark, inputs[key]["path"])
                 check_header(name, found, [c for c, _ in cols])
                 headers[key] = found
-            _load(cfg, spark, inputs, headers, fp, min_date, level, (has_manifests, current), summary, by_reason)
+            whole = True
+            if current is not None:
+                try:
+                    _incremental(cfg, spark, inputs, headers, fp, current, append, min_date, level, summary,
+                                 by_reason)
+                    whole = False
+                except Whole as why:
+                    log(STAGE, f"{why}; ingesting it whole")
+            if whole:
+                summary["mode"] = "whole"
+                _load(cfg, spark, inputs, headers, fp, min_date, level, (has_manifests, current), summary, by_reason)
     return {**summary, "rejected_by_reason": by_reason}
+
+
+# ---- per-date checksums ------------------------------------------------------------------
+
+NO_DATE = "-"  # the day key of a row without a valid t_dat; sorts before every date
+_MOD = 1 << 64
+
+
+class Whole(Exception):
+    """The incremental path does not apply to this input; the message says why (the input is ingested whole)."""
+
+
+def day_key(t_dat: Column) -> Column:
+    """The raw ``t_dat`` when it has the form yyyy-MM-dd and is not after today, else ``NO_DATE``.
+
+    The key of per-date checksums. A date in the future is no day of the data
+    (its rows are rejected), so it must not become the last date ingested.
+    """
+    today = F.date_format(F.current_date(), "yyyy-MM-dd")
+    return F.when(t_dat.isNotNull() & t_dat.rlike(DATE_RE) & (t_dat <= today), t_dat).otherwise(F.lit(NO_DATE))
+
+
+def day_stats(raw: DataFrame) -> dict[str, tuple[int, int]]:
+    """{day key: (rows, checksum)} of a raw (or checked) transactions frame, in one aggregation.
+
+    The checksum of a day is the sum, modulo 2^64, of every row's ``xxhash64``
+    over its fields as text (an empty field and a missing one hash alike; a
+    malformed line hashes its raw text). A sum does not depend on the order of
+    the rows or on how Spark splits the file, so it is one partial aggregate
+    per task with no sort and no shuffle of rows; and unlike XOR, a repeated
+    identical row (a repeat purchase) counts twice. Rows are hashed as read,
+    before any check, so a day compares equal only when its lines do.
+    """
+    fields = [F.coalesce(F.col(c), F.lit("")) for c, _ in schemas.TRANSACTION_COLUMNS]
+    corrupt = [F.coalesce(F.col(CORRUPT), F.lit(""))] if CORRUPT in raw.columns else []
+    digest = F.xxhash64(*fields, *corrupt).cast("decimal(20,0)")
+    rows = (raw.groupBy(day_key(F.col("t_dat")).alias("day"))
+            .agg(F.count(F.lit(1)).alias("n"), F.sum(digest).alias("s")).collect())
+    return {r["day"]: (int(r["n"]), _signed(int(r["s"]))) for r in rows}
+
+
+def _signed(value: int) -> int:
+    """``value`` modulo 2^64 as a signed 64-bit integer (what a Delta bigint holds)."""
+    value %= _MOD
+    return value - _MOD if value >= _MOD // 2 else value
+
+
+def _day_name(day: str) -> str:
+    return "the rows without a valid t_dat" if day == NO_DATE else day
+
+
+def first_changed_day(found: dict[str, tuple[int, int]], recorded: dict[str, tuple[int, int]],
+                      last: str) -> str | None:
+    """The first day up to ``last`` whose rows differ from ``recorded``, as a reason; None when all match."""
+    for day in sorted(k for k in set(found) | set(recorded) if k <= last):
+        got, had = found.get(day, (0, 0)), recorded.get(day, (0, 0))
+        if got == had:
+            continue
+        if got[0] != had[0]:
+            why = f"{got[0]:,} rows where {had[0]:,} were ingested"
+        else:
+            why = f"the same {got[0]:,} rows in number, but their checksum differs: a row's content changed"
+        return f"{_day_name(day)} changed: {why}"
+    return None
+
+
+def _merged_days(recorded: dict[str, tuple[int, int]], added: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    out = dict(recorded)
+    for day, (n, total) in added.items():
+        had = out.get(day, (0, 0))
+        out[day] = (had[0] + n, _signed(had[1] + total))
+    return out
 
 
 # ---- counting and guarding, before anything is written ----------------------------------
@@ -664,13 +779,21 @@ def _adopt(spark: SparkSession, cfg: Config, old_rows: dict[str, int | None]) ->
 
 
 def commit_manifest(spark: SparkSession, cfg: Config, versions: dict[str, int], rows: dict[str, int],
-                    fp_json: str, seq: int) -> str:
-    """Append one manifest row to ``tables.INGEST_MANIFESTS`` (its own atomic commit); returns its id."""
+                    fp_json: str, seq: int, days: dict[str, tuple[int, int]] | None = None,
+                    batch: dict | None = None) -> str:
+    """Append one manifest row to ``tables.INGEST_MANIFESTS`` (its own atomic commit); returns its id.
+
+    ``days`` are the per-date row counts and checksums of every transactions
+    row ingested so far (:func:`day_stats`), ``batch`` what this ingest added.
+    """
     manifest_id = uuid.uuid4().hex[:12]
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-    row = (manifest_id, seq, now, versions, rows, fp_json)
+    days = days or {}
+    row = (manifest_id, seq, now, versions, rows, fp_json, {d: n for d, (n, _) in days.items()},
+           {d: c for d, (_, c) in days.items()}, json.dumps(batch or {}, sort_keys=True, default=str))
+    # merge_schema: a manifest table made before the per-date columns existed gains them
     storage.write(spark.createDataFrame([row], tables.INGEST_MANIFESTS.schema), cfg, tables.INGEST_MANIFESTS,
-                  mode="append")
+                  mode="append", merge_schema=True)
     return manifest_id
 
 
@@ -737,6 +860,7 @@ def _load(
             log(STAGE, f"{schemas.INPUT_FILES['transactions'][0]}: {note}")
         old_rows = _current_rows(spark, cfg, has_manifests, current)
         check_shrink(cfg, counts, old_rows)
+        days = day_stats(checked["transactions"])  # from the cache: the rows as read, before their checks
 
         # From here on tables are written; readers see none of it before the manifest commit.
         if not has_manifests:
@@ -771,7 +895,251 @@ def _load(
         )
         rows[REJECTS_TABLE.name] = summary["rejects_written"]
         last = manifest.latest(cfg, spark)
-        summary["manifest_id"] = commit_manifest(spark, cfg, versions, rows, fp_json, (last.seq if last else 0) + 1)
+        batch = _batch("whole", days, counts["transactions"]["read"], summary["transactions_written"])
+        summary["manifest_id"] = commit_manifest(spark, cfg, versions, rows, fp_json, (last.seq if last else 0) + 1,
+                                                 days=days, batch=batch)
+    finally:
+        for df in persisted:
+            df.unpersist()
+
+
+def _batch(mode: str, days: dict[str, tuple[int, int]], read: int, written: int, **upserts: int) -> dict:
+    """The manifest's record of one ingest: mode, first and last date, rows read and written, per-date counts."""
+    dates = sorted(d for d in days if d != NO_DATE)
+    return {
+        "mode": mode,
+        "dates": [dates[0], dates[-1]] if dates else [],
+        "rows": read,
+        "written": written,
+        "days": {d: list(v) for d, v in sorted(days.items())},
+        **upserts,
+    }
+
+
+# ---- appending -----------------------------------------------------------------------------
+
+CATALOGUE_KEYS = {"articles": "article_id", "customers": "customer_id"}
+
+
+def _rebase(spark: SparkSession, cfg: Config, current: Manifest, which: list[Table]) -> None:
+    """Restore each table of ``which`` to its version in ``current`` when a stopped ingest left a later one.
+
+    An append or a MERGE builds on the table's latest version, so rows an
+    ingest wrote before it was stopped (never seen by readers) would otherwise
+    be kept.
+    """
+    for table in which:
+        pinned = current.versions.get(table.name)
+        head = storage.head_version(spark, cfg, table)
+        if pinned is not None and head is not None and head != pinned:
+            restored = storage.restore(spark, cfg, table, pinned)
+            log(STAGE, f"{table}: version {head} was left by an ingest stopped before its manifest; restored the "
+                       f"version of {current.describe()} (as version {restored}) before writing")
+
+
+def _new_days(cfg: Config, spark: SparkSession, found: dict[str, tuple[int, int]], current: Manifest,
+              append: bool) -> tuple[dict[str, tuple[int, int]], str | None]:
+    """(the day stats of the rows to add, the last date already ingested) for the incremental path.
+
+    Raises :class:`Whole` for a file whose earlier dates changed (without
+    ``append``), :class:`InputError` for an append batch that repeats an
+    ingested date with other rows.
+    """
+    tx_name = schemas.INPUT_FILES["transactions"][0]
+    recorded = current.days
+    last = max((d for d in recorded if d != NO_DATE), default=None)
+    if not append:
+        if last is None:
+            raise Whole(f"{current.describe()} kept no per-date checksums of {tx_name} to compare it with (it was "
+                        f"made before they were recorded)")
+        changed = first_changed_day(found, recorded, last)
+        if changed is not None:
+            raise Whole(f"{tx_name}: rows of {changed} since {current.describe()}")
+        return {d: v for d, v in found.items() if d > last}, last
+    if last is None:  # a lakehouse ingested before per-date checksums were kept
+        day = storage.read(spark, cfg, tables.TRANSACTIONS).agg(F.max("t_dat")).first()[0]
+        last = day.isoformat() if day is not None else None
+        overlap = sorted(d for d in found if d != NO_DATE and last is not None and d <= last)
+        if overlap:
+            raise InputError(
+                f"{tx_name} (--append batch) holds rows of {overlap[0]} .. {overlap[-1]}, on or before {last}, the "
+                f"last date in {tables.TRANSACTIONS}, and {current.describe()} kept no per-date checksums to compare "
+                f"them with; nothing was written. Remove those rows from the batch, or ingest the whole file "
+                f"without --append"
+            )
+    else:
+        for d in sorted(d for d in found if d != NO_DATE and d <= last):
+            changed = first_changed_day({d: found[d]}, {d: recorded.get(d, (0, 0))}, d)
+            if changed is not None:
+                raise InputError(
+                    f"{tx_name} (--append batch): rows of {changed} by {current.describe()}; a batch may repeat an "
+                    f"ingested date only with the same rows. Nothing was written. To replace ingested rows, put the "
+                    f"whole transactions file with articles.csv and customers.csv in DIR and rerun without --append"
+                )
+    new = {d: v for d, v in found.items() if d != NO_DATE and (last is None or d > last)}
+    if new and NO_DATE in found:  # rows of the batch without a valid date: checked with it, and rejected
+        new[NO_DATE] = found[NO_DATE]
+    return new, last
+
+
+def _incremental(
+    cfg: Config,
+    spark: SparkSession,
+    inputs: dict[str, dict],
+    headers: dict[str, list[str]],
+    fp: dict,
+    current: Manifest,
+    append: bool,
+    min_date: dt.date,
+    level: StorageLevel,
+    summary: dict,
+    by_reason: dict[str, dict[str, int]],
+) -> None:
+    """Append the transactions of dates after the last one ingested, upsert changed catalogue files.
+
+    One scan of transactions_train.csv computes its per-date checksums
+    (:func:`day_stats`) to compare with the manifest's; only rows of later
+    dates are then checked (against the ingested catalogues plus the new valid
+    rows), in one action with the catalogue files, before anything is written.
+    Then: articles and customers are upserted by ``MERGE`` (only files whose
+    fingerprint changed), the new transactions and rejects appended, one
+    commit each, and the manifest committed last. Raises :class:`Whole` when
+    the input must be ingested whole instead.
+    """
+    tx_name = schemas.INPUT_FILES["transactions"][0]
+    ingested_at = dt.datetime.now(dt.timezone.utc)
+    sources = {key: inputs[key]["path"] for key in inputs}
+    raw_tx = read_csv(spark, sources["transactions"], headers["transactions"])
+    found = day_stats(raw_tx)
+    new_days, last = _new_days(cfg, spark, found, current, append)
+    previous = json.loads(current.fingerprint).get("files", {}) if current.fingerprint else {}
+    catalogues = [k for k in CATALOGUE_KEYS if k in inputs and previous.get(k) != inputs[k]]
+    mode = "append" if append else "grown"
+    if not new_days and not catalogues:
+        summary.update(skipped=True, mode="unchanged", manifest_id=current.manifest_id)
+        upto = f" up to {last}" if last else ""
+        log(STAGE, f"{tx_name}: no new rows (every date{upto} matches its recorded row count and checksum in "
+                   f"{current.describe()}); nothing written")
+        return
+    summary["mode"] = mode
+    persisted: list[DataFrame] = []
+
+    def keep(df: DataFrame) -> DataFrame:
+        persisted.append(df.persist(level))
+        return df
+
+    try:
+        checked: dict[str, DataFrame] = {}
+        good: dict[str, DataFrame] = {}
+        rejected: list[DataFrame] = []
+        for key, check in (("articles", check_articles), ("customers", check_customers)):
+            if key in catalogues:
+                raw = read_csv(spark, sources[key], headers[key], multi_line=key in MULTI_LINE_FILES)
+                checked[key] = keep(check(raw))
+                good[key], rej = split_checked(checked[key], TABLES[key].schema, sources[key], ingested_at)
+                rejected.append(rej)
+
+        def known(key: str) -> DataFrame:
+            ids = storage.read(spark, cfg, TABLES[key]).select(CATALOGUE_KEYS[key])
+            return ids.unionByName(good[key].select(CATALOGUE_KEYS[key])) if key in good else ids
+
+        key_col = day_key(F.col("t_dat"))
+        wanted = F.lit(True) if last is None else (key_col > F.lit(last))
+        if append and last is not None:
+            wanted = wanted | (key_col == F.lit(NO_DATE))
+        if not new_days:
+            wanted = F.lit(False)
+        n_customers = current.rows.get(tables.CUSTOMERS.name) or 0
+        checked["transactions"] = keep(check_transactions(
+            raw_tx.where(wanted), known("articles"), known("customers"), cfg.ingest.max_price, min_date,
+            n_customers <= cfg.ingest.broadcast_max_customers,
+        ))
+        good["transactions"], rej = split_checked(checked["transactions"], schemas.TRANSACTIONS,
+                                                  sources["transactions"], ingested_at)
+        rejected.append(rej)
+
+        counts = tally(checked)  # every check of every new row, before anything is written
+        for key, c in counts.items():
+            if c["rules"]:
+                by_reason[schemas.INPUT_FILES[key][0]] = dict(c["rules"])
+        note = period_note(cfg, counts["transactions"])
+        if note is not None:
+            log(STAGE, f"{tx_name}: {note}")
+        if not append:
+            # a catalogue file of a whole data set much smaller than its table: the whole ingest's guards judge it
+            shrinking = [schemas.INPUT_FILES[k][0] for k in catalogues
+                         if current.rows.get(TABLES[k].name) and
+                         counts[k]["good"] < cfg.ingest.min_keep_share * current.rows[TABLES[k].name]]
+            if shrinking:
+                raise Whole(f"{', '.join(shrinking)} holds fewer than ingest.min_keep_share = "
+                            f"{cfg.ingest.min_keep_share:g} of the rows of its table")
+        check_shrink(cfg, counts, {key: None for key in counts})  # the reject share of the new rows
+
+        # Only what differs from bronze is written: catalogue rows not already there as they are, rejects
+        # not already recorded (a whole catalogue file repeats its bad rows each time).
+        changes = {key: keep(good[key].subtract(storage.read(spark, cfg, TABLES[key]))) for key in catalogues}
+        rejects = rejected[0]
+        for part in rejected[1:]:
+            rejects = rejects.unionByName(part)
+        recorded_rejects = storage.read(spark, cfg, REJECTS_TABLE).select("raw", "reason")
+        rejects = keep(rejects.select(*schemas.REJECTS.fieldNames()).join(recorded_rejects, ["raw", "reason"],
+                                                                             "left_anti"))
+        n_changes = {key: df.count() for key, df in changes.items()}
+        n_rejects = rejects.count()
+        if not new_days and not any(n_changes.values()) and not n_rejects:
+            summary.update(skipped=True, mode="unchanged", manifest_id=current.manifest_id)
+            upto = f" up to {last}" if last else ""
+            log(STAGE, f"no new rows: every date of {tx_name}{upto} matches its recorded row count and "
+                       f"checksum, and {' and '.join(schemas.INPUT_FILES[k][0] for k in catalogues)} hold no row "
+                       f"that differs from {current.describe()}; nothing written")
+            return
+
+        # From here on tables are written; readers see none of it before the manifest commit.
+        merged = [k for k in catalogues if n_changes[k]]
+        written_tables = [TABLES[k] for k in merged] + ([tables.TRANSACTIONS] if new_days else []) + (
+            [REJECTS_TABLE] if n_rejects else [])
+        _rebase(spark, cfg, current, written_tables)
+        meta = {"stage": STAGE, "fingerprint": fp, "mode": mode}
+        versions, rows = dict(current.versions), dict(current.rows)
+        upserts: dict[str, int] = {}
+        for key in ("articles", "customers", "transactions"):
+            file_name = schemas.INPUT_FILES[key][0]
+            c = counts.get(key, {"read": 0, "good": 0})
+            summary[f"{key}_read"], summary[f"{key}_rejected"] = c["read"], c["read"] - c["good"]
+            table = TABLES[key]
+            detail = ", ".join(f"{rule}={n}" for rule, n in sorted(by_reason.get(file_name, {}).items()))
+            detail = f" ({detail})" if detail else ""
+            if key in catalogues:
+                inserted = updated = 0
+                if n_changes[key]:
+                    inserted, updated, versions[table.name] = storage.upsert(changes[key], cfg, table,
+                                                                             CATALOGUE_KEYS[key], metadata=meta)
+                rows[table.name] = (rows.get(table.name) or 0) + inserted
+                summary[f"{key}_written"] = inserted + updated
+                summary[f"{key}_inserted"] = upserts[f"{key}_inserted"] = inserted
+                summary[f"{key}_updated"] = upserts[f"{key}_updated"] = updated
+                log(STAGE, f"{file_name}: merged into {table}: {inserted} new, {updated} changed, "
+                           f"rejected {c['read'] - c['good']}{detail}")
+            elif key == "transactions" and new_days:
+                written, versions[table.name] = storage.commit(good[key], cfg, table, mode="append", metadata=meta)
+                rows[table.name] = (rows.get(table.name) or 0) + written
+                summary[f"{key}_written"] = written
+                dates = sorted(d for d in new_days if d != NO_DATE)
+                log(STAGE, f"{file_name}: appended {written} rows of {dates[0]} .. {dates[-1]} to {table} "
+                           f"(dates up to {last or '-'} already ingested), rejected {c['read'] - c['good']}{detail}")
+            else:
+                summary[f"{key}_written"] = 0
+        summary["rejects_written"] = 0
+        if n_rejects:
+            summary["rejects_written"], versions[REJECTS_TABLE.name] = storage.commit(
+                rejects, cfg, REJECTS_TABLE, mode="append", metadata=meta
+            )
+            rows[REJECTS_TABLE.name] = (rows.get(REJECTS_TABLE.name) or 0) + summary["rejects_written"]
+        batch = _batch(mode, new_days, counts["transactions"]["read"], summary["transactions_written"], **upserts)
+        summary["manifest_id"] = commit_manifest(
+            spark, cfg, versions, rows, manifest.fingerprint_json(fp), current.seq + 1,
+            days=_merged_days(current.days, new_days), batch=batch,
+        )
     finally:
         for df in persisted:
             df.unpersist()

@@ -48,6 +48,9 @@ class Manifest:
     versions: dict[str, int] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     fingerprint: str = ""
+    # {t_dat or "-": (rows, checksum)} of every transactions row ingested so far (empty before they were kept)
+    days: dict[str, tuple[int, int]] = field(default_factory=dict)
+    batch: dict = field(default_factory=dict)  # what this ingest added (hmrec.etl.ingest)
 
     def describe(self) -> str:
         """``manifest <id> (ingest #<seq>, <time>)`` for messages."""
@@ -72,6 +75,7 @@ def _from_rows(rows: list[dict]) -> Manifest | None:
     if not rows:
         return None
     row = max(rows, key=lambda r: int(r["seq"]))
+    counts, sums = _as_dict(row.get("day_rows")), _as_dict(row.get("day_sums"))
     return Manifest(
         manifest_id=str(row["manifest_id"]),
         seq=int(row["seq"]),
@@ -79,6 +83,8 @@ def _from_rows(rows: list[dict]) -> Manifest | None:
         versions=_as_dict(row.get("versions")),
         rows=_as_dict(row.get("rows")),
         fingerprint=row.get("fingerprint") or "",
+        days={day: (n, sums.get(day, 0)) for day, n in counts.items()},
+        batch=json.loads(row["batch"]) if row.get("batch") else {},
     )
 
 
@@ -122,6 +128,17 @@ def read_latest(cfg: Config, spark: object | None = None) -> tuple[bool, Manifes
     if rows is _MISSING:
         return False, None
     return True, _from_rows(rows)  # type: ignore[arg-type]
+
+
+def history(cfg: Config, spark: object | None = None) -> list[Manifest]:
+    """Every complete ingest's manifest, oldest first (empty when there is none)."""
+    if _local_root(cfg) or spark is None:
+        rows = _read_delta_rs(cfg)
+    else:
+        rows = _read_spark(spark, cfg)
+    if rows is _MISSING:
+        return []
+    return sorted((_from_rows([r]) for r in rows), key=lambda m: m.seq)  # type: ignore[union-attr]
 
 
 def latest(cfg: Config, spark: object | None = None) -> Manifest | None:

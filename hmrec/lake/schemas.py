@@ -270,5 +270,10 @@ INGEST_MANIFESTS = _struct(
         ("versions", MapType(S, L)),  # table name -> Delta version written
         ("rows", MapType(S, L)),  # table name -> rows in that version
         ("fingerprint", S),  # the ingest's input fingerprint, as JSON
+        # every transactions_train.csv row ingested so far, by t_dat ("-": no valid t_dat): the row count and
+        # the sum mod 2^64 of each row's xxhash64 (hmrec.etl.ingest.day_stats); empty in older manifests
+        ("day_rows", MapType(S, L)),
+        ("day_sums", MapType(S, L)),
+        ("batch", S),  # what this ingest added, as JSON: mode, dates, rows, per-date counts, catalogue upserts
     ]
 )

@@ -215,3 +215,38 @@ def last_operation_metrics(spark: SparkSession, cfg: Config, table: Table) -> di
 
 def _int_metrics(metrics: dict | None) -> dict[str, int]:
     return {k: int(v) for k, v in (metrics or {}).items() if str(v).lstrip("-").isdigit()}
+
+
+def upsert(df: DataFrame, cfg: Config, table: Table, key: str, metadata: dict | None = None) -> tuple[int, int, int]:
+    """Delta ``MERGE`` of ``df`` into ``table`` on ``key``, one atomic commit: (inserted, updated, version).
+
+    A row whose key is new is inserted; a row whose key exists replaces it
+    only when some other column differs (null-safe), so an unchanged row is
+    neither rewritten nor counted; a row of the table missing from ``df`` is
+    kept. ``df`` must hold each key once. ``metadata`` is the commit's userMetadata.
+    """
+    spark = df.sparkSession
+    p = path(cfg, table)
+    columns = [c for c in table.schema.fieldNames() if c != key]
+    changed = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in columns)
+    conf_key = "spark.databricks.delta.commitInfo.userMetadata"
+    if metadata is not None:
+        spark.conf.set(conf_key, json.dumps(metadata, sort_keys=True, default=str))
+    try:
+        (DeltaTable.forPath(spark, p).alias("t")
+         .merge(df.select(*table.schema.fieldNames()).alias("s"), f"t.`{key}` = s.`{key}`")
+         .whenMatchedUpdateAll(condition=changed)
+         .whenNotMatchedInsertAll()
+         .execute())
+    finally:
+        if metadata is not None:
+            spark.conf.unset(conf_key)
+    latest = DeltaTable.forPath(spark, p).history(1).select("version", "operationMetrics").first()
+    metrics = _int_metrics(latest["operationMetrics"])
+    return metrics.get("numTargetRowsInserted", 0), metrics.get("numTargetRowsUpdated", 0), int(latest["version"])
+
+
+def restore(spark: SparkSession, cfg: Config, table: Table, version: int) -> int:
+    """Delta ``RESTORE`` of ``table`` to ``version`` (a new commit; time travel keeps the rest); returns the new version."""
+    DeltaTable.forPath(spark, path(cfg, table)).restoreToVersion(version)
+    return int(head_version(spark, cfg, table))
