@@ -2,7 +2,8 @@
 
 A toy champion (64 customers, 40 articles) is trained for a few steps on a
 fixed pairing; a later refresh has 6 new customers, 5 new articles and two
-new codes in one item column. Everything but the last test runs without Spark.
+new codes in one item column. Everything but the last test runs without
+Spark; the last trains on the planted groups of tests/test_train.py.
 """
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import torch
 
 from hmrec.bench import probes
 from hmrec.errors import HmrecError
-from hmrec.model import two_tower
+from hmrec.model import registry, two_tower
 from hmrec.train import job, step
 from hmrec.train.warm import Champion, decide, extend_state, warm_model_args
 from tests.conftest import make_cfg
+from tests.test_train import N_USERS, TRAIN_SETTINGS, write_planted
+from tests.test_train import AS_OF as PLANTED_AS_OF
 
 OLD_USERS, OLD_ITEMS = 64, 40
 NEW_USERS, NEW_ITEMS = 70, 45
@@ -191,3 +194,28 @@ def test_warm_config_trains_warm_epochs_on_the_recent_window(tmp_path):
     warm = job.warm_config(cfg)
     assert (warm.train.epochs, warm.train.train_days) == (2, 14)
     assert job.warm_config(_cfg(tmp_path, "train.warm_train_days=0", "train.train_days=90")).train.train_days == 90
+
+
+# ---- through the train job --------------------------------------------------------------------
+
+
+def test_a_serve_run_starts_from_the_champion_trains_warm_epochs_and_records_it(spark, tmp_path, capsys):
+    cfg = make_cfg(tmp_path, *TRAIN_SETTINGS, "train.warm_epochs=1", "train.warm_train_days=0")
+    write_planted(spark, cfg)
+    # the champion: an untrained model of the planted data's shape, registered as a refresh registers one
+    args = job.prepare_data(spark, cfg, PLANTED_AS_OF).model_args
+    run_id = registry.start_run(cfg, PLANTED_AS_OF, {}, {})
+    first = registry.register_model(cfg, run_id, two_tower.build_model(args, seed=1).state_dict(), args,
+                                    PLANTED_AS_OF - dt.timedelta(days=7))
+    registry.set_alias(cfg, registry.CHAMPION, first)
+    capsys.readouterr()
+    second = job.train(cfg, spark, PLANTED_AS_OF)
+    out = capsys.readouterr()
+    meta = registry.load_model(cfg, second).meta
+    warm = meta["warm_start"]
+    assert (warm["warm_start"], warm["warm_start_from"]) == ("warm", first)
+    assert (warm["warm_start_customers_copied"], warm["warm_start_customers_new"]) == (N_USERS, 0)
+    assert len(meta["history"]) == 1  # train.warm_epochs, not train.epochs=2
+    tags = registry.client(cfg).get_run(meta["run_id"]).data.tags
+    assert tags["warm_start_from"] == first
+    assert f"warm start from v{first}: {N_USERS} customer rows copied, 0 new" in out.out + out.err
