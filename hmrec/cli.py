@@ -90,7 +90,10 @@ TEXTS: dict[str, tuple[str, str, str, str]] = {
                f"{_names(*T.written_by('choose'))}, tags and metrics on the fit model's MLflow run",
                "hmrec choose --as-of 2020-09-16"),
     "train": ("Train the two-tower model on the training rows and register it in MLflow. With "
-              "train.epochs: auto it trains the epoch count chosen on the validation week.",
+              "train.epochs: auto it trains the epoch count chosen on the validation week. With "
+              "train.warm_start: auto (the default) it starts from the champion's weights when the champion is at "
+              "most train.warm_start_max_age_days old and trains train.warm_epochs on the last train.warm_train_days "
+              "days; --set train.warm_start=off trains cold.",
               _names(T.TRAIN, T.USER_FEATURES, T.ITEM_FEATURES),
               "an MLflow run and a registered model version (paths.mlflow_tracking_uri; "
               "default: sqlite file <lakehouse>/mlflow.db), checkpoints under <lakehouse>/checkpoints",

@@ -127,6 +127,10 @@ class TrainConfig:
     max_steps: int
     dist_timeout_s: int
     compute_dtype: str
+    warm_start: str  # auto | champion | off: start from the champion's weights (hmrec.train.warm)
+    warm_start_max_age_days: int
+    warm_epochs: int
+    warm_train_days: int
 
 
 @dataclass(frozen=True)
@@ -381,6 +385,10 @@ RULES: dict[str, Rule] = {
     "train.max_steps": at_least(0),
     "train.dist_timeout_s": at_least(1),
     "train.compute_dtype": one_of("auto", "bfloat16", "float32"),
+    "train.warm_start": one_of(AUTO, "champion", "off"),
+    "train.warm_start_max_age_days": at_least(0),
+    "train.warm_epochs": at_least(1),
+    "train.warm_train_days": at_least(0),
     "index.kind": one_of("flat", "hnsw", "ivf"),
     "index.hnsw_m": at_least(2),
     "index.hnsw_ef_search": at_least(1),

@@ -73,7 +73,8 @@ TRAIN = ("train.embedding_dim", "train.id_dim", "train.attr_dim", "train.hidden_
          "train.max_epochs", "train.batch_size", "train.lr", "train.sparse_lr", "train.weight_decay",
          "train.warmup_steps", "train.temperature", "train.random_negatives", "train.logq_correction",
          "train.num_processes", "train.local_mode", "train.seed", "train.train_days", "train.val_users",
-         "train.val_k", "train.max_steps", "train.compute_dtype")
+         "train.val_k", "train.max_steps", "train.compute_dtype", "train.warm_start", "train.warm_start_max_age_days",
+         "train.warm_epochs", "train.warm_train_days")
 INDEX = ("index.kind", "index.hnsw_m", "index.hnsw_ef_search", "index.hnsw_ef_construction", "index.ivf_nlist",
          "index.ivf_nprobe")
 CANDIDATES = ("candidates.retrieval_n", "candidates.repurchase_n", "candidates.colour_n", "candidates.popular_n",

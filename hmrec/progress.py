@@ -89,7 +89,8 @@ def _ingest(s: dict) -> str:
 def _train(s: dict) -> str:
     val = ", ".join(f"{k[4:]} {_n(v)}" for k, v in s.items() if k.startswith("val_"))
     return (f"model version {s['model_version']}, {_n(s['epochs'])} epochs on {_n(s['rows'])} rows, "
-            f"loss {_n(s['loss'])}" + (f", validation {val}" if val else ""))
+            f"loss {_n(s['loss'])}" + (f", validation {val}" if val else "")
+            + (f"; warm start from version {s['warm_start_from']}" if "warm_start_from" in s else ""))
 
 
 def _score(s: dict) -> str:

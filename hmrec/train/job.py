@@ -48,6 +48,7 @@ from hmrec.train.distributed import all_have, init_distributed, run_distributed,
 from hmrec.train.pairs import materialise_pairs, open_loader, read_ahead
 from hmrec.train.step import compute_dtype_name, derived_seed, lr_factor, make_optimizers, train_step
 from hmrec.train.validation import ValSet, recall_at_k, validation_set
+from hmrec.train.warm import WarmDecision, champion_of, decide, extend_state, warm_model_args
 
 # Tables whose Delta version is recorded with every trained model.
 LINEAGE_TABLES = [
@@ -84,6 +85,7 @@ class TrainJob:
     # that stops at the epoch count chosen on its fitted twin follows the twin's schedule
     horizon_epochs: int = 0
     keep_best: bool = False  # keep the weights of the epoch that validated best
+    init: dict | None = None  # initial weights of a warm start (hmrec.train.warm); a checkpoint wins over them
 
 
 def _log_to_run(job: TrainJob, metrics: dict[str, float], step: int) -> None:
@@ -189,6 +191,8 @@ def train_worker(job: TrainJob) -> None:
             epoch, step, history = job.start["epoch"], job.start["step"], list(job.start["history"])
             set_rng_state(job.start["rng"])
             best = job.start.get("best")
+        elif job.init is not None:
+            model.load_state_dict(job.init)
         model.train()
         while epoch < tc.epochs:
             started = time.perf_counter()
@@ -397,7 +401,7 @@ def fit_batch_size(cfg: Config, n_rows: int) -> Config:
 
 def _train_epochs(
     spark: Any, cfg: Config, data: TrainingData, as_of: dt.date, ckpt: str, run_id: str, start: dict | None,
-    plan: "EpochPlan",
+    plan: "EpochPlan", init: dict | None = None,
 ) -> None:
     """Materialise the pairs, run the training processes, and always delete the pairs again."""
     tc = cfg.train
@@ -416,7 +420,7 @@ def _train_epochs(
                 cfg=cfg, as_of=as_of.isoformat(), model_args=data.model_args, users=data.users, items=data.items,
                 item_prob=data.item_prob, converter=converter, world_size=tc.num_processes, steps_per_epoch=steps,
                 checkpoint_path=ckpt, run_id=run_id, start=start, val=val,
-                horizon_epochs=plan.horizon, keep_best=plan.keep_best and val is not None,
+                horizon_epochs=plan.horizon, keep_best=plan.keep_best and val is not None, init=init,
             )
         )
     finally:
@@ -460,6 +464,54 @@ def epoch_plan(spark: Any, cfg: Config, as_of: dt.date, role: str, fitted_for: d
                      f"train.epochs=auto: {epochs}, chosen on the validation week from {chosen['fit_cutoff']}")
 
 
+@dataclass
+class WarmStart:
+    """What a run starts from: the decision, and for a warm start its initial weights and row counts."""
+
+    decision: WarmDecision
+    init: dict | None = None
+    counts: dict | None = None
+
+
+def warm_config(cfg: Config) -> Config:
+    """``cfg`` as a warm-started run trains: train.warm_epochs epochs over the train.warm_train_days window."""
+    tc = cfg.train
+    days = tc.warm_train_days if tc.warm_train_days > 0 else tc.train_days
+    return replace(cfg, train=replace(tc, epochs=tc.warm_epochs, train_days=days))
+
+
+def prepare_start(spark: Any, cfg: Config, as_of: dt.date, role: str, fitted_for: dt.date | None,
+                  plan: "EpochPlan") -> tuple[Config, TrainingData, "EpochPlan", WarmStart]:
+    """The run's config, data, epoch plan and start: warm from the champion or cold (hmrec.train.warm).
+
+    A warm run trains ``train.warm_epochs`` epochs on the last
+    ``train.warm_train_days`` days; when the champion's weights do not fit the
+    new model, one line says why and the run trains cold as planned.
+    """
+    from hmrec.model import registry  # imported here: the training ranks never need mlflow
+
+    cold_cfg = replace(cfg, train=replace(cfg.train, epochs=plan.epochs))
+    champion = champion_of(cfg) if cfg.train.warm_start != "off" else None
+    decision = decide(cfg, as_of, role, fitted_for, champion)
+    if decision.champion is not None:
+        wcfg = warm_config(cfg)
+        data = prepare_data(spark, wcfg, as_of)
+        loaded = registry.load_model(cfg, decision.champion.version)
+        champion_args = loaded.meta["model_args"]
+        args, why = warm_model_args(champion_args, data.model_args)
+        if args is not None:
+            init, counts = extend_state(loaded.model.state_dict(), champion_args, args, cfg.train.seed)
+            data = replace(data, model_args=args)
+            tc = wcfg.train
+            warm_plan = EpochPlan(tc.warm_epochs, tc.warm_epochs, False, plan.labels_as_of,
+                                  f"{decision.why}: train.warm_epochs={tc.warm_epochs} on the last "
+                                  f"{tc.train_days or 'all'} days")
+            return wcfg, data, warm_plan, WarmStart(decision, init, counts)
+        decision = WarmDecision(None, f"cold: the weights of champion v{decision.champion.version} do not fit ({why})")
+    log(STAGE, f"{role} model at {as_of}: {decision.why}")
+    return cold_cfg, prepare_data(spark, cold_cfg, as_of), plan, WarmStart(decision)
+
+
 def flat_train_params(tc: TrainConfig) -> dict[str, object]:
     """The train config as ``train.<key>`` params."""
     return {f"train.{k}": v for k, v in asdict(tc).items()}
@@ -484,8 +536,7 @@ def train(cfg: Config, spark: Any, as_of: dt.date, resume: bool = False, role: s
         started = time.perf_counter()
         versions = {table.name: storage.version(spark, cfg, table) for table in LINEAGE_TABLES}
         plan = epoch_plan(spark, cfg, as_of, role, fitted_for)
-        cfg = replace(cfg, train=replace(cfg.train, epochs=plan.epochs))
-        data = prepare_data(spark, cfg, as_of)
+        cfg, data, plan, start_from = prepare_start(spark, cfg, as_of, role, fitted_for, plan)
         cfg = fit_batch_size(cfg, data.n_rows)
         tc = cfg.train
         args = data.model_args
@@ -494,6 +545,18 @@ def train(cfg: Config, spark: Any, as_of: dt.date, resume: bool = False, role: s
             f"{role} model at {as_of}: {data.n_rows:,} training rows, {args['num_users']:,} customers, "
             f"{args['num_items']:,} articles; {plan.why}; matrix products in {compute_dtype_name(tc)}",
         )
+        warm_record = {"warm_start": "warm" if start_from.decision.warm else "cold",
+                       "warm_start_why": start_from.decision.why}
+        if start_from.decision.champion is not None:
+            counts = start_from.counts or {}
+            warm_record["warm_start_from"] = start_from.decision.champion.version
+            warm_record.update({f"warm_start_{k}": v for k, v in counts.items()})
+            log(
+                STAGE,
+                f"warm start from v{start_from.decision.champion.version}: {counts['customers_copied']:,} customer "
+                f"rows copied, {counts['customers_new']:,} new; {counts['articles_copied']:,} article rows copied, "
+                f"{counts['articles_new']:,} new; {counts['attribute_codes_new']:,} new attribute codes",
+            )
 
         ckpt = checkpoint_path(cfg, as_of, role)
         start = resume_state(ckpt, args, cfg) if resume else None
@@ -501,6 +564,7 @@ def train(cfg: Config, spark: Any, as_of: dt.date, resume: bool = False, role: s
             os.remove(ckpt)  # left by an earlier run that was not resumed
         tags = {f"delta_version.{name}": "missing" if v is None else str(v) for name, v in versions.items()}
         tags.update({"stage": STAGE, "train_rows": str(data.n_rows), "role": role, "epochs_why": plan.why})
+        tags.update({k: str(v) for k, v in warm_record.items()})
         if fitted_for is not None:
             tags["fitted_for"] = fitted_for.isoformat()
         params = {**flat_train_params(tc), "data.num_users": args["num_users"], "data.num_items": args["num_items"]}
@@ -508,7 +572,7 @@ def train(cfg: Config, spark: Any, as_of: dt.date, resume: bool = False, role: s
         try:
             epochs_before = start["epoch"] if start else 0
             if epochs_before < tc.epochs:
-                _train_epochs(spark, cfg, data, as_of, ckpt, run_id, start, plan)
+                _train_epochs(spark, cfg, data, as_of, ckpt, run_id, start, plan, init=start_from.init)
             final = load_checkpoint(ckpt)
             if final["epoch"] < tc.epochs:
                 raise HmrecError(
@@ -524,7 +588,8 @@ def train(cfg: Config, spark: Any, as_of: dt.date, resume: bool = False, role: s
                 cfg, run_id, weights, args, as_of,
                 extra_meta={"table_versions": versions, "history": history, "train_rows": data.n_rows,
                             "best_epoch": best_epoch, "epochs_why": plan.why,
-                            "fitted_for": fitted_for.isoformat() if fitted_for else None},
+                            "fitted_for": fitted_for.isoformat() if fitted_for else None,
+                            "warm_start": warm_record},
                 role=role,
             )
             end_to_end = sum(r["samples"] for r in trained) / max(time.perf_counter() - started, 1e-9)
@@ -547,5 +612,6 @@ def train(cfg: Config, spark: Any, as_of: dt.date, resume: bool = False, role: s
             **{k: round(v, 4) for k, v in last.items() if k.startswith("val_")},
             trainer_samples_per_s=round(sum(r["samples"] for r in trained) / max(train_seconds, 1e-9)),
             end_to_end_samples_per_s=round(end_to_end),
+            **warm_record,
         )
     return version
