@@ -98,6 +98,20 @@ def _history(*ops):
              "restored": op[1] if op[0] == "R" else None} for i, op in enumerate(ops)]
 
 
+def test_a_champion_judged_on_the_same_week_sets_the_bar_instead_of_its_recorded_lift():
+    # its recorded lift (6x, from a week where popularity did badly) would fail a 3x challenger; on the same
+    # week its published lists reach 0.05, and 0.06 is above 0.05 x 0.8
+    same = {"map@12": 0.05, "recall@12": 0.2, "users": 480, "as_of": "2020-09-09"}
+    d = judge("7", AS_OF, figures(0.06, 0.02), SANE, "5", 6.0, GATE, 12, champion_week=same)
+    assert d.passed and d.figures["champion_same_week_map@12"] == 0.05
+    assert d.figures["champion_same_week_users"] == 480
+    assert not judge("7", AS_OF, figures(0.06, 0.02), SANE, "5", 6.0, GATE, 12).passed  # the recorded lift alone
+    # 0.039 < 0.05 x 0.8 = 0.04: more than the tolerance below the champion's lists on that week
+    d = judge("7", AS_OF, figures(0.039, 0.01), SANE, "5", 1.0, GATE, 12, champion_week=same)
+    assert not d.passed and any("champion's published lists on the same week" in r and "0.0500" in r
+                                for r in d.reasons), d.reasons
+
+
 def test_with_the_ranker_served_its_own_lift_is_judged_and_the_coverage_is_the_choose_stages():
     # the blend's lists are 2x popularity; the ranker's, on its held-out buyers, 0.9x: the served list fails
     maps = {"ranker": 0.018, "blend": 0.017, "popularity": 0.02, "users": 300}

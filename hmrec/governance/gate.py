@@ -18,8 +18,11 @@ the holdout week:
   popularity list on the validation week [D - 7, D), as the choose stage
   measured them (the model fitted at D - 7 with the plans the served model
   uses; the served model trained on that week, so it cannot be judged on it),
-  is at least ``gate.min_lift`` and at least ``(1 - gate.tolerance)`` times
-  the champion's recorded validation lift. These figures are optimistic: the
+  is at least ``gate.min_lift``; and its MAP@K is at least ``(1 - gate.tolerance)``
+  times that of the champion's published lists on the same week (the lists it
+  served from its as-of, judged on the same buyers), or, when those cannot be
+  judged there (a champion of this as-of or later), its lift at least
+  ``(1 - gate.tolerance)`` times the champion's recorded validation lift. These figures are optimistic: the
   plans were chosen on the same week. When scoring will serve the ranker's
   lists (``score.method: ranker`` and the ranker at least as good as the
   blend there), the lift judged is the ranker's over popularity on the rank
@@ -41,6 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from hmrec.config import Config, GateConfig
 from hmrec.errors import GateFailed, HmrecError
@@ -105,11 +109,16 @@ def lift(model: float | None, baseline: float | None) -> float | None:
 
 
 def judge(version: str, as_of: dt.date, figures: dict | None, sanity: dict, champion: str | None,
-          champion_lift: float | None, gate: GateConfig, k: int) -> Decision:
+          champion_lift: float | None, gate: GateConfig, k: int, champion_week: dict | None = None) -> Decision:
     """The decision from the validation ``figures`` (the choose stage's, or None) and the ``sanity`` figures.
 
     ``sanity`` holds ``embeddings_finite`` (bool, or an error text),
-    ``fallback_share`` and the customer count ``customers``.
+    ``fallback_share`` and the customer count ``customers``. ``champion_week``
+    (from :func:`champion_on_week`), when given, is the champion's published
+    lists judged on the same validation week: the challenger is then held to
+    ``(1 - gate.tolerance)`` times that MAP@K instead of the champion's lift
+    recorded on its own week (lifts over popularity move from week to week with
+    how well popularity does).
     """
     reasons: list[str] = []
     notes: list[str] = []
@@ -145,7 +154,15 @@ def judge(version: str, as_of: dt.date, figures: dict | None, sanity: dict, cham
         if value < gate.min_lift:
             reasons.append(f"validation {metric} {model[metric]:.4f} is {value:.2f}x popularity's "
                            f"{popular[metric]:.4f}, below gate.min_lift {gate.min_lift:g}")
-        if champion_lift is None:
+        same = (champion_week or {}).get(metric)
+        if same is not None:
+            out[f"champion_same_week_{metric}"] = same
+            out["champion_same_week_users"] = champion_week.get("users")
+            if model[metric] < same * (1 - gate.tolerance):
+                reasons.append(f"validation {metric} {model[metric]:.4f} is more than gate.tolerance "
+                               f"{gate.tolerance:.0%} below the champion's published lists on the same week "
+                               f"(version {champion}, as-of {champion_week.get('as_of')}: {same:.4f})")
+        elif champion_lift is None:
             notes.append("no champion lift to compare with" + (f" (version {champion} has none recorded)"
                                                                 if champion else " (no champion yet)"))
         elif value < champion_lift * (1 - gate.tolerance):
@@ -153,6 +170,15 @@ def judge(version: str, as_of: dt.date, figures: dict | None, sanity: dict, cham
                            f"the champion's (version {champion}: {champion_lift:.2f}x)")
     return Decision(version=str(version), as_of=as_of.isoformat(), passed=not reasons, reasons=reasons, notes=notes,
                     figures=out, champion=champion, champion_lift=champion_lift)
+
+
+def held_out_buyers(cfg: Config, spark: SparkSession, as_of: dt.date) -> list[int]:
+    """The customer_idx of the rank stage's held-out buyers of ``as_of``'s validation week (its hash share)."""
+    from hmrec.rank.ranker import held_out
+
+    week = storage.read_as_of(spark, cfg, tables.VALIDATION, as_of).where("customer_idx IS NOT NULL")
+    ids = np.array(sorted({int(r[0]) for r in week.select("customer_idx").distinct().collect()}), dtype=np.int64)
+    return ids[held_out(ids, cfg.rank.valid_share, cfg.rank.seed)].tolist() if len(ids) else []
 
 
 def ranker_figures(figures: dict | None, maps: dict[str, float], k: int) -> dict:
@@ -165,6 +191,51 @@ def ranker_figures(figures: dict | None, maps: dict[str, float], k: int) -> dict
     model = {metric: maps["ranker"], **({"coverage": coverage} if coverage is not None else {})}
     return {"users": maps.get("users"), "list": "ranker",
             "methods": {"model": model, "popularity": {metric: maps["popularity"]}}}
+
+
+def champion_on_week(spark: SparkSession, cfg: Config, as_of: dt.date, champion: str,
+                     customers: list[int] | None = None) -> dict | None:
+    """The champion's published lists judged on the validation week of ``as_of``: its MAP@K and Recall@K
+    over the week's buyers (only ``customers``' customer_idx when given), or None when the champion's
+    lists cannot be judged there (its as-of is not before the week, or its lists are no longer readable).
+
+    The lists are those ``tables.RECOMMENDATIONS`` held for the champion's as-of (time travel), made from
+    data before that as-of; a buyer without a list in them counts with an empty list.
+    """
+    from hmrec.evaluation.metrics import row_metrics
+    from hmrec.etl.split import fit_cutoff
+    from hmrec.serve.blend import pad_lists
+
+    tag = registry.version_tags(cfg, champion).get(registry.AS_OF_TAG)
+    if not tag:
+        return None
+    champion_as_of = dt.date.fromisoformat(tag)
+    if champion_as_of > fit_cutoff(cfg, as_of):  # its lists were made after the week began: not a fair test
+        return None
+    lists = storage.read_as_of(spark, cfg, tables.RECOMMENDATIONS, champion_as_of)
+    if lists.limit(1).count() == 0:
+        return None
+    week = storage.read_as_of(spark, cfg, tables.VALIDATION, as_of).where(F.col("customer_idx").isNotNull())
+    actual = (week.groupBy("customer_id", "customer_idx").agg(F.collect_set("article_id").alias("actual"))
+              .toPandas())
+    if customers is not None:
+        actual = actual[actual["customer_idx"].isin(set(customers))]
+    if actual.empty:
+        return None
+    k = cfg.score.k
+    served = (lists.join(spark.createDataFrame(actual[["customer_id"]]), "customer_id")
+              .select("customer_id", "rank", "article_id").toPandas().sort_values(["customer_id", "rank"]))
+    by_customer = served.groupby("customer_id")["article_id"].apply(list)
+    codes: dict[str, int] = {}
+
+    def encode(ids: list[str]) -> list[int]:
+        return [codes.setdefault(a, len(codes)) for a in ids]
+
+    predicted = pad_lists([encode(by_customer.get(c, [])[:k]) for c in actual["customer_id"]], width=k)
+    truth = pad_lists([encode(list(a)) for a in actual["actual"]])
+    m = row_metrics(predicted, truth, k)
+    return {f"map@{k}": round(float(m[f"map@{k}"].mean()), 6), f"recall@{k}": round(float(m[f"recall@{k}"].mean()), 6),
+            "users": int(len(actual)), "as_of": champion_as_of.isoformat()}
 
 
 def sanity_figures(cfg: Config, spark: SparkSession, as_of: dt.date, version: str) -> dict:
@@ -219,8 +290,12 @@ def gate(cfg: Config, spark: SparkSession, as_of: dt.date, enforce: bool = True)
         if champion is not None:
             recorded = registry.version_tags(cfg, champion).get(LIFT_TAG)
             champion_lift = float(recorded) if recorded not in (None, "", "None") else None
+        champion_week = None
+        if champion is not None:
+            held = held_out_buyers(cfg, spark, as_of) if (figures or {}).get("list") == "ranker" else None
+            champion_week = champion_on_week(spark, cfg, as_of, champion, held)
         decision = judge(version, as_of, figures, sanity_figures(cfg, spark, as_of, version), champion,
-                         champion_lift, cfg.gate, cfg.score.k)
+                         champion_lift, cfg.gate, cfg.score.k, champion_week)
         registry.set_version_tags(cfg, version, decision.tags())
         summary["decision"] = "passed" if decision.passed else "failed"
         summary.update({k: v for k, v in decision.figures.items() if v is not None})
