@@ -116,7 +116,8 @@ def airflow_env(tmp_path_factory) -> dict[str, str]:
     venv = airflow_venv()
     home = tmp_path_factory.mktemp("airflow-home")
     env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+           "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
     env.pop("PYTHONPATH", None)  # Airflow runs on its own packages; the stages set theirs
     subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True)
     return env
@@ -157,9 +158,13 @@ print(json.dumps({
 
 @pytest.mark.slow
 def test_airflow_loads_the_dag_and_its_gate_task_fails_without_retry(airflow_env):
-    errors = subprocess.run(["airflow", "dags", "list-import-errors", "-o", "json"], env=airflow_env,
-                            capture_output=True, text=True, check=True)
-    assert json.loads(errors.stdout or "[]") == []
+    def listed(*command: str) -> list[dict]:
+        done = subprocess.run(["airflow", "dags", *command, "-o", "json"], env=airflow_env,
+                              capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])  # the table, after any log lines
+
+    assert listed("list-import-errors") == []
+    assert [d["dag_id"] for d in listed("list")] == ["hmrec_weekly"]
     done = subprocess.run(["python", "-c", CHECKS, str(REPO / "dags")], env=airflow_env,
                           capture_output=True, text=True, check=True)
     got = json.loads(done.stdout.strip().splitlines()[-1])
@@ -200,3 +205,17 @@ def test_airflow_dags_test_runs_the_refresh_on_tiny_data(airflow_env, tiny_data,
     assert set(served["as_of"].astype(str)) == {TINY_AS_OF.isoformat()}
     assert served["customer_id"].nunique() > 1000
     assert (lake / "reports" / TINY_AS_OF.isoformat() / "model_card.md").exists()
+
+
+def test_run_until_takes_a_stage_of_the_cli_and_refuses_others(tmp_path):
+    from hmrec.errors import HmrecError
+    from hmrec.pipeline import PIPELINE, run
+    from tests.conftest import make_cfg
+
+    args = cli.build_parser().parse_args(["run", "--data", "d", "--as-of", "2020-09-16", "--until", "gate"])
+    assert args.until == "gate"
+    assert set(cli.STAGES) - {"ingest"} <= set(PIPELINE)  # every task's stage is one run can stop after
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["run", "--data", "d", "--as-of", "2020-09-16", "--until", "publish"])
+    with pytest.raises(HmrecError, match="--until 'publish' is not a stage of the refresh; use one of: ingest, features"):
+        run(make_cfg(tmp_path / "lake"), None, data_dir="d", as_of=TINY_AS_OF, until="publish")
