@@ -191,15 +191,21 @@ def test_airflow_dags_test_runs_the_refresh_on_tiny_data(airflow_env, tiny_data,
            "AIRFLOW_VAR_HMREC_LAKEHOUSE": str(lake),
            "AIRFLOW_VAR_HMREC_COMMAND": f"env PYTHONPATH={REPO} OMP_NUM_THREADS=1 {sys.executable} -m hmrec.cli run",
            "AIRFLOW_VAR_HMREC_ARGS": " ".join(f"--set {shlex.quote(s)}" for s in settings)}
+    env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"  # the stages' own output in the log, should one fail
     # the run whose data interval ends at the tiny data's as-of
-    done = subprocess.run(["airflow", "dags", "test", "hmrec_weekly", f"{TINY_AS_OF}T03:00:00+00:00"],
+    run_at = f"{TINY_AS_OF}T03:00:00+00:00"
+    done = subprocess.run(["airflow", "dags", "test", "hmrec_weekly", run_at],
                           env=env, capture_output=True, text=True, cwd=tmp_path)
     log = done.stdout + done.stderr
-    assert done.returncode == 0, log[-5000:]
-    assert "state=success" in log, log[-5000:]
-    for stage in cli.STAGES:
-        assert f"task_id={stage}" in log
-    assert f"--as-of {TINY_AS_OF} --until gate" in log
+    assert done.returncode == 0, log[-8000:]
+    env["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
+    states = subprocess.run(["airflow", "tasks", "states-for-dag-run", "hmrec_weekly", f"manual__{run_at}", "-o", "json"],
+                            env=env, capture_output=True, text=True, check=True)
+    got = {t["task_id"]: t["state"] for t in json.loads(states.stdout.strip().splitlines()[-1])}
+    assert got == {stage: "success" for stage in cli.STAGES}, log[-8000:]
+    rendered = subprocess.run(["airflow", "tasks", "render", "hmrec_weekly", "gate", run_at],
+                              env=env, capture_output=True, text=True, check=True)
+    assert f"--data {tiny_data} --as-of {TINY_AS_OF} --until gate --set paths.lakehouse={lake}" in rendered.stdout
     cfg = load_config(None, [f"paths.lakehouse={lake}"])
     served = read_table(cfg, tables.RECOMMENDATIONS, ["customer_id", "as_of"])
     assert set(served["as_of"].astype(str)) == {TINY_AS_OF.isoformat()}
