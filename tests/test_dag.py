@@ -178,7 +178,7 @@ def test_airflow_loads_the_dag_and_its_gate_task_fails_without_retry(airflow_env
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(5400)  # 49 min on 2 cores under a load average of 20; a few minutes unloaded
+@pytest.mark.timeout(5400)  # it took 49 min on 2 cores under a load average of 20
 def test_airflow_dags_test_runs_the_refresh_on_tiny_data(airflow_env, tiny_data, tmp_path):
     from hmrec.config import load_config
     from hmrec.lake import tables
