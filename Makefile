@@ -10,7 +10,7 @@ DEMO_AS_OF ?= 2020-09-16
 DEMO_LAKE  ?= ./lakehouse/demo
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: setup test test-slow test-cluster test-faults demo cluster-demo bench-etl bench-train bench-score bench clean
+.PHONY: setup test test-slow test-cluster test-faults test-dag demo cluster-demo bench-etl bench-train bench-score bench clean
 
 $(VENV)/.installed: setup.py
 	@echo "Installing hmrec and its dependencies (torch, Spark, MLflow, JupyterLab, ...) into $(VENV):"
@@ -33,6 +33,12 @@ test-cluster: setup
 
 test-faults: setup
 	$(PY) -m pytest -m faults
+
+# The Airflow DAG (dags/hmrec_weekly.py) loaded and run by `airflow dags test` on tiny data. Airflow
+# goes into a virtual environment of its own, made on first use (a few minutes) and reused after.
+AIRFLOW_VENV ?= $(HOME)/.cache/hmrec/airflow-venv
+test-dag: setup
+	HMREC_AIRFLOW_VENV=$(AIRFLOW_VENV) $(PY) -m pytest tests/test_dag.py -m slow
 
 # The generator writes transactions_train.csv last: when it is there, the sample is complete
 # and is not generated again (delete $(DEMO_DIR) for a new one, e.g. after changing DEMO_SCALE).

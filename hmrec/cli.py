@@ -149,6 +149,14 @@ TEXTS: dict[str, tuple[str, str, str, str]] = {
              "<lakehouse>/reports/<as_of>/v<version>/ (with a copy of its report) and, when its lists are served, "
              "<lakehouse>/reports/<as_of>/ (linked from report.html)",
              "hmrec card --as-of 2020-09-16"),
+    "export": ("Write the served lists of one as-of for every customer of the customers table to one CSV file. "
+               "kaggle: the H&M competition's submission, customer_id,prediction with 12 distinct ten-digit article "
+               "ids by rank, a short or missing list filled from the global popularity of the as-of; csv: "
+               "customer_id,rank,article_id,score,source. Written to a temporary file, then renamed.",
+               f"{_names(T.RECOMMENDATIONS, T.CUSTOMERS, T.POPULARITY)} (the lists of that as-of, also from the "
+               "served table's history)",
+               "OUT (one CSV file with a header)",
+               "hmrec export --as-of 2020-09-16 --format kaggle --out submission.csv"),
     "run": ("The scheduled refresh: ingest, then every stage for one as-of date. A stage already done for "
             "this as-of on the same data and settings is skipped (--force reruns it); after a crash the same "
             "command resumes at the stage that failed. The serve model is published only when it clears the "
@@ -290,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun stages whose outputs already exist")
     p.add_argument("--append", action="store_true", help=APPEND_HELP)
     p.add_argument("--allow-shrink", action="store_true", help=ALLOW_SHRINK_HELP)
+    p.add_argument("--until", choices=STAGES, default=None, metavar="STAGE",
+                   help="stop after this stage (one of: " + ", ".join(STAGES) + "); the stages before it that are "
+                        "not done yet run first, as in dags/hmrec_weekly.py's one task per stage")
     add_common(p)
 
     p = _command(sub, "backtest", "the refresh at N weekly cutoffs, each judged on its following week")
@@ -309,6 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "compare", "print model versions' figures side by side")
     p.add_argument("--versions", nargs="+", required=True, metavar="V", help="two or more registered versions")
     add_config(p)
+
+    p = _command(sub, "export", "write the served lists of one as-of to a file, e.g. the Kaggle submission")
+    p.add_argument("--as-of", type=_date, required=True, help="the as-of date YYYY-MM-DD of the served lists")
+    p.add_argument("--format", dest="export_format", default="kaggle", metavar="FORMAT",
+                   help="kaggle (customer_id,prediction; 12 articles each) or csv (one row per recommendation); "
+                        "default kaggle")
+    p.add_argument("--out", required=True, help="the CSV file to write; its directory must exist")
+    add_common(p)
 
     p = _command(sub, "recommend", "print one customer's precomputed recommendations")
     p.epilog += f"\n\n{SCORE_HELP}"
@@ -363,8 +382,9 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> object:
         from hmrec.pipeline import run
 
         results = _with_spark(cfg, lambda spark: run(cfg, spark, data_dir=args.data, as_of=args.as_of, force=args.force,
-                                                       append=args.append))
-        print_next_steps(next_steps(cfg, args.as_of, args.data, invocation_flags(args)))
+                                                       append=args.append, until=args.until))
+        if args.until is None:
+            print_next_steps(next_steps(cfg, args.as_of, args.data, invocation_flags(args)))
         return results
     if cmd == "backtest":
         from hmrec.backtest import backtest
@@ -434,6 +454,11 @@ def dispatch(args: argparse.Namespace, cfg: Config) -> object:
         from hmrec.evaluation.evaluate import evaluate
 
         return _with_spark(cfg, lambda spark: evaluate(cfg, spark, as_of=args.as_of, model_version=args.model_version))
+    if cmd == "export":
+        from hmrec.serve.export import check_destination, export
+
+        check_destination(args.export_format, args.out)  # before Spark starts: a wrong path fails at once
+        return _with_spark(cfg, lambda spark: export(cfg, spark, as_of=args.as_of, fmt=args.export_format, out=args.out))
     raise SystemExit(f"unknown command {cmd}")
 
 

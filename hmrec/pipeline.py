@@ -34,7 +34,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from hmrec.config import AUTO, Config
-from hmrec.errors import GateFailed
+from hmrec.errors import GateFailed, HmrecError
 from hmrec.etl import features, ingest, popularity, split
 from hmrec.etl.split import fit_cutoff
 from hmrec.evaluation import choose, evaluate
@@ -222,19 +222,23 @@ def _record(spark: SparkSession, cfg: Config, name: str, as_of: dt.date, bronze_
 
 @lease.holding("run")
 def run(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, force: bool = False,
-        enforce_gate: bool = True, append: bool = False) -> dict:
+        enforce_gate: bool = True, append: bool = False, until: str | None = None) -> dict:
     """Ingest ``data_dir`` and run every later stage for ``as_of``; returns per-stage results.
 
     ``append``: ``data_dir`` holds a new batch of transactions (``hmrec ingest --append``).
 
-    A serve version that fails the gate raises :class:`hmrec.errors.GateFailed` before
+    ``until`` (``ingest`` or a key of :data:`PIPELINE`) stops the run after that stage, so a
+    scheduler can run the refresh as one task per stage: each run does the stages not yet done
+    up to its own, the fit stages before ``choose`` included. A serve version that fails the gate raises :class:`hmrec.errors.GateFailed` before
     scoring, and the served lists stay as they were; ``enforce_gate=False`` (the backtest) records
     the decision and publishes anyway.
     """
+    if until is not None and until != "ingest" and until not in PIPELINE:
+        raise HmrecError(f"--until {until!r} is not a stage of the refresh; use one of: ingest, {', '.join(PIPELINE)}")
     results: dict[str, object] = {}
     with stage("run") as summary:
         try:
-            _stages(cfg, spark, data_dir, as_of, force, enforce_gate, results, summary, append)
+            _stages(cfg, spark, data_dir, as_of, force, enforce_gate, results, summary, append, until)
         except GateFailed as exc:
             summary["gate"] = "failed: " + "; ".join(exc.decision.reasons)
             # the failed version's card records why, under reports/<as_of>/v<version>/
@@ -244,16 +248,21 @@ def run(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, force: 
 
 
 def _stages(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, force: bool, enforce_gate: bool,
-            results: dict[str, object], summary: dict, append: bool = False) -> None:
-    """The body of :func:`run`: ingest, then each stage that is not done yet, filling ``results`` and ``summary``."""
+            results: dict[str, object], summary: dict, append: bool = False, until: str | None = None) -> None:
+    """The body of :func:`run`: ingest, then each stage that is not done yet (up to ``until``), filling
+    ``results`` and ``summary``."""
     results["ingest"] = ingest.ingest(cfg, spark, data_dir=data_dir, append=append)
     ran = [] if results["ingest"].get("skipped") else ["ingest"]
+    summary["as_of"] = as_of.isoformat()
+    if until == "ingest":
+        summary["ran"], summary["skipped"] = "+".join(ran) or "-", "-"
+        return
     bronze_version = storage.version(spark, cfg, tables.TRANSACTIONS)
     manifest_id = results["ingest"].get("manifest_id")
     skipped: list[str] = []
     summary["as_of"] = as_of.isoformat()
     fit_at = fit_cutoff(cfg, as_of)
-    for st in STAGES:
+    for st in STAGES[: PIPELINE.index(until) + 1] if until else STAGES:
         if st.key in ("candidates-fit", "candidates", "rank"):
             if not ranks(cfg):
                 continue

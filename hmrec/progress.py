@@ -135,6 +135,8 @@ SHORT: dict[str, Callable[[dict], str]] = {
     "rank": _rank,
     "score": _score,
     "evaluate": _evaluate,
+    "export": lambda s: (f"{_n(s['customers'])} customers' lists of {s['as_of']} ({s['format']}) in {s['out']}, "
+                         f"{_n(s['customers_without_list'])} of them the popularity list alone"),
     "run": lambda s: f"as of {s['as_of']}, ran {_stages(s['ran'])}; skipped (already done) {_stages(s['skipped'])}",
 }
 

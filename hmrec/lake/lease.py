@@ -54,7 +54,7 @@ from hmrec.progress import log
 
 LEASE_FILE = "_hmrec_lease.json"
 BUSY_EXIT = 3  # exit status of a command that found the lakehouse busy
-READ_ONLY_COMMANDS = frozenset({"generate", "recommend", "compare"})
+READ_ONLY_COMMANDS = frozenset({"generate", "recommend", "compare", "export"})
 # Delta's commit conflicts (delta.exceptions), matched by name so the command line need not import pyspark
 CONFLICT_CLASSES = frozenset({
     "DeltaConcurrentModificationException", "ConcurrentWriteException", "MetadataChangedException",
