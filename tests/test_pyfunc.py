@@ -19,11 +19,6 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -161,12 +156,6 @@ def test_a_basket_of_one_planted_taste_gets_a_list_of_that_taste(spark, served, 
     assert np.mean(shares) >= 2 * np.mean(controls)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(port: int, body: dict) -> dict:
     req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
@@ -174,32 +163,14 @@ def _post(port: int, body: dict) -> dict:
         return json.loads(resp.read())
 
 
-def test_mlflow_models_serve_answers_a_bounded_request_loop(served):
+def test_mlflow_models_serve_answers_a_bounded_request_loop(served, monkeypatch):
+    from hmrec.bench.serving import model_server
     from hmrec.serve.pyfunc import model_uri
 
     cfg, model = served
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": cfg.mlflow_uri,
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
-           # the server runs uvicorn from the environment's bin directory
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-    mlflow_cli = Path(sys.executable).with_name("mlflow")
-    server = subprocess.Popen(
-        [str(mlflow_cli), "models", "serve", "-m", model_uri(cfg), "--env-manager", "local", "-h", "127.0.0.1",
-         "-p", str(port), "--workers", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, server.stderr.read().decode()[-2000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping within 180 s"
-            time.sleep(1)
+    # the server imports the hmrec under test
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
+    with model_server(model_uri(cfg), cfg.mlflow_uri, timeout_s=180) as port:
         users = model.unwrap_python_model().users
         cids = users.loc[users["n_purchases"] > 0, "customer_id"].head(10).tolist() + [UNKNOWN]
         expected = model.predict(pd.DataFrame({"customer_id": cids}))
@@ -211,11 +182,3 @@ def test_mlflow_models_serve_answers_a_bounded_request_loop(served):
         basket = expected["article_ids"][0][:2]
         got = _post(port, {"dataframe_records": [{"basket": basket}]})["predictions"]
         assert got[0]["article_ids"] == model.predict(pd.DataFrame({"basket": [basket]}))["article_ids"][0]
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
