@@ -278,10 +278,10 @@ def gate(cfg: Config, spark: SparkSession, as_of: dt.date, enforce: bool = True)
         chosen = read_choices(spark, cfg, as_of)
         figures = chosen["figures"] if chosen is not None else None
         if cfg.score.method == "ranker":
-            from hmrec.rank.ranker import has_ranker, serves_ranker, validation_maps
+            from hmrec.rank.ranker import served_list
 
-            maps = validation_maps(cfg, version) if has_ranker(cfg, version) else None
-            if maps is not None and serves_ranker(maps) and "popularity" in maps:
+            served, maps = served_list(cfg, version)
+            if served == "ranker" and maps is not None and "popularity" in maps:
                 figures = ranker_figures(figures, maps, cfg.score.k)
                 log(STAGE, f"judging the ranker's lists (the ones scoring serves) on the validation week's "
                            f"{maps.get('users', 0):,} held-out buyers")

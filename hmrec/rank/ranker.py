@@ -438,6 +438,16 @@ def validation_maps(cfg: Config, version: str) -> dict[str, float] | None:
     return {**{m: float(v) for m, v in out.items() if v is not None}, **({"users": int(users)} if users else {})}
 
 
+def served_list(cfg: Config, version: str) -> tuple[str, dict[str, float] | None]:
+    """Which list scoring serves for model version ``version`` under ``score.method: ranker``, with the
+    :func:`validation_maps` behind the choice: ``no ranker`` (the version has none: the blend), ``blend``
+    (the ranker was worse on the validation week) or ``ranker``."""
+    if not has_ranker(cfg, version):
+        return "no ranker", None
+    maps = validation_maps(cfg, version)
+    return ("ranker" if serves_ranker(maps) else "blend"), maps
+
+
 def serves_ranker(maps: dict[str, float] | None) -> bool:
     """Whether scoring serves the ranker's lists, given its :func:`validation_maps`: when they were not
     measured, or when its MAP@K on the held-out buyers is at least the blend's (a choice made on the

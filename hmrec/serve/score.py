@@ -559,15 +559,15 @@ def score(cfg: Config, spark: SparkSession, as_of: dt.date, model_version: str |
 
     loaded = registry.load_model(cfg, model_version=model_version, as_of=as_of)
     if cfg.score.method == "ranker":
-        from hmrec.rank.ranker import has_ranker, serves_ranker, validation_maps
+        from hmrec.rank.ranker import served_list
         from hmrec.rank.serve import score_ranked  # lightgbm: only with this method
 
         version = str(loaded.version)
-        maps = validation_maps(cfg, version) if has_ranker(cfg, version) else None
-        if not has_ranker(cfg, version):
+        served, maps = served_list(cfg, version)
+        if served == "no ranker":
             log("score", f"model version {version} has no ranker (`hmrec rank --as-of {as_of}` trains one): "
                          f"the blend is served")
-        elif not serves_ranker(maps):
+        elif served == "blend":
             # a choice made on the validation week, as the blend's recipes are: the better list is served
             log("score", f"the blend is served: on the validation week's held-out buyers the ranker's "
                          f"MAP@{cfg.score.k} {maps['ranker']:.4f} is below the blend's {maps['blend']:.4f}")
