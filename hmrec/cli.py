@@ -241,14 +241,21 @@ def add_spark(p: argparse.ArgumentParser) -> None:
     p.add_argument("--master", default=None, help="Spark master (spark-submit's --master wins)")
     p.add_argument("--spark-conf", action="append", default=[], metavar="K=V",
                    help="extra Spark setting, e.g. --spark-conf spark.executor.memory=4g (repeatable)")
+
+
+def add_wait(p: argparse.ArgumentParser) -> None:
+    """``--wait``, for the commands that hold the lakehouse's lease while they run."""
     p.add_argument("--wait", action="store_true",
                    help="when another job holds the lakehouse's lease, wait for it instead of exiting with status 3")
 
 
-def add_common(p: argparse.ArgumentParser) -> None:
-    """Options of every command that starts Spark: config layering, verbosity and Spark settings."""
+def add_common(p: argparse.ArgumentParser, command: str) -> None:
+    """Options of every command that starts Spark: config layering, verbosity and Spark settings, and
+    ``--wait`` when ``command`` takes the lakehouse's lease (every one not in lease.READ_ONLY_COMMANDS)."""
     add_config(p)
     add_spark(p)
+    if command not in lease.READ_ONLY_COMMANDS:
+        add_wait(p)
 
 
 def _command(sub: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -276,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="directory holding articles.csv, customers.csv, transactions_train.csv")
     p.add_argument("--append", action="store_true", help=APPEND_HELP)
     p.add_argument("--allow-shrink", action="store_true", help=ALLOW_SHRINK_HELP)
-    add_common(p)
+    add_common(p, "ingest")
 
     for stage in STAGES[1:]:
         p = _command(sub, stage, STAGE_HELP[stage])
@@ -290,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "model, for the validation week's buyers (default serve)")
         if stage in ("index", "score", "evaluate", "card"):
             p.add_argument("--model-version", default=None, help="registered model version (default: the latest for this as-of)")
-        add_common(p)
+        add_common(p, stage)
 
     p = _command(sub, "run", "the scheduled refresh: every stage in order for one as-of date")
     p.add_argument("--data", required=True, help="directory holding the three CSV files")
@@ -301,21 +308,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", choices=STAGES, default=None, metavar="STAGE",
                    help="stop after this stage (one of: " + ", ".join(STAGES) + "); the stages before it that are "
                         "not done yet run first, as in dags/hmrec_weekly.py's one task per stage")
-    add_common(p)
+    add_common(p, "run")
 
     p = _command(sub, "backtest", "the refresh at N weekly cutoffs, each judged on its following week")
     p.add_argument("--data", required=True, help="directory holding the three CSV files")
     p.add_argument("--as-of", type=_date, required=True, help="the last cutoff YYYY-MM-DD; the others are 7, 14, ... days before")
     p.add_argument("--weeks", type=int, default=4, help="number of weekly cutoffs (default 4)")
     p.add_argument("--force", action="store_true", help="rerun stages whose outputs already exist")
-    add_common(p)
+    add_common(p, "backtest")
 
     p = _command(sub, "promote", "publish a registered model version by hand and make it the champion")
     p.add_argument("--version", required=True, help="registered model version (a serve version)")
-    add_common(p)
+    add_common(p, "promote")
 
     p = _command(sub, "rollback", "restore the previously served lists and their champion")
-    add_common(p)
+    add_common(p, "rollback")
 
     p = _command(sub, "compare", "print model versions' figures side by side")
     p.add_argument("--versions", nargs="+", required=True, metavar="V", help="two or more registered versions")
@@ -327,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kaggle (customer_id,prediction; 12 articles each) or csv (one row per recommendation); "
                         "default kaggle")
     p.add_argument("--out", required=True, help="the CSV file to write; its directory must exist")
-    add_common(p)
+    add_common(p, "export")
 
     p = _command(sub, "recommend", "print one customer's precomputed recommendations")
     p.epilog += f"\n\n{SCORE_HELP}"

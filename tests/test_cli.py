@@ -123,3 +123,25 @@ def test_output_into_a_closed_pipe_ends_quietly():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_wait_is_offered_only_by_the_commands_that_take_the_lease(capsys):
+    from hmrec.lake import lease
+
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    assert "--wait" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "--wait" in capsys.readouterr().out
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    offering = {name for name, sub in commands.items() if any("--wait" in a.option_strings for a in sub._actions)}
+    assert "export" in lease.READ_ONLY_COMMANDS
+    assert offering == set(commands) - lease.READ_ONLY_COMMANDS
+    assert parser.parse_args(["run", "--data", "d", "--as-of", "2020-09-16", "--wait"]).wait is True
+    assert parser.parse_args(["ingest", "--data", "d", "--wait"]).wait is True
+    with pytest.raises(SystemExit):
+        parser.parse_args(["export", "--as-of", "2020-09-16", "--out", "f.csv", "--wait"])
+    assert "unrecognized arguments: --wait" in capsys.readouterr().err
