@@ -80,7 +80,8 @@ def _stages(joined: str) -> str:
 
 def _ingest(s: dict) -> str:
     if s["skipped"]:
-        return "input files unchanged since the last ingest, nothing written"
+        # what the ingest found: files unchanged, or changed files holding nothing new
+        return s.get("found", "input files unchanged since the last ingest, nothing written")
     rejected = sum(s[f"{key}_rejected"] for key in ("articles", "customers", "transactions"))
     return (f"{_n(s['transactions_written'])} transactions, {_n(s['customers_written'])} customers, "
             f"{_n(s['articles_written'])} articles; {_n(rejected)} rows rejected")

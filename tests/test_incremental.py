@@ -7,6 +7,7 @@ the first 21 days (``base_lake``) and ingests more.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 from pathlib import Path
@@ -274,3 +275,55 @@ def test_append_needs_an_ingested_lakehouse(spark, tmp_path):
     with pytest.raises(InputError, match=r"--append adds a batch to ingested data, but the lakehouse .* holds no "
                                          r"complete ingest; ingest the whole data first"):
         ingest.ingest(cfg, spark, data_dir=str(write_data(tmp_path / "week", tx_rows(0, 6))), append=True)
+
+
+def test_changed_files_holding_no_new_date_say_so_and_their_fingerprint_is_recorded(
+        spark, base_lake, tmp_path, capsys, monkeypatch):
+    cfg, _ = copy(base_lake, tmp_path)
+    before, head_before = bronze(spark, cfg), heads(spark, cfg)
+    m0 = manifest.latest(cfg)
+    # the 21 days already ingested, their rows in reverse order, and the catalogues as new files of the same rows
+    data = write_data(tmp_path / "data", tx_rows(0, 20)[::-1], article_rows(), customer_rows(range(1, N_CUSTOMERS + 1)))
+    tx = data / "transactions_train.csv"
+    capsys.readouterr()
+    summary = ingest.ingest(cfg, spark, data_dir=str(data))
+    err = capsys.readouterr().err
+    assert summary["skipped"] is True and summary["mode"] == "unchanged" and summary["manifest_id"] == m0.manifest_id
+    found = (f"no new dates: every date in {tx} is already ingested, and articles.csv and customers.csv hold no "
+             f"changed row; recorded the files' new fingerprint, no rows written")
+    assert summary["found"] == found and found in err
+    assert "input files unchanged" not in err
+    # bronze as it was; one manifest row more, repeating the last one with the files' new fingerprint
+    assert bronze(spark, cfg) == before and heads(spark, cfg) == head_before
+    m1 = manifest.latest(cfg)
+    assert (m1.seq, m1.manifest_id, m1.versions, m1.rows, m1.days) == (m0.seq + 1, m0.manifest_id, m0.versions,
+                                                                        m0.rows, m0.days)
+    assert m1.batch["mode"] == "unchanged" and m1.batch["written"] == 0
+    assert json.loads(m1.fingerprint)["files"]["transactions"]["path"] == f"file:{tx}"
+
+    # the next ingest of the same files stops at their fingerprint: the file is not scanned again
+    monkeypatch.setattr(ingest, "day_stats", lambda raw: pytest.fail("transactions_train.csv was scanned again"))
+    again = ingest.ingest(cfg, spark, data_dir=str(data))
+    assert again["skipped"] is True and again["manifest_id"] == m0.manifest_id
+    assert manifest.latest(cfg).seq == m1.seq
+    assert "input files unchanged since the last ingest, nothing written" in capsys.readouterr().err
+
+
+def test_an_append_of_dates_already_ingested_says_no_new_dates(spark, base_lake, tmp_path, capsys):
+    cfg, _ = copy(base_lake, tmp_path)
+    before, head_before = bronze(spark, cfg), heads(spark, cfg)
+    m0 = manifest.latest(cfg)
+    week = write_data(tmp_path / "old-week", tx_rows(14, 20))  # the last ingested week, as a batch of its own
+    capsys.readouterr()
+    summary = ingest.ingest(cfg, spark, data_dir=str(week), append=True)
+    err = capsys.readouterr().err
+    found = (f"no new dates: every date in {week / 'transactions_train.csv'} is already ingested; recorded the "
+             f"files' new fingerprint, no rows written")
+    assert summary["skipped"] is True and summary["found"] == found and found in err
+    assert "input files unchanged" not in err
+    assert bronze(spark, cfg) == before and heads(spark, cfg) == head_before
+    m1 = manifest.latest(cfg)
+    assert (m1.seq, m1.manifest_id, m1.versions) == (m0.seq + 1, m0.manifest_id, m0.versions)
+    again = ingest.ingest(cfg, spark, data_dir=str(week), append=True)
+    assert again["skipped"] is True and manifest.latest(cfg).seq == m1.seq
+    assert "input files unchanged since the last ingest" in capsys.readouterr().err

@@ -39,7 +39,11 @@ matches them on every date ingested, or with ``--append`` (a directory
 holding only a new batch), only the rows of later dates are checked and
 appended, articles and customers are upserted with ``MERGE``, and the
 manifest again commits last (:func:`_incremental`); a changed earlier date
-sends the file down the whole path, after a line naming it.
+sends the file down the whole path, after a line naming it. Files whose
+bytes changed but which hold no new date and no changed catalogue row (rows
+reordered, a batch of dates already ingested) write no rows: one manifest row
+repeating the last one records their fingerprint
+(:func:`_record_fingerprint`), so the next ingest of them skips at step 2.
 
 articles.csv is parsed with ``multiLine`` (its free text, ``detail_desc``,
 may hold quoted line breaks); the other two files line by line, which Spark
@@ -542,7 +546,9 @@ def ingest(cfg: Config, spark: SparkSession, data_dir: str, append: bool = False
     customers optional), appended the same way; a date of the batch already
     ingested must match its recorded rows exactly, and is then left out.
 
-    The summary holds ``skipped`` (nothing new since the last ingest),
+    The summary holds ``skipped`` (nothing new since the last ingest) and
+    ``found`` (when skipped, what the ingest found: unchanged files, or changed
+    files with no new date, whose fingerprint is then recorded),
     ``mode`` (whole, grown, append or unchanged), ``manifest_id`` (the ingest
     manifest readers now see), ``<file>_read`` / ``_written`` / ``_rejected``
     per input (articles, customers, transactions; rows checked, rows written,
@@ -560,6 +566,7 @@ def ingest(cfg: Config, spark: SparkSession, data_dir: str, append: bool = False
             summary["skipped"] = True
             summary["mode"] = "unchanged"
             summary["manifest_id"] = current.manifest_id
+            summary["found"] = "input files unchanged since the last ingest, nothing written"
             log(STAGE, f"input files in {data_dir} unchanged since the last ingest ({current.describe()}); nothing written")
         else:
             summary["skipped"] = False
@@ -780,13 +787,16 @@ def _adopt(spark: SparkSession, cfg: Config, old_rows: dict[str, int | None]) ->
 
 def commit_manifest(spark: SparkSession, cfg: Config, versions: dict[str, int], rows: dict[str, int],
                     fp_json: str, seq: int, days: dict[str, tuple[int, int]] | None = None,
-                    batch: dict | None = None) -> str:
+                    batch: dict | None = None, manifest_id: str | None = None) -> str:
     """Append one manifest row to ``tables.INGEST_MANIFESTS`` (its own atomic commit); returns its id.
 
     ``days`` are the per-date row counts and checksums of every transactions
     row ingested so far (:func:`day_stats`), ``batch`` what this ingest added.
+    ``manifest_id`` names the bronze data the row pins: a new one unless given
+    (a row that only records a new fingerprint of the same data keeps the id
+    of the manifest it repeats, so the stages built on that data stay done).
     """
-    manifest_id = uuid.uuid4().hex[:12]
+    manifest_id = manifest_id or uuid.uuid4().hex[:12]
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     days = days or {}
     row = (manifest_id, seq, now, versions, rows, fp_json, {d: n for d, (n, _) in days.items()},
@@ -982,6 +992,29 @@ def _new_days(cfg: Config, spark: SparkSession, found: dict[str, tuple[int, int]
     return new, last
 
 
+def _shown_path(uri: str) -> str:
+    """A qualified local path without its ``file:`` scheme, for messages; other URIs as they are."""
+    return uri.removeprefix("file://") if uri.startswith("file:///") else uri.removeprefix("file:")
+
+
+def _record_fingerprint(spark: SparkSession, cfg: Config, current: Manifest, fp: dict, summary: dict,
+                        found: str) -> None:
+    """Input files whose bytes changed but which hold nothing new: record their fingerprint, write no rows.
+
+    One manifest row repeats ``current`` (its table versions, row counts,
+    per-date checksums and id) with the new fingerprint, so the next ingest of
+    the same files stops at the fingerprint instead of scanning them again. It
+    is the only commit, so a stopped ingest leaves ``current`` in force.
+    """
+    batch = _batch("unchanged", {}, 0, 0)
+    commit_manifest(spark, cfg, dict(current.versions), dict(current.rows), manifest.fingerprint_json(fp),
+                    current.seq + 1, days=current.days, batch=batch, manifest_id=current.manifest_id)
+    summary.update(skipped=True, mode="unchanged", manifest_id=current.manifest_id,
+                   found=f"{found}; recorded the files' new fingerprint, no rows written")
+    log(STAGE, f"recorded the new fingerprint of the input files in ingest #{current.seq + 1} (the bronze tables of "
+               f"{current.describe()}), so the next ingest of the same files skips them at once")
+
+
 def _incremental(
     cfg: Config,
     spark: SparkSession,
@@ -1016,10 +1049,11 @@ def _incremental(
     catalogues = [k for k in CATALOGUE_KEYS if k in inputs and previous.get(k) != inputs[k]]
     mode = "append" if append else "grown"
     if not new_days and not catalogues:
-        summary.update(skipped=True, mode="unchanged", manifest_id=current.manifest_id)
         upto = f" up to {last}" if last else ""
         log(STAGE, f"{tx_name}: no new rows (every date{upto} matches its recorded row count and checksum in "
-                   f"{current.describe()}); nothing written")
+                   f"{current.describe()}); no rows written")
+        _record_fingerprint(spark, cfg, current, fp, summary,
+                            f"no new dates: every date in {_shown_path(sources['transactions'])} is already ingested")
         return
     summary["mode"] = mode
     persisted: list[DataFrame] = []
@@ -1087,11 +1121,13 @@ def _incremental(
         n_changes = {key: df.count() for key, df in changes.items()}
         n_rejects = rejects.count()
         if not new_days and not any(n_changes.values()) and not n_rejects:
-            summary.update(skipped=True, mode="unchanged", manifest_id=current.manifest_id)
             upto = f" up to {last}" if last else ""
+            files = " and ".join(schemas.INPUT_FILES[k][0] for k in catalogues)
             log(STAGE, f"no new rows: every date of {tx_name}{upto} matches its recorded row count and "
-                       f"checksum, and {' and '.join(schemas.INPUT_FILES[k][0] for k in catalogues)} hold no row "
-                       f"that differs from {current.describe()}; nothing written")
+                       f"checksum, and {files} hold no row that differs from {current.describe()}; no rows written")
+            _record_fingerprint(spark, cfg, current, fp, summary,
+                                f"no new dates: every date in {_shown_path(sources['transactions'])} is already "
+                                f"ingested, and {files} hold no changed row")
             return
 
         # From here on tables are written; readers see none of it before the manifest commit.

@@ -264,6 +264,7 @@ STAGE_RUNS = _struct(
 # read bronze at the versions of the latest row, so an ingest lands whole or not at all.
 INGEST_MANIFESTS = _struct(
     [
+        # the bronze data the row pins: a row that only records a new fingerprint keeps its predecessor's id
         ("manifest_id", S),
         ("seq", L),  # 1, 2, ...: the latest row is the one with the highest seq
         ("committed_at", TimestampType()),
