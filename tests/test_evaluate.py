@@ -88,7 +88,7 @@ def test_every_buyer_is_in_one_segment_of_each_kind_and_groups_come_in_report_or
 def test_the_bootstrap_draws_the_resamples_of_a_plain_loop():
     import numpy as np
 
-    from hmrec.evaluation.evaluate import bootstrap_interval, bootstrap_intervals
+    from hmrec.evaluation.metrics import bootstrap_interval, bootstrap_intervals
 
     values = np.random.default_rng(3).random(137)
     rng = np.random.default_rng(0)  # the documented procedure, one resample at a time

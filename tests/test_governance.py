@@ -172,7 +172,7 @@ def test_lifts_over_each_baseline():
 def test_bootstrap_interval_of_a_mean():
     import numpy as np
 
-    from hmrec.evaluation.evaluate import bootstrap_interval
+    from hmrec.evaluation.metrics import bootstrap_interval
 
     assert bootstrap_interval(np.full(50, 0.25)) == [0.25, 0.25]  # no spread, no width
     values = np.r_[np.zeros(500), np.ones(500)]  # mean 0.5, standard error 0.5 / sqrt(1000) = 0.0158

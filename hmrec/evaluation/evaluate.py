@@ -50,6 +50,7 @@ from hmrec.etl import segments
 from hmrec.etl.features import purchase_lists
 from hmrec.etl.popularity import GLOBAL
 from hmrec.evaluation import metrics as M
+from hmrec.evaluation.metrics import group_intervals
 from hmrec.evaluation.baselines import ALL, BASELINES, SEGMENTS, baseline_lists, customer_segments
 from hmrec.evaluation.context import report_context
 from hmrec.evaluation.report import format_table, metric_rows, metrics_document, write_report
@@ -121,57 +122,6 @@ def compute_metrics(frame: pd.DataFrame, methods: Sequence[str], k: int, catalog
             out["users"] = float(mask.sum())
             results[name][method] = out
     return results
-
-
-BOOTSTRAP_SAMPLES = 1000  # resamples of the customers behind each 95% interval
-BOOTSTRAP_SEED = 0
-_BOOTSTRAP_CELLS = 1 << 22  # resample counts held at once (32 MB)
-
-
-def bootstrap_intervals(values: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED,
-                        level: float = 0.95) -> np.ndarray:
-    """(M, 2) [low, high] percentile intervals of the means of the M rows of ``values`` (M, N), the N
-    customers resampled with replacement, the same resamples for every row.
-
-    Each row's interval is exactly :func:`bootstrap_interval` of that row (up to float rounding): the
-    resamples are drawn from one seeded stream, in the same order, and each resample's means are its
-    counts of every customer times the values.
-    """
-    values = np.atleast_2d(np.asarray(values, dtype=np.float64))  # (M, N)
-    m, n = values.shape
-    if n == 0:
-        return np.zeros((m, 2))
-    rng = np.random.default_rng(seed)
-    rows = max(1, min(samples, _BOOTSTRAP_CELLS // n))
-    means = np.empty((m, samples))
-    for start in range(0, samples, rows):
-        c = min(rows, samples - start)
-        draws = rng.integers(0, n, (c, n))  # (c, N) customers of c resamples
-        counts = np.bincount((draws + (np.arange(c) * n)[:, None]).ravel(), minlength=c * n).reshape(c, n)
-        means[:, start:start + c] = (values @ counts.T) / n  # (M, c)
-    tail = (1 - level) / 2 * 100
-    return np.round(np.stack([np.percentile(means, tail, axis=1), np.percentile(means, 100 - tail, axis=1)], axis=1), 6)
-
-
-def bootstrap_interval(values: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED,
-                       level: float = 0.95) -> list[float]:
-    """[low, high] percentile interval of the mean of per-customer ``values``, customers resampled with replacement."""
-    low, high = bootstrap_intervals(np.asarray(values, dtype=np.float64)[None, :], samples, seed, level)[0]
-    return [float(low), float(high)]
-
-
-def group_intervals(values: dict[str, dict[str, np.ndarray]], groups: list[tuple[str, np.ndarray]],
-                    metrics: Sequence[str]) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """{group: {method: {metric: [low, high]}}}: bootstrap 95% intervals over each group's customers of
-    the mean of ``values`` ({method: {metric: (N,) per customer}}), ``groups`` as :func:`segment_groups`."""
-    methods = list(values)
-    out: dict[str, dict[str, dict[str, list[float]]]] = {}
-    for name, mask in groups:
-        stacked = np.stack([values[m][metric][mask] for m in methods for metric in metrics])  # (methods x metrics, n)
-        bounds = bootstrap_intervals(stacked)
-        out[name] = {m: {metric: [float(x) for x in bounds[i * len(metrics) + j]] for j, metric in enumerate(metrics)}
-                     for i, m in enumerate(methods)}
-    return out
 
 
 def intervals(frame: pd.DataFrame, methods: Sequence[str], k: int, age_buckets: Sequence[int] | None = None,
@@ -427,6 +377,12 @@ def run_evaluation(
     return dict(summary, metrics=doc)
 
 
+def _history_order(by_group: dict) -> dict:
+    """``by_group`` with 'all' first, then the history groups in their order (the choices table sorts keys)."""
+    order = [ALL, *SEGMENTS]
+    return dict(sorted(by_group.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
 def validation_section(chosen: dict | None, k: int) -> dict | None:
     """The metrics document's ``validation`` part from the choices recorded for the as-of (None when none were made)."""
     if chosen is None:
@@ -440,7 +396,9 @@ def validation_section(chosen: dict | None, k: int) -> dict | None:
         "fit_model_version": chosen["fit_model_version"],
         "users": figures.get("users", 0),
         "methods": figures.get("methods", {}),
-        "groups": {g: {"users": v["users"], "chosen": v["chosen"]} for g, v in figures.get("groups", {}).items()},
+        "groups": {g: {"users": v["users"], "chosen": v["chosen"], **({"methods": v["methods"]} if "methods" in v else {})}
+                   for g, v in _history_order(figures.get("groups", {})).items()},
+        "intervals": _history_order(figures.get("intervals", {})),
         "choices": shown,
         "epochs": figures.get("epochs", []),
         **({"note": figures["reason"]} if "reason" in figures else {}),
