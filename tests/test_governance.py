@@ -12,7 +12,7 @@ import pytest
 
 from hmrec.config import load_config
 from hmrec.errors import GateFailed
-from hmrec.governance.card import exposure, gini, lifts
+from hmrec.governance.card import exposure, gini, lifts, render_md
 from hmrec.governance.gate import failure, judge, lift, ranker_figures
 from hmrec.governance.publish import origins, rollback_target
 
@@ -181,3 +181,51 @@ def test_bootstrap_interval_of_a_mean():
     assert high - low == pytest.approx(2 * 1.96 * 0.0158, rel=0.15)
     assert bootstrap_interval(values) == [low, high]  # seeded
     assert bootstrap_interval(np.array([])) == [0.0, 0.0]
+
+
+def _card() -> dict:
+    """A card as build_card makes it, with hand-made figures (K = 12)."""
+    m = (lambda mp, r: {"recall@12": r, "ndcg@12": 0.1, "map@12": mp, "coverage": 0.2})
+    iv = (lambda lo, hi: {"map@12": [lo, hi], "recall@12": [lo + 0.1, hi + 0.1]})
+    methods = {"model": m(0.06, 0.3), "popularity": m(0.02, 0.1)}
+    return {
+        "model_details": {"name": "hmrec-two-tower", "version": "4", "as_of": "2020-09-16"},
+        "training_data": {"training_rows": {"rows": 10, "first_day": "2020-06-18", "last_day": "2020-09-15",
+                                            "customers": 3, "articles": 4},
+                          "training_window_days": 90, "catalogue_articles": 5, "customers": 6, "table_versions": {}},
+        "evaluation": {
+            "k": 12,
+            "validation": {"week": "2020-09-09 .. 2020-09-15", "fit_model_version": "3", "served_list": "ranker",
+                           "customers": 500, "methods": methods, "lift_over": lifts(methods, 12),
+                           "intervals": {"all": {"model": iv(0.0512, 0.0688)}, "cold": {"model": iv(0.011, 0.019)}},
+                           "groups": {"cold": {"users": 120, "chosen": "popular segment",
+                                               "methods": {"model": m(0.015, 0.05)}, "lift_over": {}}},
+                           "ranker": {"served": True, "customers": 100, "lift_of": "ranker",
+                                      "methods": {"ranker": m(0.07, 0.31), "blend": m(0.05, 0.3)},
+                                      "lift_over": {"blend": 1.4},
+                                      "groups": {"active": {"users": 60, "ranker": {"map@12": 0.09}}},
+                                      "intervals": {"all": {"ranker": iv(0.0601, 0.0799)},
+                                                    "active": {"ranker": iv(0.0702, 0.1103)}}}},
+            "holdout": {"week": "2020-09-16 .. 2020-09-22", "customers": {"all": 900, "age:25-34": 310,
+                                                                         "channel:online": 420},
+                        "methods": methods, "lift_over": lifts(methods, 12),
+                        "segments": {"age:25-34": {"model": m(0.0731, 0.3)}, "channel:online": {"model": m(0.0412, 0.3)}},
+                        "intervals": {"all": {}, "age:25-34": {"model": iv(0.0655, 0.0807)},
+                                      "channel:online": {"model": iv(0.0333, 0.0491)}},
+                        "segment_lift_over": {}}},
+        "exposure": None, "intended_use": [], "out_of_scope": [], "limitations": [], "gate": {}}
+
+
+def test_the_card_shows_every_segment_and_the_validation_intervals():
+    md = render_md(_card())
+    assert "#### By age band" in md and "Segment age:25-34 (310 customers):" in md
+    assert "| model | 0.3000 | 0.1000 | 0.0731 | 0.2000 | 0.1655 .. 0.1807 | 0.0655 .. 0.0807 |" in md
+    assert "#### By sales channel" in md and "Segment channel:online (420 customers):" in md
+    assert "0.0333 .. 0.0491" in md
+    assert md.index("By age band") < md.index("By sales channel")
+    # the validation week: the served lists' intervals overall and per group, and the ranker's own
+    assert "| model | 0.3000 | 0.1000 | 0.0600 | 0.2000 | 0.1512 .. 0.1688 | 0.0512 .. 0.0688 |" in md
+    assert "Group cold (120 buyers, recipe popular segment):" in md and "0.0110 .. 0.0190" in md
+    assert "scoring serves the ranker's lists" in md and "held-out buyers (100 buyers" in md
+    assert "0.0601 .. 0.0799" in md and "Group active (60 held-out buyers):" in md and "0.0702 .. 0.1103" in md
+    assert "| blend | 0.3000 | 0.1000 | 0.0500 | 0.2000 | - | - | 1.4000 |" in md
