@@ -84,9 +84,9 @@ def segment_groups(frame: pd.DataFrame, age_buckets: Sequence[int] | None = None
             continue
         values = frame[column].to_numpy(dtype=object)
         present = set(values)
-        names = [n for n in order[column] if n in present] + sorted(str(n) for n in present - set(order[column]))
-        if column == "segment":
-            names = [n for n in names if n in SEGMENTS]
+        names = [n for n in order[column] if n in present]
+        if column != "segment":  # bands of other buckets than ``age_buckets`` come after the known ones
+            names += sorted(str(n) for n in present - set(order[column]))
         groups += [(name, values == name) for name in names]
     return [(name, mask) for name, mask in groups if mask.any()]
 
