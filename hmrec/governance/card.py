@@ -124,12 +124,17 @@ def ranker_validation(cfg: Config, version: str, k: int) -> dict | None:
 
     if not has_ranker(cfg, version):
         return None
-    figures = load_ranker(cfg, version)[1].get("validation", {})
+    served = cfg.score.method == "ranker" and serves_ranker(validation_maps(cfg, version))
+    of = "ranker" if served else "blend"
+    try:
+        figures = load_ranker(cfg, version)[1].get("validation", {})
+    except HmrecError as exc:  # a damaged or outdated ranker: the card says so instead of failing
+        log("card", f"no ranker figures in the card: {exc}")
+        return {"served": served, "customers": None, "groups": {}, "methods": {}, "lift_of": of,
+                "lift_over": {}, "intervals": {}, "note": str(exc)}
     methods = {m: {key: v for key, v in figures[m].items() if key != "users"} for m in RANKER_LISTS if m in figures}
     if not methods:
         return None
-    served = cfg.score.method == "ranker" and serves_ranker(validation_maps(cfg, version))
-    of = "ranker" if served else "blend"
     return {"served": served, "customers": figures.get("users"), "groups": figures.get("groups", {}),
             "methods": methods, "lift_of": of, "lift_over": lifts(methods, k, of),
             "intervals": figures.get("intervals", {})}
@@ -286,7 +291,9 @@ def render_md(card: dict) -> str:
     else:
         lines.append("No validation figures (every setting was pinned, or the week had no purchase).")
     ranked = val.get("ranker")
-    if ranked:
+    if ranked and ranked.get("note"):
+        lines += ["", f"The version's ranker could not be read: {ranked['note']}"]
+    elif ranked:
         served = ("These are the served lists' validation figures: scoring serves the ranker's lists."
                   if ranked["served"] else "Scoring serves the blend's lists (the figures above); the ranker's are "
                                             "shown for comparison.")
