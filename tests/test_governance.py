@@ -229,3 +229,27 @@ def test_the_card_shows_every_segment_and_the_validation_intervals():
     assert "scoring serves the ranker's lists" in md and "held-out buyers (100 buyers" in md
     assert "0.0601 .. 0.0799" in md and "Group active (60 held-out buyers):" in md and "0.0702 .. 0.1103" in md
     assert "| blend | 0.3000 | 0.1000 | 0.0500 | 0.2000 | - | - | 1.4000 |" in md
+
+
+def test_the_cards_ranker_figures_come_from_ranker_json_in_the_groups_and_lists_order(monkeypatch):
+    from hmrec.governance.card import ranker_validation
+    from hmrec.rank import ranker
+
+    iv = {"map@12": [0.1, 0.3], "recall@12": [0.2, 0.4]}
+    recorded = {"users": 30, "blend": {"map@12": 0.1, "users": 30}, "popularity": {"map@12": 0.05, "users": 30},
+                "ranker": {"map@12": 0.2, "users": 30},
+                "groups": {"active": {"blend": {"map@12": 0.1}, "ranker": {"map@12": 0.25}, "users": 28},
+                           "cold": {"blend": {"map@12": 0.0}, "ranker": {"map@12": 0.0}, "users": 2}},
+                "intervals": {"active": {"blend": iv, "ranker": iv}, "all": {"blend": iv, "ranker": iv}}}
+    monkeypatch.setattr(ranker, "has_ranker", lambda cfg, version: True)
+    monkeypatch.setattr(ranker, "load_ranker", lambda cfg, version: (None, {"validation": recorded}))
+    monkeypatch.setattr(ranker, "validation_maps", lambda cfg, version: {"ranker": 0.2, "blend": 0.1})
+    cfg = load_config(None, [])  # score.method: ranker
+    got = ranker_validation(cfg, "4", 12)
+    assert got["served"] is True and got["lift_of"] == "ranker" and got["customers"] == 30
+    assert list(got["methods"]) == ["ranker", "blend", "popularity"] and got["methods"]["blend"] == {"map@12": 0.1}
+    assert got["lift_over"] == {"blend": 2.0, "popularity": 4.0}
+    assert list(got["groups"]) == ["cold", "active"] and list(got["groups"]["active"]) == ["users", "ranker", "blend"]
+    assert list(got["intervals"]) == ["all", "active"] and list(got["intervals"]["all"]) == ["ranker", "blend"]
+    blend = ranker_validation(load_config(None, ["score.method=blend"]), "4", 12)
+    assert blend["served"] is False and blend["lift_over"] == {"ranker": 0.5, "popularity": 2.0}

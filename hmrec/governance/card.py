@@ -38,6 +38,7 @@ from pyspark.sql import functions as F
 import hmrec
 from hmrec.config import Config
 from hmrec.errors import HmrecError
+from hmrec.etl.segments import HISTORY_GROUPS
 from hmrec.etl.split import window
 from hmrec.evaluation.evaluate import validation_section
 from hmrec.evaluation.report import SEGMENT_KINDS, segment_kind
@@ -135,9 +136,14 @@ def ranker_validation(cfg: Config, version: str, k: int) -> dict | None:
     methods = {m: {key: v for key, v in figures[m].items() if key != "users"} for m in RANKER_LISTS if m in figures}
     if not methods:
         return None
-    return {"served": served, "customers": figures.get("users"), "groups": figures.get("groups", {}),
-            "methods": methods, "lift_of": of, "lift_over": lifts(methods, k, of),
-            "intervals": figures.get("intervals", {})}
+    # ranker.json keeps its keys sorted: back to the history groups' and the lists' order
+    order = ["all", *HISTORY_GROUPS]
+    by_group = (lambda d: {g: d[g] for g in order if g in d})
+    groups = {g: {"users": v.get("users"), **{m: v[m] for m in RANKER_LISTS if m in v}}
+              for g, v in by_group(figures.get("groups", {})).items()}
+    intervals = {g: {m: v[m] for m in RANKER_LISTS if m in v} for g, v in by_group(figures.get("intervals", {})).items()}
+    return {"served": served, "customers": figures.get("users"), "groups": groups,
+            "methods": methods, "lift_of": of, "lift_over": lifts(methods, k, of), "intervals": intervals}
 
 
 def _git_commit() -> str | None:
