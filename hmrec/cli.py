@@ -135,14 +135,20 @@ TEXTS: dict[str, tuple[str, str, str, str]] = {
               "baskets: README \"Serving through MLflow\"). `hmrec run` scores only past the gate; by hand, "
               "prefer `hmrec promote`",
               "hmrec score --as-of 2020-09-16"),
-    "evaluate": ("Judge the served lists and the baselines on the holdout week.",
-                 _names(T.RECOMMENDATIONS, T.HOLDOUT, T.TRAIN, T.POPULARITY, T.USER_FEATURES, T.ITEM_EMBEDDINGS),
+    "evaluate": ("Judge the served lists and the baselines on the holdout week: everyone, then by purchase "
+                 "history (cold, lapsed, active), age band (age:25-34, ..., age:unknown) and sales channel "
+                 "(channel:store, channel:online, channel:none), each with its customer count and bootstrap 95% "
+                 "intervals.",
+                 _names(T.RECOMMENDATIONS, T.HOLDOUT, T.TRAIN, T.POPULARITY, T.USER_FEATURES, T.CUSTOMERS,
+                        T.ITEM_EMBEDDINGS),
                  f"{_names(*T.written_by('evaluate'))}, <lakehouse>/reports/<as_of>/ "
                  "(metrics.json, report.html, plots), metrics on the model's MLflow run",
                  "hmrec evaluate --as-of 2020-09-16"),
     "card": ("Write the model card of a serve version: model details, training data lineage, evaluation on "
-             "the validation and holdout weeks by segment with the lift over each baseline, exposure and "
-             "popularity bias of its lists, intended and out-of-scope uses, limitations, the gate's decision.",
+             "the validation week (overall and per history group) and the holdout week (overall, per history "
+             "group, age band and sales channel), with customer counts, bootstrap 95% intervals and the lift over "
+             "each baseline, exposure and popularity bias of its lists, intended and out-of-scope uses, "
+             "limitations, the gate's decision.",
              f"the model version and its run, {_names(T.TRAIN, T.CHOICES, T.RECOMMENDATIONS, T.ARTICLES)}, "
              "<lakehouse>/reports/<as_of>/metrics.json",
              "model_card.md and model_card.json: artifacts of the version's MLflow run, "

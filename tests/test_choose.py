@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from hmrec.etl.segments import HISTORY_GROUPS
-from hmrec.evaluation.choose import pick, score_options
+from hmrec.evaluation.choose import PerCustomer, figures_of, pick, score_options, validation_intervals
 from hmrec.serve.blend import fill_lists, pad_lists
 from hmrec.serve.index import ShippedIndex, make_index
 from hmrec.serve.plans import ListPlan, options, unchosen
@@ -111,3 +111,34 @@ def test_ties_go_to_the_earlier_simpler_plan(first, second):
     sums = {first.label(): np.ones((3, 3)), second.label(): np.ones((3, 3))}
     chosen = pick(sums, np.ones(3), {g: [first, second] for g in HISTORY_GROUPS})
     assert all(p == first for p in chosen.values())
+
+
+def test_validation_intervals_bracket_the_served_figures_overall_and_per_group():
+    # active customers re-buy their history; the 8 cold ones buy the two most popular articles
+    actual = [_history(i) for i in range(32)] + [[39, 38]] * 8
+    cfg = make_cfg("/tmp/unused-lake", f"score.k={K}")
+    candidates = options(cfg)
+    every = list({p.label(): p for group in candidates.values() for p in group}.values())
+    per = PerCustomer()
+    sums, counts = score_options(_users(), pad_lists(actual), _context(), every, K, per_customer=per)
+    chosen = pick(sums, counts, candidates)
+    figures = figures_of(sums, counts, chosen, candidates, K)
+    got = validation_intervals(per, chosen, K)
+    assert list(got) == ["all", "cold", "active"]  # no lapsed buyer
+    assert per.groups().tolist() == [2] * 32 + [0] * 8
+    # the per-customer figures add up to the sums the choice was made on
+    label = chosen["active"].label()
+    assert per.of(label)[:, 0].sum() == pytest.approx(sums[label][:, 2].sum())
+    assert figures["groups"]["active"]["methods"]["model"] == figures["groups"]["active"]["plans"][label]
+    # every cold buyer's popular list starts with the two articles bought: AP 1 and recall 1 for each
+    assert got["cold"]["model"] == {f"map@{K}": [1.0, 1.0], f"recall@{K}": [1.0, 1.0]}
+    for group, methods in [("all", figures["methods"]), ("cold", figures["groups"]["cold"]["methods"]),
+                           ("active", figures["groups"]["active"]["methods"])]:
+        assert set(got[group]) == set(methods) == {"model", "popularity", "popularity_segment", "repurchase"}
+        for method, values in methods.items():
+            for metric in (f"map@{K}", f"recall@{K}"):
+                low, high = got[group][method][metric]
+                assert low <= values[metric] <= high, (group, method, metric)
+    assert got["all"]["model"][f"map@{K}"] == [1.0, 1.0]  # the chosen plans find every purchase at the top
+    low, high = got["all"]["popularity"][f"map@{K}"]
+    assert low < figures["methods"]["popularity"][f"map@{K}"] < high  # popular suits the cold buyers only: some width

@@ -3,10 +3,13 @@
 K = 2, catalogue of 10 articles a0..a9; global popularity a9, a8, a7, a6, a5;
 age_25_34 popularity a1, a2. Holdout customers:
 
-- c0, active (bought a3 5 days and a4 10 days before), age 25-34, holdout {a3, a9}, served [a3, a0]
-- c1, lapsed (bought a5 100 days before), age unknown, holdout {a1}, served [a2, a1]
-- c2, cold (no history), age 25-34, holdout {a1, a8}, served [a9, a8]
+- c0, active (bought a3 5 days and a4 10 days before, both online), age 25-34, holdout {a3, a9}, served [a3, a0]
+- c1, lapsed (bought a5 100 days before, in store), age unknown, holdout {a1}, served [a2, a1]
+- c2, cold (no history), age segment 25-34 (customers.csv says 70), holdout {a1, a8}, served [a9, a8]
 - c3 has a list but bought nothing in the holdout week: not evaluated.
+
+By age band (customers.csv): c0 age:25-34, c1 age:unknown (no age), c2 age:65-199; by sales channel:
+c0 channel:online, c1 channel:store, c2 channel:none (no purchase).
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ import pytest
 from hmrec.lake import schemas, storage
 from hmrec.errors import HmrecError
 from hmrec.evaluation.baselines import customer_segments
-from hmrec.evaluation.evaluate import run_evaluation
+from hmrec.etl import segments
+from hmrec.evaluation.evaluate import compute_metrics, run_evaluation
 from hmrec.serve.blend import fill_list
 from hmrec.lake import tables
 from tests.conftest import aid, hashed_cid
@@ -43,6 +47,59 @@ def test_customer_segments_and_fill_list():
     assert fill_list(None, ["y", "z"], 5) == ["y", "z"]
 
 
+def test_the_sales_channel_is_that_of_most_purchases(spark):
+    rows = [("store", 1), ("store", 1), ("store", 2), ("online", 2), ("tie", 1), ("tie", 2)]
+    frame = spark.createDataFrame(rows, "customer_id string, sales_channel_id int")
+    got = {r["customer_id"]: r["channel"] for r in segments.main_channel(frame).collect()}
+    assert got == {"store": "channel:store", "online": "channel:online", "tie": "channel:none"}
+
+
+def test_age_bands_and_a_missing_age():
+    buckets = [0, 25, 35, 45, 55, 65, 200]
+    ages = pd.Series([24, 25, 34.0, None, float("nan"), 200, 65])
+    assert segments.age_band(ages, buckets).tolist() == [
+        "age:0-24", "age:25-34", "age:25-34", "age:unknown", "age:unknown", "age:unknown", "age:65-199"]
+    assert segments.age_bands(buckets) == ["age:0-24", "age:25-34", "age:35-44", "age:45-54", "age:55-64",
+                                           "age:65-199", "age:unknown"]
+
+
+def test_every_buyer_is_in_one_segment_of_each_kind_and_groups_come_in_report_order():
+    frame = pd.DataFrame({
+        "actual": [["x"], ["x", "y"], ["y"], ["z"], ["x"]],
+        "model": [["x"], ["y", "q"], ["q"], ["q"], ["x"]],
+        "segment": ["active", "cold", "active", "lapsed", "cold"],
+        "age_band": ["age:35-44", "age:unknown", "age:0-24", "age:35-44", "age:0-24"],
+        "channel": ["channel:none", "channel:online", "channel:store", "channel:store", "channel:none"],
+    })
+    results = compute_metrics(frame, ["model"], 2, 10, age_buckets=[0, 25, 35, 45, 200])
+    assert list(results) == ["all", "cold", "lapsed", "active", "age:0-24", "age:35-44", "age:unknown",
+                             "channel:store", "channel:online", "channel:none"]
+    users = {name: by["model"]["users"] for name, by in results.items()}
+    for kind in ("age:", "channel:"):
+        assert sum(n for name, n in users.items() if name.startswith(kind)) == users["all"] == 5
+    assert users["cold"] + users["lapsed"] + users["active"] == 5
+    # recall: 1, 0.5, 0, 0, 1 -> channel:none holds rows 0 and 4, channel:store rows 2 and 3
+    assert results["all"]["model"]["recall@2"] == pytest.approx(2.5 / 5)
+    assert results["channel:none"]["model"]["recall@2"] == 1.0 and results["channel:store"]["model"]["recall@2"] == 0.0
+    assert results["age:0-24"]["model"]["map@2"] == pytest.approx(0.5)  # rows 2 (0) and 4 (1)
+    assert results["channel:store"]["model"]["coverage"] == pytest.approx(1 / 10)  # only q
+
+
+def test_the_bootstrap_draws_the_resamples_of_a_plain_loop():
+    import numpy as np
+
+    from hmrec.evaluation.metrics import bootstrap_interval, bootstrap_intervals
+
+    values = np.random.default_rng(3).random(137)
+    rng = np.random.default_rng(0)  # the documented procedure, one resample at a time
+    means = [values[rng.integers(0, 137, 137)].mean() for _ in range(1000)]
+    expected = [round(float(np.percentile(means, 2.5)), 6), round(float(np.percentile(means, 97.5)), 6)]
+    assert bootstrap_interval(values) == expected
+    both = bootstrap_intervals(np.stack([values, 1 - values]))
+    assert both[0].tolist() == expected
+    assert both[1].tolist() == pytest.approx([1 - expected[1], 1 - expected[0]], abs=2e-6)
+
+
 def _write_lake(spark, cfg) -> None:
     user = []
     for i, bucket in [(0, 2), (1, 0), (2, 2), (3, 2)]:
@@ -51,11 +108,14 @@ def _write_lake(spark, cfg) -> None:
         user.append(row)
     storage.write_partition(spark.createDataFrame(user, schemas.USER_FEATURES), cfg, tables.USER_FEATURES, AS_OF)
 
-    def split_rows(items):
-        return [(d, cid(c), a(x), 0.01, 1, c, x, AS_OF) for c, x, d in items]
+    def split_rows(items, channel=None):
+        return [(d, cid(c), a(x), 0.01, channel[c] if channel else 1, c, x, AS_OF) for c, x, d in items]
 
     train = [(0, 3, AS_OF - dt.timedelta(days=5)), (0, 4, AS_OF - dt.timedelta(days=10)), (1, 5, AS_OF - dt.timedelta(days=100))]
-    storage.write_partition(spark.createDataFrame(split_rows(train), schemas.SPLIT_ROWS), cfg, tables.TRAIN, AS_OF)
+    storage.write_partition(spark.createDataFrame(split_rows(train, {0: 2, 1: 1}), schemas.SPLIT_ROWS), cfg,
+                            tables.TRAIN, AS_OF)
+    people = [(cid(i), None, None, "ACTIVE", "NONE", age, "p") for i, age in [(0, 30), (1, None), (2, 70), (3, 40)]]
+    storage.write(spark.createDataFrame(people, schemas.CUSTOMERS), cfg, tables.CUSTOMERS)
     day = AS_OF + dt.timedelta(days=1)
     holdout = [(0, 3, day), (0, 9, day), (0, 3, day), (1, 1, day), (2, 1, day), (2, 8, day)]
     storage.write_partition(spark.createDataFrame(split_rows(holdout), schemas.SPLIT_ROWS), cfg, tables.HOLDOUT, AS_OF)
@@ -101,7 +161,18 @@ def test_evaluation_job_metrics_files_and_mlflow_sink(spark, tmp_path):
     assert doc["methods"]["repurchase"]["map@2"] == pytest.approx((0.5 + 0 + 0.25) / 3, abs=1e-6)
     assert doc["methods"]["repurchase"]["recall@2"] == pytest.approx(1 / 3, abs=1e-6)
 
-    assert doc["users"] == {"all": 3, "cold": 1, "lapsed": 1, "active": 1}
+    assert list(doc["users"].items()) == [
+        ("all", 3), ("cold", 1), ("lapsed", 1), ("active", 1), ("age:25-34", 1), ("age:65-199", 1),
+        ("age:unknown", 1), ("channel:store", 1), ("channel:online", 1), ("channel:none", 1)]
+    # one customer per age band and channel: each has that customer's figures, and no interval width
+    assert doc["segments"]["age:25-34"]["model"]["map@2"] == pytest.approx(0.5)  # c0
+    assert doc["segments"]["age:unknown"]["model"]["recall@2"] == pytest.approx(1.0)  # c1
+    assert doc["segments"]["channel:none"]["model"]["map@2"] == pytest.approx(0.25)  # c2
+    assert doc["segments"]["channel:store"]["repurchase"]["map@2"] == 0.0  # c1
+    assert doc["intervals"]["channel:online"]["model"]["map@2"] == [0.5, 0.5]  # c0
+    assert set(doc["intervals"]) == set(doc["users"])
+    low, high = doc["intervals"]["all"]["model"]["map@2"]
+    assert low <= model["map@2"] <= high and low < high
     assert doc["segments"]["cold"]["model"]["map@2"] == pytest.approx(0.25)
     assert doc["segments"]["lapsed"]["model"]["map@2"] == pytest.approx(0.5)
     assert doc["segments"]["active"]["repurchase"]["map@2"] == pytest.approx(0.5)
@@ -125,11 +196,14 @@ def test_evaluation_job_metrics_files_and_mlflow_sink(spark, tmp_path):
     got = rows.set_index(["method", "segment", "metric"])["value"]
     assert got[("model", "all", "map@2")] == pytest.approx(model["map@2"])
     assert got[("repurchase", "cold", "users")] == 1.0
-    assert len(rows) == 4 * 4 * 6  # methods x (all + 3 segments) x (5 metrics + users)
+    assert got[("model", "age:65-199", "map@2")] == pytest.approx(0.25)
+    assert got[("popularity", "channel:online", "users")] == 1.0
+    assert len(rows) == 4 * 10 * 6  # methods x (all + 3 history segments + 3 age bands + 3 channels) x (5 metrics + users)
 
     (version, flat), = logged
     assert version == "v1"
     assert flat["eval.model.all.map@2"] == pytest.approx(model["map@2"])
+    assert flat["eval.model.age:25-34.map@2"] == pytest.approx(0.5)
     assert not any(key.endswith(".users") for key in flat)
 
     with pytest.raises(HmrecError, match="scored with model version v1, not v9"):

@@ -12,7 +12,7 @@ import pytest
 
 from hmrec.config import load_config
 from hmrec.errors import GateFailed
-from hmrec.governance.card import exposure, gini, lifts
+from hmrec.governance.card import exposure, gini, lifts, render_md
 from hmrec.governance.gate import failure, judge, lift, ranker_figures
 from hmrec.governance.publish import origins, rollback_target
 
@@ -172,7 +172,7 @@ def test_lifts_over_each_baseline():
 def test_bootstrap_interval_of_a_mean():
     import numpy as np
 
-    from hmrec.evaluation.evaluate import bootstrap_interval
+    from hmrec.evaluation.metrics import bootstrap_interval
 
     assert bootstrap_interval(np.full(50, 0.25)) == [0.25, 0.25]  # no spread, no width
     values = np.r_[np.zeros(500), np.ones(500)]  # mean 0.5, standard error 0.5 / sqrt(1000) = 0.0158
@@ -181,3 +181,75 @@ def test_bootstrap_interval_of_a_mean():
     assert high - low == pytest.approx(2 * 1.96 * 0.0158, rel=0.15)
     assert bootstrap_interval(values) == [low, high]  # seeded
     assert bootstrap_interval(np.array([])) == [0.0, 0.0]
+
+
+def _card() -> dict:
+    """A card as build_card makes it, with hand-made figures (K = 12)."""
+    m = (lambda mp, r: {"recall@12": r, "ndcg@12": 0.1, "map@12": mp, "coverage": 0.2})
+    iv = (lambda lo, hi: {"map@12": [lo, hi], "recall@12": [lo + 0.1, hi + 0.1]})
+    methods = {"model": m(0.06, 0.3), "popularity": m(0.02, 0.1)}
+    return {
+        "model_details": {"name": "hmrec-two-tower", "version": "4", "as_of": "2020-09-16"},
+        "training_data": {"training_rows": {"rows": 10, "first_day": "2020-06-18", "last_day": "2020-09-15",
+                                            "customers": 3, "articles": 4},
+                          "training_window_days": 90, "catalogue_articles": 5, "customers": 6, "table_versions": {}},
+        "evaluation": {
+            "k": 12,
+            "validation": {"week": "2020-09-09 .. 2020-09-15", "fit_model_version": "3", "served_list": "ranker",
+                           "customers": 500, "methods": methods, "lift_over": lifts(methods, 12),
+                           "intervals": {"all": {"model": iv(0.0512, 0.0688)}, "cold": {"model": iv(0.011, 0.019)}},
+                           "groups": {"cold": {"users": 120, "chosen": "popular segment",
+                                               "methods": {"model": m(0.015, 0.05)}, "lift_over": {}}},
+                           "ranker": {"served": True, "customers": 100, "lift_of": "ranker",
+                                      "methods": {"ranker": m(0.07, 0.31), "blend": m(0.05, 0.3)},
+                                      "lift_over": {"blend": 1.4},
+                                      "groups": {"active": {"users": 60, "ranker": {"map@12": 0.09}}},
+                                      "intervals": {"all": {"ranker": iv(0.0601, 0.0799)},
+                                                    "active": {"ranker": iv(0.0702, 0.1103)}}}},
+            "holdout": {"week": "2020-09-16 .. 2020-09-22", "customers": {"all": 900, "age:25-34": 310,
+                                                                         "channel:online": 420},
+                        "methods": methods, "lift_over": lifts(methods, 12),
+                        "segments": {"age:25-34": {"model": m(0.0731, 0.3)}, "channel:online": {"model": m(0.0412, 0.3)}},
+                        "intervals": {"all": {}, "age:25-34": {"model": iv(0.0655, 0.0807)},
+                                      "channel:online": {"model": iv(0.0333, 0.0491)}},
+                        "segment_lift_over": {}}},
+        "exposure": None, "intended_use": [], "out_of_scope": [], "limitations": [], "gate": {}}
+
+
+def test_the_card_shows_every_segment_and_the_validation_intervals():
+    md = render_md(_card())
+    assert "#### By age band" in md and "Segment age:25-34 (310 customers):" in md
+    assert "| model | 0.3000 | 0.1000 | 0.0731 | 0.2000 | 0.1655 .. 0.1807 | 0.0655 .. 0.0807 |" in md
+    assert "#### By sales channel" in md and "Segment channel:online (420 customers):" in md
+    assert "0.0333 .. 0.0491" in md
+    assert md.index("By age band") < md.index("By sales channel")
+    # the validation week: the served lists' intervals overall and per group, and the ranker's own
+    assert "| model | 0.3000 | 0.1000 | 0.0600 | 0.2000 | 0.1512 .. 0.1688 | 0.0512 .. 0.0688 |" in md
+    assert "Group cold (120 buyers, recipe popular segment):" in md and "0.0110 .. 0.0190" in md
+    assert "scoring serves the ranker's lists" in md and "held-out buyers (100 buyers" in md
+    assert "0.0601 .. 0.0799" in md and "Group active (60 held-out buyers):" in md and "0.0702 .. 0.1103" in md
+    assert "| blend | 0.3000 | 0.1000 | 0.0500 | 0.2000 | - | - | 1.4000 |" in md
+
+
+def test_the_cards_ranker_figures_come_from_ranker_json_in_the_groups_and_lists_order(monkeypatch):
+    from hmrec.governance.card import ranker_validation
+    from hmrec.rank import ranker
+
+    iv = {"map@12": [0.1, 0.3], "recall@12": [0.2, 0.4]}
+    recorded = {"users": 30, "blend": {"map@12": 0.1, "users": 30}, "popularity": {"map@12": 0.05, "users": 30},
+                "ranker": {"map@12": 0.2, "users": 30},
+                "groups": {"active": {"blend": {"map@12": 0.1}, "ranker": {"map@12": 0.25}, "users": 28},
+                           "cold": {"blend": {"map@12": 0.0}, "ranker": {"map@12": 0.0}, "users": 2}},
+                "intervals": {"active": {"blend": iv, "ranker": iv}, "all": {"blend": iv, "ranker": iv}}}
+    monkeypatch.setattr(ranker, "has_ranker", lambda cfg, version: True)
+    monkeypatch.setattr(ranker, "load_ranker", lambda cfg, version: (None, {"validation": recorded}))
+    monkeypatch.setattr(ranker, "validation_maps", lambda cfg, version: {"ranker": 0.2, "blend": 0.1})
+    cfg = load_config(None, [])  # score.method: ranker
+    got = ranker_validation(cfg, "4", 12)
+    assert got["served"] is True and got["lift_of"] == "ranker" and got["customers"] == 30
+    assert list(got["methods"]) == ["ranker", "blend", "popularity"] and got["methods"]["blend"] == {"map@12": 0.1}
+    assert got["lift_over"] == {"blend": 2.0, "popularity": 4.0}
+    assert list(got["groups"]) == ["cold", "active"] and list(got["groups"]["active"]) == ["users", "ranker", "blend"]
+    assert list(got["intervals"]) == ["all", "active"] and list(got["intervals"]["all"]) == ["ranker", "blend"]
+    blend = ranker_validation(load_config(None, ["score.method=blend"]), "4", 12)
+    assert blend["served"] is False and blend["lift_over"] == {"ranker": 0.5, "popularity": 2.0}

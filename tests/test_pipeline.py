@@ -508,13 +508,38 @@ def test_the_model_card_holds_the_runs_figures(spark, ran):
     rows = card["training_data"]["training_rows"]
     assert rows["rows"] == train.count() and rows["customers"] == train.select("customer_id").distinct().count()
     ev = card["evaluation"]
+    md = (reports / CARD_MD).read_text()
     assert ev["holdout"]["methods"] == doc["methods"] and ev["holdout"]["segments"] == doc["segments"]
     assert ev["holdout"]["customers"] == doc["users"]
     assert ev["holdout"]["intervals"] == doc["intervals"]
     low, high = doc["intervals"]["all"]["model"]["map@12"]
     assert low < doc["methods"]["model"]["map@12"] < high
     assert set(doc["intervals"]) == {"all", *doc["segments"]}
+    # age bands and sales channels beside the history segments: each splits the same buyers
+    ages = [s for s in doc["segments"] if s.startswith("age:")]
+    channels = [s for s in doc["segments"] if s.startswith("channel:")]
+    assert ages and channels and set(channels) <= {"channel:store", "channel:online", "channel:none"}
+    for kind in (ages, channels, ["cold", "lapsed", "active"]):
+        assert sum(doc["users"].get(s, 0) for s in kind) == doc["users"]["all"]
+    for seg in (ages[0], channels[0]):
+        assert ev["holdout"]["segments"][seg] == doc["segments"][seg]
+        assert ev["holdout"]["intervals"][seg] == doc["intervals"][seg]
+        assert ev["holdout"]["customers"][seg] == doc["users"][seg]
+        assert f"Segment {seg} ({doc['users'][seg]:,} customers):" in md
+        assert f"{doc['segments'][seg]['model']['map@12']:.4f}" in md
     assert ev["validation"]["methods"] == doc["validation"]["methods"]
+    # the validation week's intervals: the served lists', overall and per history group
+    val = ev["validation"]
+    assert val["intervals"] == doc["validation"]["intervals"] and set(val["intervals"]) >= {"all", "active"}
+    for group, methods in [("all", val["methods"])] + [(g, v["methods"]) for g, v in val["groups"].items()]:
+        low, high = val["intervals"][group]["model"]["map@12"]
+        assert low <= methods["model"]["map@12"] <= high, group
+    low, high = val["intervals"]["all"]["model"]["map@12"]
+    assert f"{low:.4f} .. {high:.4f}" in md
+    ranked = val["ranker"]
+    assert ranked is not None and val["served_list"] == ("ranker" if ranked["served"] else "blend")
+    low, high = ranked["intervals"]["all"]["ranker"]["map@12"]
+    assert low <= ranked["methods"]["ranker"]["map@12"] <= high
     assert ev["holdout"]["lift_over"]["popularity"] == pytest.approx(
         doc["methods"]["model"]["map@12"] / doc["methods"]["popularity"]["map@12"], rel=1e-3)
     tags = registry.version_tags(cfg, version)
@@ -526,7 +551,6 @@ def test_the_model_card_holds_the_runs_figures(spark, ran):
     assert card["exposure"]["catalogue_coverage"] == round(
         recs.select("article_id").distinct().count() / storage.read(spark, cfg, tables.ARTICLES).count(), 6)
     assert 0 < card["exposure"]["gini"] < 1
-    md = (reports / CARD_MD).read_text()
     for section in ("## Model details", "## Training data", "## Evaluation", "## Exposure and popularity bias",
                     "## Intended use", "## Out-of-scope uses", "## Known limitations", "## The gate's decision"):
         assert section in md

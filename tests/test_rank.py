@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from hmrec.rank import sources as S
-from hmrec.rank.ranker import filled_lists, held_out, predict, sample_negatives, top_lists, train_ranker
+from hmrec.rank.ranker import filled_lists, held_out, list_figures, predict, sample_negatives, top_lists, train_ranker
 from tests.conftest import make_cfg
 
 A, A2, B, C = 10, 11, 20, 30  # article_idx; A and A2 share product_code 100
@@ -210,3 +210,18 @@ def test_the_importance_figure_shows_the_largest_gains_first_as_shares():
     widths = [bar.get_width() for bar in ax.patches]
     assert labels == ["c", "b"]  # barh draws bottom-up: the largest gain is the top bar
     assert widths == pytest.approx([0.3, 0.6])
+
+
+def test_held_out_figures_per_history_group_and_their_intervals():
+    # four buyers: two cold ones (codes 0) whom the ranker's list gets right, two active ones (2) it misses
+    actual = np.array([[1, -1], [2, -1], [3, 4], [5, -1]])
+    ranker = np.array([[1, 9], [2, 9], [9, 8], [9, 8]])
+    blend = np.array([[9, 1], [9, 8], [3, 4], [9, 5]])
+    out = list_figures({"ranker": ranker, "blend": blend}, actual, np.array([0, 0, 2, 2]), 2)
+    assert out["groups"] == {
+        "cold": {"users": 2, "ranker": {"map@2": 1.0, "recall@2": 1.0}, "blend": {"map@2": 0.25, "recall@2": 0.5}},
+        "active": {"users": 2, "ranker": {"map@2": 0.0, "recall@2": 0.0}, "blend": {"map@2": 0.75, "recall@2": 1.0}}}
+    assert list(out["intervals"]) == ["all", "cold", "active"]  # no lapsed buyer
+    assert out["intervals"]["cold"]["ranker"] == {"map@2": [1.0, 1.0], "recall@2": [1.0, 1.0]}
+    low, high = out["intervals"]["all"]["ranker"]["map@2"]
+    assert 0.0 <= low < 0.5 < high <= 1.0  # the mean of 1, 1, 0, 0

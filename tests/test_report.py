@@ -110,3 +110,11 @@ def test_a_stage_without_its_own_summary_and_a_failed_one():
             summary["customers"] = 5
             raise RuntimeError("boom")
     assert "[hmrec score] FAILED after" in err.getvalue() and "customers=5" in err.getvalue()
+
+
+def test_age_bands_and_sales_channels_get_their_own_tables_after_the_history_segments():
+    segs = {"cold": HOLDOUT, "active": HOLDOUT, "age:25-34": HOLDOUT, "channel:online": HOLDOUT}
+    users = {"all": 945, "cold": 60, "active": 885, "age:25-34": 412, "channel:online": 700}
+    page = text(render_html(doc(segments=segs, users=users), K, 100))
+    assert page.index("By purchase history") < page.index("cold") < page.index("By age band") \
+        < page.index("age:25-34 412 customers") < page.index("By sales channel") < page.index("channel:online 700 customers")

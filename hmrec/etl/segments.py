@@ -1,4 +1,4 @@
-"""Age segments: the one definition of age buckets and segment labels that every stage uses.
+"""Customer segments: age buckets and their labels, history groups and sales channels, one definition each.
 
 A customer's age falls in bucket i (1..n) when ``buckets[i-1] <= age <
 buckets[i]`` (``features.age_buckets``), and in bucket 0 when it is unknown or
@@ -6,6 +6,11 @@ outside them. Bucket i is labelled ``age_<lo>_<hi-1>``, bucket 0
 ``age_unknown``. Popularity is counted per label, scoring falls back to the
 label's list and evaluation reports by it. The buckets are checked when the
 config loads (``features.age_buckets``).
+
+The evaluation also reports by age band (:func:`age_band`: the same buckets,
+named ``age:<lo>-<hi-1>`` or ``age:unknown``) and by sales channel
+(:func:`main_channel`: ``channel:store``, ``channel:online`` or
+``channel:none``), beside the history groups at the end of this module.
 """
 from __future__ import annotations
 
@@ -13,6 +18,9 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+
+AGE_BAND = "age:"  # prefix of the evaluation's age band segments
+CHANNEL = "channel:"  # prefix of the evaluation's sales channel segments
 
 
 UNKNOWN_SEGMENT = "age_unknown"
@@ -59,6 +67,45 @@ def age_labels(ages: pd.Series, buckets: list[int]) -> pd.Series:
     code = np.searchsorted(np.asarray(buckets, dtype=float), values, side="right")
     inside = np.isfinite(values) & (code >= 1) & (code < len(buckets))
     return pd.Series(np.where(inside, labels[np.where(inside, code, 0)], UNKNOWN_SEGMENT), index=ages.index, dtype=object)
+
+
+def age_bands(buckets: list[int]) -> list[str]:
+    """The evaluation's age band segment names, in band order, then the unknown one:
+    ['age:0-24', 'age:25-34', ..., 'age:unknown']."""
+    return [f"{AGE_BAND}{lo}-{hi - 1}" for lo, hi in zip(buckets, buckets[1:])] + [f"{AGE_BAND}unknown"]
+
+
+def age_band(ages: pd.Series, buckets: list[int]) -> pd.Series:
+    """The age band segment name of each age (as :func:`age_labels` buckets it; a missing or out-of-range
+    age: 'age:unknown')."""
+    names = dict(zip(segment_labels(buckets)[1:], age_bands(buckets)))
+    return age_labels(ages, buckets).map(lambda label: names.get(label, f"{AGE_BAND}unknown")).astype(object)
+
+
+# ---- sales channel: where most of a customer's purchases were made ---------------------------
+
+# sales_channel_id as the H&M data codes it (ingest rejects any other value)
+CHANNELS = {1: "store", 2: "online"}
+NO_CHANNEL = "none"  # no purchase, or as many in store as online
+
+
+def channel_names() -> list[str]:
+    """The evaluation's sales channel segment names, in report order: store, online, none."""
+    return [f"{CHANNEL}{name}" for name in (*CHANNELS.values(), NO_CHANNEL)]
+
+
+def main_channel(purchases: DataFrame) -> DataFrame:
+    """(customer_id, channel): the sales channel of most of each customer's rows of ``purchases``
+    (``customer_id``, ``sales_channel_id``), as a segment name: 'channel:store' (1), 'channel:online' (2),
+    'channel:none' on a tie. Customers without a row are absent: they are 'channel:none' too."""
+    counts = purchases.groupBy("customer_id").agg(
+        *[F.sum(F.when(F.col("sales_channel_id") == code, 1).otherwise(0)).alias(name)
+          for code, name in CHANNELS.items()])
+    store, online = (F.col(name) for name in CHANNELS.values())
+    return counts.select(
+        "customer_id",
+        F.when(store > online, F.lit(f"{CHANNEL}store")).when(online > store, F.lit(f"{CHANNEL}online"))
+        .otherwise(F.lit(f"{CHANNEL}{NO_CHANNEL}")).alias("channel"))
 
 
 # ---- history groups: cold, lapsed, active ------------------------------------------------------

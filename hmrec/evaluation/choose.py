@@ -19,12 +19,15 @@ kept) with its index. This stage then decides, on the purchases of that week
   than them.
 
 The choices and every figure behind them go to ``tables.CHOICES`` (read by
-train, score and evaluate at D) and to the fitted model's MLflow run.
-Nothing here reads the holdout week.
+train, score and evaluate at D) and to the fitted model's MLflow run. The
+figures include bootstrap 95% intervals over the week's buyers
+(``intervals``): of the served plans' and the baselines' MAP@K and Recall@K,
+overall and per history group. Nothing here reads the holdout week.
 """
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -35,7 +38,7 @@ from hmrec.config import AUTO, Config
 from hmrec.errors import HmrecError
 from hmrec.etl import segments
 from hmrec.etl.split import fit_cutoff
-from hmrec.evaluation.metrics import row_metrics
+from hmrec.evaluation.metrics import group_intervals, row_metrics
 from hmrec.lake import storage, tables
 from hmrec.lake.choices import write_choices
 from hmrec.model import registry
@@ -60,9 +63,25 @@ def validation_labels(spark: SparkSession, cfg: Config, as_of: dt.date) -> pd.Da
     )
 
 
+@dataclass
+class PerCustomer:
+    """What :func:`score_options` measured for each validation buyer, in the order of its ``users``: the
+    history group code and, per plan label, the (B, 2) MAP@K and Recall@K of that plan's list."""
+    group: list[np.ndarray] = field(default_factory=list)
+    values: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    def groups(self) -> np.ndarray:
+        """(B,) history group codes."""
+        return np.concatenate(self.group) if self.group else np.zeros(0, dtype=np.int64)
+
+    def of(self, label: str) -> np.ndarray:
+        """(B, 2) MAP@K and Recall@K of plan ``label``'s lists."""
+        return np.concatenate(self.values[label]) if self.values.get(label) else np.zeros((0, 2))
+
+
 def score_options(
     users: pd.DataFrame, actual: np.ndarray, ctx, plans: list[ListPlan], k: int,
-    seen: dict[str, np.ndarray] | None = None,
+    seen: dict[str, np.ndarray] | None = None, per_customer: PerCustomer | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every plan's summed metrics per history group, and the customers per group.
 
@@ -71,7 +90,8 @@ def score_options(
     with -1. Returns ({plan label: (groups, metrics) sums}, (groups,) counts)
     with metrics in the order recall, ndcg, map. ``seen``, when given, is
     filled with {plan label: (groups, articles) bool}: which article_idx each
-    plan's lists hold in each group (for catalogue coverage).
+    plan's lists hold in each group (for catalogue coverage); ``per_customer``
+    with every buyer's group and figures (for the intervals).
     """
     n_groups = len(segments.HISTORY_GROUPS)
     sums = {p.label(): np.zeros((n_groups, 3)) for p in plans}
@@ -83,10 +103,14 @@ def score_options(
         truth = actual[start : start + BATCH]
         inp = batch_inputs(batch, ctx)
         counts += np.bincount(inp.group, minlength=n_groups)
+        if per_customer is not None:
+            per_customer.group.append(np.asarray(inp.group, dtype=np.int64))
         for plan in plans:
             idx, _, _ = assemble(inp, ctx, (plan,) * n_groups)
             m = row_metrics(idx, truth, k)
             values = np.stack([m[f"recall@{k}"], m[f"ndcg@{k}"], m[f"map@{k}"]], axis=1)  # (B, 3)
+            if per_customer is not None:
+                per_customer.values.setdefault(plan.label(), []).append(values[:, [2, 0]])  # map, recall
             for g in range(n_groups):
                 sums[plan.label()][g] += values[inp.group == g].sum(axis=0)
                 if seen is not None:
@@ -113,6 +137,12 @@ def _means(total: np.ndarray, n: float, k: int) -> dict[str, float]:
             f"map@{k}": round(float(total[2] / max(n, 1)), 6)}
 
 
+def baseline_plans(k: int) -> list[tuple[str, str]]:
+    """(method, plan label) of the baselines: the same recipe for every group."""
+    return [("popularity", "popular global"), ("popularity_segment", "popular segment"),
+            ("repurchase", f"repurchase+{k} then popular global")]
+
+
 def figures_of(sums: dict[str, np.ndarray], counts: np.ndarray, chosen: dict[str, ListPlan],
                candidates: dict[str, list[ListPlan]], k: int, seen: dict[str, np.ndarray] | None = None,
                catalogue: int = 0) -> dict:
@@ -122,26 +152,41 @@ def figures_of(sums: dict[str, np.ndarray], counts: np.ndarray, chosen: dict[str
     method also has its ``coverage``: the share of the catalogue its lists hold.
     """
     groups = segments.HISTORY_GROUPS
+    baselines = [(m, label) for m, label in baseline_plans(k) if label in sums]
     per_group = {
         group: {"users": int(counts[g]), "chosen": chosen[group].label(),
-                "plans": {p.label(): _means(sums[p.label()][g], counts[g], k) for p in candidates[group]}}
+                "plans": {p.label(): _means(sums[p.label()][g], counts[g], k) for p in candidates[group]},
+                "methods": {"model": _means(sums[chosen[group].label()][g], counts[g], k),
+                            **{m: _means(sums[label][g], counts[g], k) for m, label in baselines}}}
         for g, group in enumerate(groups)
     }
     served = sum(sums[chosen[group].label()][g] for g, group in enumerate(groups))
     methods = {"model": _means(served, counts.sum(), k)}
     # the same recipe for every group, as the baselines are: popularity, segment popularity, repurchase
-    for method, label in (("popularity", "popular global"), ("popularity_segment", "popular segment"),
-                          ("repurchase", f"repurchase+{k} then popular global")):
-        if label in sums:
-            methods[method] = _means(sums[label].sum(axis=0), counts.sum(), k)
+    for method, label in baselines:
+        methods[method] = _means(sums[label].sum(axis=0), counts.sum(), k)
     if seen is not None and catalogue > 0:
         held = {"model": np.logical_or.reduce([seen[chosen[group].label()][g] for g, group in enumerate(groups)])}
-        held.update({m: seen[label].any(axis=0) for m, label in (
-            ("popularity", "popular global"), ("popularity_segment", "popular segment"),
-            ("repurchase", f"repurchase+{k} then popular global")) if m in methods})
+        held.update({m: seen[label].any(axis=0) for m, label in baselines})
         for method, mask in held.items():
             methods[method]["coverage"] = round(float(mask.sum()) / catalogue, 6)
     return {"users": int(counts.sum()), "groups": per_group, "methods": methods}
+
+
+def validation_intervals(per_customer: PerCustomer, chosen: dict[str, ListPlan], k: int) -> dict:
+    """{"all" and each history group: {method: {"map@k": [low, high], "recall@k": [low, high]}}}: bootstrap
+    95% intervals over the validation week's buyers of the served lists (``model``: each group's chosen
+    plan) and of the baselines' (as :func:`figures_of` names them), from :func:`score_options`' figures."""
+    group = per_customer.groups()
+    served = np.zeros((len(group), 2))
+    for g, name in enumerate(segments.HISTORY_GROUPS):
+        served[group == g] = per_customer.of(chosen[name].label())[group == g]
+    table = {"model": served, **{m: per_customer.of(label) for m, label in baseline_plans(k)
+                                 if label in per_customer.values}}
+    values = {m: {f"map@{k}": v[:, 0], f"recall@{k}": v[:, 1]} for m, v in table.items()}
+    masks = [("all", np.ones(len(group), dtype=bool))] + [
+        (name, group == g) for g, name in enumerate(segments.HISTORY_GROUPS) if (group == g).any()]
+    return group_intervals(values, masks, [f"map@{k}", f"recall@{k}"])
 
 
 def choose(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
@@ -184,10 +229,12 @@ def choose(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
             log(STAGE, f"{len(users):,} buyers of the validation week {cutoff} .. {as_of - dt.timedelta(days=1)}, "
                        f"{len(every)} list plans")
             seen: dict[str, np.ndarray] = {}
-            sums, counts = score_options(users, pad_lists(users["actual"].tolist()), ctx, every, k, seen)
+            per = PerCustomer()
+            sums, counts = score_options(users, pad_lists(users["actual"].tolist()), ctx, every, k, seen, per)
             chosen = pick(sums, counts, candidates)
             choices["plans"] = plans_to_json(chosen)
             figures.update(figures_of(sums, counts, chosen, candidates, k, seen, int((ctx.item_pos >= 0).sum())))
+            figures["intervals"] = validation_intervals(per, chosen, k)
             for group in segments.HISTORY_GROUPS:
                 g = figures["groups"][group]
                 log(STAGE, f"{group} ({g['users']:,} buyers): {g['chosen']}, "

@@ -19,7 +19,15 @@ Methods, each a ranked list per holdout customer:
 
 Only customers with a purchase in ``tables.HOLDOUT`` are evaluated (this is
 the one stage that reads it), and only their lists reach the driver. Metrics
-are reported for everyone and per customer segment (cold, lapsed, active).
+are reported for everyone and per customer segment, each with its customer
+count and bootstrap 95% intervals over customers (``intervals``): the history
+segments ``cold``, ``lapsed`` and ``active``
+(:func:`hmrec.evaluation.baselines.customer_segments`), the age bands
+``age:<lo>-<hi>`` of ``features.age_buckets`` and ``age:unknown`` (the
+customer's ``age`` in ``tables.CUSTOMERS``), and the sales channels
+``channel:store``, ``channel:online`` and ``channel:none`` (the channel of
+most of the customer's purchases before the as-of; a tie or no purchase:
+none). Each customer is in one history segment, one age band and one channel.
 
 The Recall@K curve runs to ``evaluate.curve_max_k`` for every method but
 ``model``, whose served lists stop at ``score.k``; ``model_retrieval`` shows
@@ -42,6 +50,7 @@ from hmrec.etl import segments
 from hmrec.etl.features import purchase_lists
 from hmrec.etl.popularity import GLOBAL
 from hmrec.evaluation import metrics as M
+from hmrec.evaluation.metrics import group_intervals
 from hmrec.evaluation.baselines import ALL, BASELINES, SEGMENTS, baseline_lists, customer_segments
 from hmrec.evaluation.context import report_context
 from hmrec.evaluation.report import format_table, metric_rows, metrics_document, write_report
@@ -60,53 +69,69 @@ TWO_STAGE = "two_stage"
 
 # ---- metrics of every method ------------------------------------------------------------
 
+SEGMENT_COLUMNS = ("segment", "age_band", "channel")  # the frame's columns that name each customer's segments
 
-def compute_metrics(frame: pd.DataFrame, methods: Sequence[str], k: int, catalogue_size: int) -> dict[str, dict[str, dict[str, float]]]:
-    """{segment: {method: metrics}} for 'all' and each customer segment present; 'users' counts customers."""
-    results: dict[str, dict[str, dict[str, float]]] = {}
-    groups = [(ALL, frame)] + [(s, frame[frame["segment"] == s]) for s in SEGMENTS]
-    for name, group in groups:
-        if group.empty:
+
+def segment_groups(frame: pd.DataFrame, age_buckets: Sequence[int] | None = None) -> list[tuple[str, np.ndarray]]:
+    """(name, row mask) of every group the evaluation reports: ``all``, the history segments (column
+    ``segment``), the age bands (``age_band``, in band order when ``age_buckets`` is given) and the sales
+    channels (``channel``); a column the frame lacks and an empty group are left out."""
+    order = {"segment": list(SEGMENTS), "age_band": segments.age_bands(list(age_buckets)) if age_buckets else [],
+             "channel": segments.channel_names()}
+    groups = [(ALL, np.ones(len(frame), dtype=bool))]
+    for column in SEGMENT_COLUMNS:
+        if column not in frame:
             continue
+        values = frame[column].to_numpy(dtype=object)
+        present = set(values)
+        names = [n for n in order[column] if n in present]
+        if column != "segment":  # bands of other buckets than ``age_buckets`` come after the known ones
+            names += sorted(str(n) for n in present - set(order[column]))
+        groups += [(name, values == name) for name in names]
+    return [(name, mask) for name, mask in groups if mask.any()]
+
+
+def per_customer(frame: pd.DataFrame, method: str, k: int) -> dict[str, np.ndarray]:
+    """(N,) recall, NDCG, MAP and hit at ``k`` of every row's ``method`` list against its ``actual``."""
+    actual, predicted = frame["actual"].tolist(), frame[method].tolist()
+    return {
+        f"recall@{k}": np.array([M.recall(a, p, k) for a, p in zip(actual, predicted)], dtype=np.float64),
+        f"ndcg@{k}": np.array([M.ndcg(a, p, k) for a, p in zip(actual, predicted)], dtype=np.float64),
+        f"map@{k}": np.array([M.average_precision(a, p, k) for a, p in zip(actual, predicted)], dtype=np.float64),
+        f"hitrate@{k}": np.array([M.hit(a, p, k) for a, p in zip(actual, predicted)], dtype=np.float64),
+    }
+
+
+def compute_metrics(frame: pd.DataFrame, methods: Sequence[str], k: int, catalogue_size: int,
+                    age_buckets: Sequence[int] | None = None,
+                    values: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """{group: {method: metrics}} for every group of :func:`segment_groups`; 'users' counts customers.
+
+    The same figures as :func:`hmrec.evaluation.metrics.all_metrics` on each group's rows (customers who
+    bought nothing are left out). ``values`` ({method: :func:`per_customer`}) saves computing them again.
+    """
+    values = values if values is not None else {m: per_customer(frame, m, k) for m in methods}
+    bought = frame["actual"].map(len).to_numpy() > 0
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for name, mask in segment_groups(frame, age_buckets):
+        rows = mask & bought
         results[name] = {}
         for method in methods:
-            values = M.all_metrics(group["actual"].tolist(), group[method].tolist(), k, catalogue_size)
-            values["users"] = float(len(group))
-            results[name][method] = values
+            out = {metric: float(v[rows].mean()) if rows.any() else 0.0 for metric, v in values[method].items()}
+            out["coverage"] = M.coverage(frame.loc[mask, method].tolist(), catalogue_size, k)
+            out["users"] = float(mask.sum())
+            results[name][method] = out
     return results
 
 
-BOOTSTRAP_SAMPLES = 1000  # resamples of the customers behind each 95% interval
-BOOTSTRAP_SEED = 0
-
-
-def bootstrap_interval(values: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED,
-                       level: float = 0.95) -> list[float]:
-    """[low, high] percentile interval of the mean of per-customer ``values``, customers resampled with replacement."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
-        return [0.0, 0.0]
-    rng = np.random.default_rng(seed)
-    means = np.array([values[rng.integers(0, len(values), len(values))].mean() for _ in range(samples)])
-    tail = (1 - level) / 2 * 100
-    return [round(float(np.percentile(means, tail)), 6), round(float(np.percentile(means, 100 - tail)), 6)]
-
-
-def intervals(frame: pd.DataFrame, methods: Sequence[str], k: int) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """{segment: {method: {"map@k": [low, high], "recall@k": [low, high]}}}: bootstrap 95% intervals over customers."""
-    out: dict[str, dict[str, dict[str, list[float]]]] = {}
-    groups = [(ALL, frame)] + [(s, frame[frame["segment"] == s]) for s in SEGMENTS]
-    for name, group in groups:
-        if group.empty:
-            continue
-        actual = group["actual"].tolist()
-        out[name] = {}
-        for method in methods:
-            predicted = group[method].tolist()
-            ap = np.array([M.average_precision(a, p, k) for a, p in zip(actual, predicted)])
-            rec = np.array([M.recall(a, p, k) for a, p in zip(actual, predicted)])
-            out[name][method] = {f"map@{k}": bootstrap_interval(ap), f"recall@{k}": bootstrap_interval(rec)}
-    return out
+def intervals(frame: pd.DataFrame, methods: Sequence[str], k: int, age_buckets: Sequence[int] | None = None,
+              values: dict[str, dict[str, np.ndarray]] | None = None) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """{group: {method: {"map@k": [low, high], "recall@k": [low, high]}}}: bootstrap 95% intervals over the
+    customers of every group of :func:`segment_groups` (customers who bought nothing left out)."""
+    values = values if values is not None else {m: per_customer(frame, m, k) for m in methods}
+    bought = frame["actual"].map(len).to_numpy() > 0
+    groups = [(name, mask & bought) for name, mask in segment_groups(frame, age_buckets)]
+    return group_intervals({m: values[m] for m in methods}, groups, [f"map@{k}", f"recall@{k}"])
 
 
 def recall_curves(frame: pd.DataFrame, methods: Sequence[str], max_k: int) -> dict[str, np.ndarray]:
@@ -141,9 +166,12 @@ def gather_holdout(cfg: Config, spark: SparkSession, as_of: dt.date, length: int
     ``frame`` has one row per customer with a purchase in ``tables.HOLDOUT``
     for ``as_of``, with ``actual`` (the distinct articles bought then),
     ``history`` (distinct earlier purchases, most recent first, at most
-    ``length``) and ``last_purchase`` from ``tables.TRAIN``, ``age_segment``
-    (``global`` when unknown) and ``model`` (the served list, empty when
-    none); ``popularity`` maps each segment to its article_ids by rank; the
+    ``length``) and ``last_purchase`` from ``tables.TRAIN``, ``channel`` (the
+    sales channel of most of those: :func:`hmrec.etl.segments.main_channel`),
+    ``age_segment`` (``global`` when unknown), ``age_band`` (from the
+    customer's ``age`` in ``tables.CUSTOMERS``:
+    :func:`hmrec.etl.segments.age_band`) and ``model`` (the served list, empty
+    when none); ``popularity`` maps each segment to its article_ids by rank; the
     catalogue size counts ``tables.ARTICLES``. Refuses lists scored with
     another model version than ``model_version`` (when given).
     """
@@ -173,6 +201,12 @@ def gather_holdout(cfg: Config, spark: SparkSession, as_of: dt.date, length: int
 
     train = storage.read_as_of(spark, cfg, tables.TRAIN, as_of).join(ids, "customer_id")
     history = purchase_lists(train, "customer_id", "article_id", length).toPandas()
+    channels = segments.main_channel(train).toPandas()
+    if storage.exists(spark, cfg, tables.CUSTOMERS):
+        people = (storage.read(spark, cfg, tables.CUSTOMERS).join(ids, "customer_id")
+                  .groupBy("customer_id").agg(F.max("age").alias("age")).toPandas())
+    else:
+        people = pd.DataFrame({"customer_id": pd.Series(dtype=object), "age": pd.Series(dtype=float)})
 
     if storage.exists(spark, cfg, tables.USER_FEATURES):
         ages = (
@@ -194,6 +228,9 @@ def gather_holdout(cfg: Config, spark: SparkSession, as_of: dt.date, length: int
     catalogue = storage.read(spark, cfg, tables.ARTICLES).select("article_id").distinct().count()
 
     frame = frame.merge(history, on="customer_id", how="left").merge(ages, on="customer_id", how="left")
+    frame = frame.merge(channels, on="customer_id", how="left").merge(people, on="customer_id", how="left")
+    frame["channel"] = frame["channel"].fillna(f"{segments.CHANNEL}{segments.NO_CHANNEL}")
+    frame["age_band"] = segments.age_band(frame["age"], cfg.features.age_buckets)
     frame = frame.merge(served, on="customer_id", how="left")
     frame["actual"] = frame["actual"].map(list)
     frame["model"] = frame["model"].map(lambda x: list(x) if isinstance(x, (list, np.ndarray)) else [])
@@ -302,10 +339,12 @@ def run_evaluation(
         if staged is not None:
             frame[TWO_STAGE] = staged[0]
             methods.append(TWO_STAGE)
-        results = compute_metrics(frame, methods, k, catalogue)
+        values = {m: per_customer(frame, m, k) for m in methods}
+        buckets = cfg.features.age_buckets
+        results = compute_metrics(frame, methods, k, catalogue, buckets, values)
         curves = recall_curves(frame, methods, cfg.evaluate.curve_max_k)
         doc = metrics_document(as_of, k, version, results, curves, validation)
-        doc["intervals"] = intervals(frame, methods, k)
+        doc["intervals"] = intervals(frame, methods, k, buckets, values)
         if staged is not None:
             doc["candidates"] = {"recall": staged[1], "week": "holdout"}
             log("evaluate", "candidate recall on the holdout week: "
@@ -338,6 +377,12 @@ def run_evaluation(
     return dict(summary, metrics=doc)
 
 
+def _history_order(by_group: dict) -> dict:
+    """``by_group`` with 'all' first, then the history groups in their order (the choices table sorts keys)."""
+    order = [ALL, *SEGMENTS]
+    return dict(sorted(by_group.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
 def validation_section(chosen: dict | None, k: int) -> dict | None:
     """The metrics document's ``validation`` part from the choices recorded for the as-of (None when none were made)."""
     if chosen is None:
@@ -351,7 +396,9 @@ def validation_section(chosen: dict | None, k: int) -> dict | None:
         "fit_model_version": chosen["fit_model_version"],
         "users": figures.get("users", 0),
         "methods": figures.get("methods", {}),
-        "groups": {g: {"users": v["users"], "chosen": v["chosen"]} for g, v in figures.get("groups", {}).items()},
+        "groups": {g: {"users": v["users"], "chosen": v["chosen"], **({"methods": v["methods"]} if "methods" in v else {})}
+                   for g, v in _history_order(figures.get("groups", {})).items()},
+        "intervals": _history_order(figures.get("intervals", {})),
         "choices": shown,
         "epochs": figures.get("epochs", []),
         **({"note": figures["reason"]} if "reason" in figures else {}),

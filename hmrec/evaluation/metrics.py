@@ -177,3 +177,56 @@ def row_metrics(predicted: np.ndarray, actual: np.ndarray, k: int) -> dict[str, 
     idcg = np.cumsum(discounts)[np.clip(np.minimum(n_true, k) - 1, 0, k - 1)]
     ndcg_ = np.where(n_true > 0, (rel * discounts[:kk]).sum(axis=1) / idcg, 0.0)
     return {f"map@{k}": ap, f"recall@{k}": recall_, f"ndcg@{k}": ndcg_, f"hitrate@{k}": rel.any(axis=1).astype(np.float64)}
+
+
+# ---- bootstrap intervals over customers --------------------------------------------------
+
+BOOTSTRAP_SAMPLES = 1000  # resamples of the customers behind each 95% interval
+BOOTSTRAP_SEED = 0
+_BOOTSTRAP_CELLS = 1 << 22  # resample counts held at once (32 MB)
+
+
+def bootstrap_intervals(values: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED,
+                        level: float = 0.95) -> np.ndarray:
+    """(M, 2) [low, high] percentile intervals of the means of the M rows of ``values`` (M, N), the N
+    customers resampled with replacement, the same resamples for every row.
+
+    Each row's interval is exactly :func:`bootstrap_interval` of that row (up to float rounding): the
+    resamples are drawn from one seeded stream, in the same order, and each resample's means are its
+    counts of every customer times the values.
+    """
+    values = np.atleast_2d(np.asarray(values, dtype=np.float64))  # (M, N)
+    m, n = values.shape
+    if n == 0:
+        return np.zeros((m, 2))
+    rng = np.random.default_rng(seed)
+    rows = max(1, min(samples, _BOOTSTRAP_CELLS // n))
+    means = np.empty((m, samples))
+    for start in range(0, samples, rows):
+        c = min(rows, samples - start)
+        draws = rng.integers(0, n, (c, n))  # (c, N) customers of c resamples
+        counts = np.bincount((draws + (np.arange(c) * n)[:, None]).ravel(), minlength=c * n).reshape(c, n)
+        means[:, start:start + c] = (values @ counts.T) / n  # (M, c)
+    tail = (1 - level) / 2 * 100
+    return np.round(np.stack([np.percentile(means, tail, axis=1), np.percentile(means, 100 - tail, axis=1)], axis=1), 6)
+
+
+def bootstrap_interval(values: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED,
+                       level: float = 0.95) -> list[float]:
+    """[low, high] percentile interval of the mean of per-customer ``values``, customers resampled with replacement."""
+    low, high = bootstrap_intervals(np.asarray(values, dtype=np.float64)[None, :], samples, seed, level)[0]
+    return [float(low), float(high)]
+
+
+def group_intervals(values: dict[str, dict[str, np.ndarray]], groups: list[tuple[str, np.ndarray]],
+                    metrics: Sequence[str]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """{group: {method: {metric: [low, high]}}}: bootstrap 95% intervals over each group's customers of
+    the mean of ``values`` ({method: {metric: (N,) per customer}}), ``groups`` as :func:`segment_groups`."""
+    methods = list(values)
+    out: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for name, mask in groups:
+        stacked = np.stack([values[m][metric][mask] for m in methods for metric in metrics])  # (methods x metrics, n)
+        bounds = bootstrap_intervals(stacked)
+        out[name] = {m: {metric: [float(x) for x in bounds[i * len(metrics) + j]] for j, metric in enumerate(metrics)}
+                     for i, m in enumerate(methods)}
+    return out

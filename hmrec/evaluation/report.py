@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from hmrec.etl.segments import AGE_BAND, CHANNEL
 from hmrec.evaluation import metrics as M
-from hmrec.evaluation.baselines import ALL
+from hmrec.evaluation.baselines import ALL, SEGMENTS
 
 
 def metrics_document(as_of: dt.date, k: int, model_version: str, results: dict,
@@ -66,7 +67,20 @@ GLOSSARY = [
     ("holdout week", "the days from the as-of date on: no stage but the evaluation reads them, so they judge the lists honestly"),
     ("validation week", "the last days before the as-of date: choices (such as settings) are made on them, never on the holdout"),
     ("segments", "cold: no purchase before the as-of; lapsed: last purchase more than evaluate.lapsed_days before it; active: the rest"),
+    ("age bands", "age:<lo>-<hi>: the customer's age in customers.csv, in the bands of features.age_buckets; age:unknown: no age, or outside them"),
+    ("sales channels", "channel:store / channel:online: where most of the customer's purchases before the as-of were made (sales_channel_id 1 / 2); channel:none: as many of each, or no purchase"),
 ]
+
+SEGMENT_KINDS = [("history", "By purchase history"), ("age", "By age band"), ("channel", "By sales channel")]
+
+
+def segment_kind(name: str) -> str:
+    """Which split a segment name belongs to: 'history' (cold, lapsed, active), 'age' or 'channel'."""
+    if name.startswith(AGE_BAND):
+        return "age"
+    if name.startswith(CHANNEL):
+        return "channel"
+    return "history"
 
 
 def format_table(results: dict, k: int) -> str:
@@ -78,9 +92,12 @@ def format_table(results: dict, k: int) -> str:
         lines.append(
             f"{ALL:<8} {method:<19} {int(values['users']):>8} " + " ".join(f"{values[n]:>11.3f}" for n in names)
         )
-    sizes = [f"{seg} {int(next(iter(by.values()))['users']):,}" for seg, by in results.items() if seg != ALL]
-    if sizes:
-        lines.append(f"customers by segment: {', '.join(sizes)} (each segment's figures: report.html)")
+    for kind, _ in SEGMENT_KINDS:
+        sizes = [f"{seg} {int(next(iter(by.values()))['users']):,}" for seg, by in results.items()
+                 if seg != ALL and segment_kind(seg) == kind]
+        if sizes:
+            lines.append(f"customers by {'segment' if kind == 'history' else kind}: {', '.join(sizes)}"
+                         + (" (each segment's figures: report.html)" if kind == "history" else ""))
     return "\n".join(lines)
 
 
@@ -242,15 +259,24 @@ def _segments_section(doc: dict, k: int) -> str:
         return ""
     users = doc.get("users", {})
     methods = _ordered(next(iter(segs.values())))
-    rows = []
-    for seg, by in segs.items():
-        n = users.get(seg, 0)
-        label = Markup(f"{_e(seg)}<br><small>{n:,} customers{' — noisy (fewer than ' + str(NOISY_BELOW) + ')' if n < NOISY_BELOW else ''}</small>")
-        rows.append([label] + [f"{_f(by[m].get(f'recall@{k}'))} / {_f(by[m].get(f'map@{k}'))}" if m in by else "—"
-                               for m in methods])
-    return (f"<h2>By customer segment</h2><p>Recall@{k} / MAP@{k} of each method. "
-            f"A segment of fewer than {NOISY_BELOW} customers is marked noisy: a few customers move its figures a lot.</p>"
-            + _table(["segment"] + methods, rows) + '<p><img src="segments.png" alt="metrics by segment"></p>')
+    out = [f"<h2>By customer segment</h2><p>Recall@{k} / MAP@{k} of each method, by purchase history, by age "
+           f"band and by sales channel (each customer is in one segment of each). A segment of fewer than "
+           f"{NOISY_BELOW} customers is marked noisy: a few customers move its figures a lot; metrics.json gives "
+           f"each figure's bootstrap 95% interval.</p>"]
+    for kind, title in SEGMENT_KINDS:
+        rows = []
+        for seg, by in segs.items():
+            if segment_kind(seg) != kind:
+                continue
+            n = users.get(seg, 0)
+            label = Markup(f"{_e(seg)}<br><small>{n:,} customers{' — noisy (fewer than ' + str(NOISY_BELOW) + ')' if n < NOISY_BELOW else ''}</small>")
+            rows.append([label] + [f"{_f(by[m].get(f'recall@{k}'))} / {_f(by[m].get(f'map@{k}'))}" if m in by else "—"
+                                   for m in methods])
+        if rows:
+            out.append(f"<h3>{title}</h3>" + _table(["segment"] + methods, rows))
+            if kind == "history":
+                out.append('<p><img src="segments.png" alt="metrics by segment"></p>')
+    return "\n".join(out)
 
 
 def _article(a: dict) -> str:
@@ -354,7 +380,7 @@ def _plots(directory: Path, doc: dict, results: dict, curves: dict[str, np.ndarr
     fig.savefig(path, dpi=100, bbox_inches="tight")
     written.append(path)
 
-    segs = [s for s in results if s != ALL] or [ALL]
+    segs = [s for s in results if s in SEGMENTS] or [ALL]  # the history segments (the table has the others)
     methods = list(results[segs[0]].keys())
     fig = Figure(figsize=(10, 4.6))
     width = 0.8 / max(len(methods), 1)

@@ -3,14 +3,18 @@
     hmrec card --as-of YYYY-MM-DD [--model-version V]
 
 Sections after Mitchell et al. (2019) and the Model Card Toolkit: model
-details, training data lineage, evaluation (the validation week by customer
-group and, when there is one, the holdout week, overall and by segment, with
-customer counts, bootstrap 95% intervals over customers and the lift over
-each baseline), exposure and popularity bias of the served
-lists, intended and out-of-scope uses, known limitations, and the gate's
-decision. Every figure comes from the run: the version's registry record and
-meta.json, the Delta tables, ``reports/<as_of>/metrics.json`` and the
-``gate.*`` tags; none is typed here.
+details, training data lineage, evaluation, exposure and popularity bias of
+the served lists, intended and out-of-scope uses, known limitations, and the
+gate's decision. The evaluation gives the validation week (overall and per
+history group: cold, lapsed, active; and, when the version's ranker lists are
+served, the ranker on the rank stage's held-out buyers of that week) and,
+when there is one, the holdout week (overall, per history group, per age band
+``age:<lo>-<hi>`` / ``age:unknown`` and per sales channel
+``channel:store`` / ``channel:online`` / ``channel:none``), each with its
+customer count, bootstrap 95% intervals over customers and the model's lift
+over each baseline. Every figure comes from the run: the version's registry
+record, meta.json and ranker.json, the Delta tables,
+``reports/<as_of>/metrics.json`` and the ``gate.*`` tags; none is typed here.
 
 The two files go to the version's MLflow run (artifact path ``model_card/``),
 to ``reports/<as_of>/`` when the version's lists are the ones served for that
@@ -34,8 +38,10 @@ from pyspark.sql import functions as F
 import hmrec
 from hmrec.config import Config
 from hmrec.errors import HmrecError
+from hmrec.etl.segments import HISTORY_GROUPS
 from hmrec.etl.split import window
 from hmrec.evaluation.evaluate import validation_section
+from hmrec.evaluation.report import SEGMENT_KINDS, segment_kind
 from hmrec.lake import storage, tables
 from hmrec.lake.choices import read_choices
 from hmrec.model import registry
@@ -100,12 +106,44 @@ def exposure(slots: "np.ndarray", catalogue: list[str], bought: dict[str, int], 
     }
 
 
-def lifts(methods: dict, k: int) -> dict[str, float | None]:
-    """MAP@K of ``model`` over each other method's, where both are known and the other's is above 0."""
+def lifts(methods: dict, k: int, of: str = "model") -> dict[str, float | None]:
+    """MAP@K of method ``of`` over each other method's, where both are known and the other's is above 0."""
     metric = f"map@{k}"
-    model = methods.get("model", {}).get(metric)
+    model = methods.get(of, {}).get(metric)
     return {m: (round(model / v[metric], 4) if model is not None and v.get(metric) else None)
-            for m, v in methods.items() if m != "model" and metric in v}
+            for m, v in methods.items() if m != of and metric in v}
+
+
+RANKER_LISTS = ("ranker", "blend", "popularity")  # the lists the rank stage measured on its held-out buyers
+
+
+def ranker_validation(cfg: Config, version: str, k: int) -> dict | None:
+    """The rank stage's figures on the validation week's held-out buyers (``ranker.json``) for the card, and
+    whether scoring serves the ranker's lists (``served``); None when the version has no ranker or its
+    figures were not measured."""
+    from hmrec.rank.ranker import has_ranker, load_ranker, serves_ranker, validation_maps
+
+    if not has_ranker(cfg, version):
+        return None
+    served = cfg.score.method == "ranker" and serves_ranker(validation_maps(cfg, version))
+    of = "ranker" if served else "blend"
+    try:
+        figures = load_ranker(cfg, version)[1].get("validation", {})
+    except HmrecError as exc:  # a damaged or outdated ranker: the card says so instead of failing
+        log("card", f"no ranker figures in the card: {exc}")
+        return {"served": served, "customers": None, "groups": {}, "methods": {}, "lift_of": of,
+                "lift_over": {}, "intervals": {}, "note": str(exc)}
+    methods = {m: {key: v for key, v in figures[m].items() if key != "users"} for m in RANKER_LISTS if m in figures}
+    if not methods:
+        return None
+    # ranker.json keeps its keys sorted: back to the history groups' and the lists' order
+    order = ["all", *HISTORY_GROUPS]
+    by_group = (lambda d: {g: d[g] for g in order if g in d})
+    groups = {g: {"users": v.get("users"), **{m: v[m] for m in RANKER_LISTS if m in v}}
+              for g, v in by_group(figures.get("groups", {})).items()}
+    intervals = {g: {m: v[m] for m in RANKER_LISTS if m in v} for g, v in by_group(figures.get("intervals", {})).items()}
+    return {"served": served, "customers": figures.get("users"), "groups": groups,
+            "methods": methods, "lift_of": of, "lift_over": lifts(methods, k, of), "intervals": intervals}
 
 
 def _git_commit() -> str | None:
@@ -165,15 +203,20 @@ def build_card(cfg: Config, spark: SparkSession, as_of: dt.date, version: str) -
     if doc.get("model_version") != str(version):
         doc = {}  # the holdout figures there are another version's
     validation = validation_section(read_choices(spark, cfg, as_of), k) or {}
+    ranked = ranker_validation(cfg, str(version), k)
     evaluation = {
         "k": k,
         "validation": {
             "week": f"{validation.get('cutoff')} .. {(as_of - dt.timedelta(days=1)).isoformat()}"
             if validation else None,
             "fit_model_version": validation.get("fit_model_version"),
+            "served_list": "ranker" if ranked and ranked["served"] else "blend",
             "customers": validation.get("users"), "methods": validation.get("methods", {}),
             "lift_over": lifts(validation.get("methods", {}), k),
-            "groups": validation.get("groups", {}),
+            "intervals": validation.get("intervals", {}),
+            "groups": {g: {**v, "lift_over": lifts(v.get("methods", {}), k)}
+                       for g, v in validation.get("groups", {}).items()},
+            "ranker": ranked,
         },
         "holdout": None,
     }
@@ -206,17 +249,18 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def _methods_table(methods: dict, lift_over: dict, k: int, intervals: dict | None = None) -> list[str]:
+def _methods_table(methods: dict, lift_over: dict, k: int, intervals: dict | None = None,
+                   of: str = "model") -> list[str]:
     metrics = [f"recall@{k}", f"ndcg@{k}", f"map@{k}", "coverage"]
     ci = [f"recall@{k}", f"map@{k}"] if intervals else []
     out = ["| method | " + " | ".join(metrics) + "".join(f" | {m} 95% interval" for m in ci)
-           + f" | model's map@{k} lift over it |", "|---" * (len(metrics) + len(ci) + 2) + "|"]
+           + f" | {of}'s map@{k} lift over it |", "|---" * (len(metrics) + len(ci) + 2) + "|"]
     for method, values in methods.items():
         bounds = (intervals or {}).get(method, {})
         cells = [f"{bounds[m][0]:.4f} .. {bounds[m][1]:.4f}" if m in bounds else "-" for m in ci]
         out.append(f"| {method} | " + " | ".join(_fmt(values.get(m)) for m in metrics)
                    + "".join(f" | {c}" for c in cells)
-                   + f" | {_fmt(lift_over.get(method)) if method != 'model' else ''} |")
+                   + f" | {_fmt(lift_over.get(method)) if method != of else ''} |")
     return out
 
 
@@ -241,21 +285,50 @@ def render_md(card: dict) -> str:
     lines += ["", "## Evaluation", "", f"### Validation week ({val['week'] or 'none'})", ""]
     if val["methods"]:
         lines += [f"{val['customers']:,} buyers; lists made by the model fitted before the week (version "
-                  f"{val['fit_model_version']}) with the recipes served. Optimistic: the recipes were chosen on it.", ""]
-        lines += _methods_table(val["methods"], val["lift_over"], k)
+                  f"{val['fit_model_version']}) with the recipes served. Optimistic: the recipes were chosen on it. "
+                  "Intervals: bootstrap over the buyers.", ""]
+        lines += _methods_table(val["methods"], val["lift_over"], k, val.get("intervals", {}).get("all"))
         lines += ["", "| customer group | buyers | recipe |", "|---|---|---|"]
         lines += [f"| {g} | {v.get('users')} | {v.get('chosen')} |" for g, v in val["groups"].items()]
+        for g, v in val["groups"].items():
+            if v.get("methods"):
+                lines += ["", f"Group {g} ({v.get('users', 0):,} buyers, recipe {v.get('chosen')}):", ""]
+                lines += _methods_table(v["methods"], v.get("lift_over", {}), k, val.get("intervals", {}).get(g))
     else:
         lines.append("No validation figures (every setting was pinned, or the week had no purchase).")
+    ranked = val.get("ranker")
+    if ranked and ranked.get("note"):
+        lines += ["", f"The version's ranker could not be read: {ranked['note']}"]
+    elif ranked:
+        served = ("These are the served lists' validation figures: scoring serves the ranker's lists."
+                  if ranked["served"] else "Scoring serves the blend's lists (the figures above); the ranker's are "
+                                            "shown for comparison.")
+        lines += ["", f"#### The ranker on the rank stage's held-out buyers ({ranked['customers'] or 0:,} buyers of the "
+                      "week it did not train on)", "", served + f" Lift: the {ranked['lift_of']}'s MAP@{k} over each "
+                      "other list's.", ""]
+        lines += _methods_table(ranked["methods"], ranked["lift_over"], k, ranked["intervals"].get("all"),
+                                of=ranked["lift_of"])
+        for g, v in ranked.get("groups", {}).items():
+            methods = {m: f for m, f in v.items() if m != "users"}
+            lines += ["", f"Group {g} ({v.get('users', 0):,} held-out buyers):", ""]
+            lines += _methods_table(methods, lifts(methods, k, ranked["lift_of"]), k, ranked["intervals"].get(g),
+                                    of=ranked["lift_of"])
     hold = ev["holdout"]
     lines += ["", "### Holdout week" + (f" ({hold['week']})" if hold else ""), ""]
     if hold:
         lines += [f"{hold['customers'].get('all', 0):,} customers with a purchase in the week; intervals: "
-                  f"bootstrap over customers.", ""]
+                  f"bootstrap over customers. Segments: by purchase history (cold, lapsed, active), by age band "
+                  f"(age:<lo>-<hi>, age:unknown) and by sales channel (channel:store, channel:online, channel:none); "
+                  f"each customer is in one segment of each.", ""]
         lines += _methods_table(hold["methods"], hold["lift_over"], k, hold["intervals"].get("all"))
-        for seg, methods in hold["segments"].items():
-            lines += ["", f"Segment {seg} ({hold['customers'].get(seg, 0):,} customers):", ""]
-            lines += _methods_table(methods, hold["segment_lift_over"].get(seg, {}), k, hold["intervals"].get(seg))
+        for kind, title in SEGMENT_KINDS:
+            shown = [seg for seg in hold["segments"] if segment_kind(seg) == kind]
+            if shown:
+                lines += ["", f"#### {title}"]
+            for seg in shown:
+                lines += ["", f"Segment {seg} ({hold['customers'].get(seg, 0):,} customers):", ""]
+                lines += _methods_table(hold["segments"][seg], hold["segment_lift_over"].get(seg, {}), k,
+                                        hold["intervals"].get(seg))
     else:
         lines.append("No holdout figures for this version (no week after the as-of yet, or not evaluated).")
     lines += ["", "## Exposure and popularity bias", ""]

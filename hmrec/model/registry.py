@@ -139,12 +139,15 @@ def start_run(
     return run.info.run_id
 
 
+LOG_BATCH = 1000
+
+
 def log_run_metrics(cfg: Config, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     """Log metrics onto a run at ``step``; names are made MLflow-safe with :func:`metric_key`."""
     now = _now_ms()
-    client(cfg).log_batch(
-        run_id, metrics=[Metric(metric_key(k), float(v), now, int(step)) for k, v in metrics.items()]
-    )
+    rows = [Metric(metric_key(k), float(v), now, int(step)) for k, v in metrics.items()]
+    for start in range(0, len(rows), LOG_BATCH):  # MLflow takes at most 1000 metrics per request
+        client(cfg).log_batch(run_id, metrics=rows[start:start + LOG_BATCH])
 
 
 def end_run(cfg: Config, run_id: str, status: str) -> None:

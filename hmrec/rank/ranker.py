@@ -10,7 +10,9 @@ customer bought the article in that week (``tables.VALIDATION`` at D), else
 their customer_idx, is held out: training stops when their NDCG@12 has not
 improved for ``rank.early_stopping`` rounds, and their lists give the
 validation figures, the ranker's MAP@12 and Recall@12 beside the blend's for
-the same customers (so the scoring method is chosen on the validation week).
+the same customers (so the scoring method is chosen on the validation week),
+with each history group's figures (``groups``) and bootstrap 95% intervals
+over those customers, overall and per group (``intervals``).
 The others form the training groups: customers with at least one positive,
 their negatives sampled down to ``rank.negative_share``. Training runs on the
 driver: rows are (buyers of one week) x (candidates per customer), a few
@@ -44,7 +46,7 @@ from hmrec.config import Config
 from hmrec.errors import HmrecError
 from hmrec.etl import segments
 from hmrec.etl.split import fit_cutoff
-from hmrec.evaluation.metrics import row_metrics
+from hmrec.evaluation.metrics import group_intervals, row_metrics
 from hmrec.lake import storage, tables
 from hmrec.progress import log, stage
 from hmrec.rank import sources as S
@@ -273,6 +275,25 @@ def _means(predicted: np.ndarray, actual: np.ndarray, k: int) -> dict[str, float
             "users": int(len(predicted))}
 
 
+def list_figures(lists: dict[str, np.ndarray], actual: np.ndarray, group: np.ndarray, k: int) -> dict:
+    """Each history group's customers and MAP@K and Recall@K of each (B, k) list of ``lists`` against
+    ``actual`` (B, A) (``groups``), and bootstrap 95% intervals over customers of those figures, overall and
+    per group (``intervals``: {"all" and each group present: {list: {metric: [low, high]}}}); ``group`` (B,)
+    holds the customers' history group codes (:data:`hmrec.etl.segments.HISTORY_GROUPS`)."""
+    metrics = [f"map@{k}", f"recall@{k}"]
+    values = {}
+    for name, predicted in lists.items():
+        m = row_metrics(predicted, actual, k)
+        values[name] = {metric: m[metric] for metric in metrics}
+    masks = [("all", np.ones(len(group), dtype=bool))] + [
+        (name, group == g) for g, name in enumerate(segments.HISTORY_GROUPS) if (group == g).any()]
+    groups = {name: {"users": int(mask.sum()),
+                     **{lst: {metric: round(float(v[metric][mask].mean()), 6) for metric in metrics}
+                        for lst, v in values.items()}}
+              for name, mask in masks[1:]}
+    return {"groups": groups, "intervals": group_intervals(values, masks, metrics)}
+
+
 def blend_on(cfg: Config, spark: SparkSession, as_of: dt.date, users: pd.DataFrame):
     """The blend's lists at the fit cutoff of ``as_of`` for ``users`` (``tables.USER_FEATURES`` rows at it
     with ``segment``), exactly as scoring would make them with the plans of ``as_of``; and the scoring context."""
@@ -379,7 +400,13 @@ def rank(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
             figures["blend"] = _means(blend, truth, k)
             # the global popularity list at the fit cutoff (the scoring context's row 0), so the gate can
             # judge the ranker's lift over popularity on the same buyers
-            figures["popularity"] = _means(np.tile(ctx.fill_idx[0, :k], (len(actual), 1)), truth, k)
+            popular = np.tile(ctx.fill_idx[0, :k], (len(actual), 1))
+            figures["popularity"] = _means(popular, truth, k)
+            group = segments.history_groups(
+                users["n_purchases"].to_numpy(dtype=np.float64, na_value=0),
+                segments.days_since_last(users["days_since_last_log"].to_numpy(dtype=np.float64, na_value=np.nan)),
+                cfg.evaluate.lapsed_days)
+            figures.update(list_figures({"ranker": ranked, "blend": blend, "popularity": popular}, truth, group, k))
             log(STAGE, f"held-out buyers of the validation week ({len(actual):,}): ranker map@{k} "
                        f"{figures['ranker'][f'map@{k}']:.4f} recall@{k} {figures['ranker'][f'recall@{k}']:.4f}; "
                        f"blend map@{k} {figures['blend'][f'map@{k}']:.4f} recall@{k} {figures['blend'][f'recall@{k}']:.4f}")
