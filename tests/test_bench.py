@@ -41,3 +41,15 @@ def test_the_rankers_figures_count_every_held_out_buyer_and_rank_only_their_cand
     assert figures["buyers"] == len(out)
     assert figures["map@12"] == round(0.5 / len(out), 5) and figures["recall@12"] == round(1 / len(out), 5)
     assert missing != hit
+
+
+def test_the_matrix_row_of_a_profile_whose_refresh_failed_the_gate_says_why():
+    from hmrec.bench.matrix import matrix_rows
+
+    methods = {"model": {"map@12": 0.12, "recall@12": 0.3}, "popularity": {"map@12": 0.04, "recall@12": 0.1},
+               "repurchase": {"map@12": 0.08, "recall@12": 0.2}}
+    rows = matrix_rows({"default": {"methods": methods}, "trend": {"gate_failed": "version 2 failed the gate: x"}}, 12)
+    assert rows[0]["best baseline"] == "repurchase" and rows[0]["model / best baseline map@12"] == 1.5
+    assert "gate failed" not in rows[0]
+    assert rows[1] == {"stage": "trend", "gate failed": "version 2 failed the gate: x", "best baseline": None,
+                       "plans": ""}

@@ -83,6 +83,23 @@ def test_each_sanity_check_fails_the_gate_on_its_own(sanity, coverage, expected)
     assert not d.passed and len(d.reasons) == 1 and expected in d.reasons[0], d.reasons
 
 
+def test_lists_as_narrow_as_the_age_segments_popular_lists_pass_the_coverage_check():
+    # on data where this week's best-sellers are the best list, the chosen lists are the segments' popular
+    # ones: 0.55% of the catalogue, below gate.min_coverage 1%, and as wide as segment popularity's lists
+    narrow = figures(0.06, 0.02, coverage=0.0055)
+    narrow["methods"]["popularity_segment"] = {"map@12": 0.05, "recall@12": 0.2, "coverage": 0.0055}
+    d = judge("7", AS_OF, narrow, SANE, champion=None, champion_lift=None, gate=GATE, k=12)
+    assert d.passed, d.reasons
+    assert any("0.55% of the catalogue" in n and "accepted" in n for n in d.notes), d.notes
+    # narrower than both the floor and the segments' lists (one list for nearly everybody): refused
+    narrow["methods"]["popularity_segment"]["coverage"] = 0.009
+    d = judge("7", AS_OF, narrow, SANE, champion=None, champion_lift=None, gate=GATE, k=12)
+    assert not d.passed and "less than the age segments' popularity lists (0.90%)" in d.reasons[0], d.reasons
+    # the ranker's figures carry the segments' coverage from the choose stage's, so it judges the same way
+    judged = ranker_figures(narrow, {"ranker": 0.06, "blend": 0.05, "popularity": 0.02, "users": 300}, 12)
+    assert judged["methods"]["popularity_segment"] == {"coverage": 0.009}
+
+
 def test_without_validation_figures_quality_is_not_judged_and_says_so():
     d = judge("7", AS_OF, None, SANE, champion="5", champion_lift=3.0, gate=GATE, k=12)
     assert d.passed

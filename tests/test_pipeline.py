@@ -560,6 +560,23 @@ def test_the_model_card_holds_the_runs_figures(spark, ran):
     assert {Path(a.path).name for a in artifacts} == {CARD_MD, CARD_JSON}
 
 
+def test_a_card_is_built_before_any_list_was_ever_published(spark, ran, monkeypatch):
+    # a lakehouse's first refresh that fails the gate has no gold/recommendations yet; its card still records
+    # the decision, without exposure figures
+    from hmrec.governance import card as card_mod
+    from hmrec.lake import storage, tables
+    from hmrec.model import registry
+
+    cfg, _ = ran
+    real = storage.exists
+    monkeypatch.setattr(storage, "exists", lambda spark_, cfg_, table: table != tables.RECOMMENDATIONS
+                        and real(spark_, cfg_, table))
+    version = registry.latest_version(cfg, TINY_AS_OF, role="serve")
+    built = card_mod.build_card(cfg, spark, TINY_AS_OF, str(version))
+    assert built["exposure"] is None and built["gate"]
+    assert "This version's lists are not served for this as-of: no exposure figures." in card_mod.render_md(built)
+
+
 def test_the_two_stage_list_is_built_trained_on_the_validation_week_and_evaluated(spark, ran):
     from hmrec.model import registry
     from hmrec.rank import ranker, sources

@@ -15,6 +15,7 @@ from pathlib import Path
 from hmrec import pipeline
 from hmrec.bench.common import AS_OF, DATA_ROOT, data_dir, report, timed
 from hmrec.config import load_config
+from hmrec.errors import GateFailed
 from hmrec.evaluation.baselines import BASELINES
 from hmrec.lake.spark import get_spark
 from hmrec.synth.params import PROFILES
@@ -25,7 +26,7 @@ def matrix_rows(docs: dict[str, dict], k: int) -> list[dict]:
     rows = []
     for profile, doc in docs.items():
         methods = doc.get("methods", {})
-        row = {"stage": profile}
+        row = {"stage": profile, **({"gate failed": doc["gate_failed"]} if "gate_failed" in doc else {})}
         for method, values in methods.items():
             row[f"{method} map@{k}"] = round(values[f"map@{k}"], 5)
             row[f"{method} recall@{k}"] = round(values[f"recall@{k}"], 5)
@@ -54,8 +55,14 @@ def bench_matrix(scale: float, seed: int, overrides: list[str], profiles: list[s
         k = cfg.evaluate.k
         data = data_dir(cfg, scale, seed, timings, profile)
         spark = get_spark(cfg)
-        with timed(timings, f"hmrec run, {profile}"):
-            pipeline.run(cfg, spark, data_dir=data, as_of=AS_OF)
+        try:
+            with timed(timings, f"hmrec run, {profile}"):
+                pipeline.run(cfg, spark, data_dir=data, as_of=AS_OF)
+        except GateFailed as exc:
+            # nothing was published for this profile: its row says why, and the other profiles still run
+            print(f"[bench] {profile}: {exc}", flush=True)
+            docs[profile] = {"gate_failed": str(exc)}
+            continue
         docs[profile] = json.loads((Path(cfg.lakehouse) / "reports" / AS_OF.isoformat() / "metrics.json").read_text())
     rows = matrix_rows(docs, k)
     report("matrix", scale, rows, {"timings": timings, "as_of": AS_OF.isoformat(), "overrides": overrides})

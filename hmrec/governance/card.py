@@ -228,9 +228,13 @@ def build_card(cfg: Config, spark: SparkSession, as_of: dt.date, version: str) -
             "segment_lift_over": {s: lifts(m, k) for s, m in doc.get("segments", {}).items()},
         }
 
-    served = storage.read_as_of(spark, cfg, tables.RECOMMENDATIONS, as_of).where(F.col("model_version") == str(version))
-    slots = served.select("article_id").toPandas()["article_id"].to_numpy(dtype=object)
     bias = None
+    # a first refresh whose version failed the gate has no served table yet: the card still records why
+    if storage.exists(spark, cfg, tables.RECOMMENDATIONS):
+        served = storage.read_as_of(spark, cfg, tables.RECOMMENDATIONS, as_of).where(F.col("model_version") == str(version))
+        slots = served.select("article_id").toPandas()["article_id"].to_numpy(dtype=object)
+    else:
+        slots = np.array([], dtype=object)
     if len(slots):
         catalogue = [r[0] for r in storage.read(spark, cfg, tables.ARTICLES).select("article_id").distinct().collect()]
         bought = {r[0]: int(r[1]) for r in train.groupBy("article_id").count().collect()}

@@ -12,7 +12,9 @@ the holdout week:
   features, fewer than ``score.min_history`` purchases, or a history group
   whose plan is popularity) is at most ``gate.max_fallback_share``; its lists
   on the validation week hold at least ``gate.min_coverage`` of the indexed
-  catalogue. Exactly K distinct articles per customer is checked by scoring
+  catalogue, or at least as much of it as the age segments' popularity lists
+  on the same week (on data where this week's best-sellers are the best
+  list, the served lists are rightly that narrow). Exactly K distinct articles per customer is checked by scoring
   itself, before its commit (:mod:`hmrec.serve.score`).
 - quality: the lift of MAP@K of the refresh's lists over the global
   popularity list on the validation week [D - 7, D), as the choose stage
@@ -139,11 +141,18 @@ def judge(version: str, as_of: dt.date, figures: dict | None, sanity: dict, cham
         reasons.append(f"{share:.1%} of customers have too little history for the model (a popularity list only), more than "
                        f"gate.max_fallback_share {gate.max_fallback_share:.1%}")
     coverage = model.get("coverage")
+    segment_coverage = methods.get("popularity_segment", {}).get("coverage")
     if coverage is None:
         notes.append("catalogue coverage not judged (no validation figures)")
-    elif coverage < gate.min_coverage:
+    elif coverage < gate.min_coverage and (segment_coverage is None or coverage < segment_coverage - 1e-9):
         reasons.append(f"its validation-week lists hold {coverage:.2%} of the catalogue, less than "
-                       f"gate.min_coverage {gate.min_coverage:.2%}")
+                       f"gate.min_coverage {gate.min_coverage:.2%}"
+                       + (f" and less than the age segments' popularity lists ({segment_coverage:.2%})"
+                          if segment_coverage is not None else ""))
+    elif coverage < gate.min_coverage:
+        notes.append(f"its validation-week lists hold {coverage:.2%} of the catalogue, less than gate.min_coverage "
+                     f"{gate.min_coverage:.2%}, but as much as the age segments' popularity lists "
+                     f"({segment_coverage:.2%}): accepted")
 
     if not model or not popular:
         why = (figures or {}).get("reason") or "no validation figures (every setting pinned, so choose did not run)"
@@ -189,8 +198,11 @@ def ranker_figures(figures: dict | None, maps: dict[str, float], k: int) -> dict
     metric = f"map@{k}"
     coverage = ((figures or {}).get("methods", {}).get("model", {})).get("coverage")
     model = {metric: maps["ranker"], **({"coverage": coverage} if coverage is not None else {})}
-    return {"users": maps.get("users"), "list": "ranker",
-            "methods": {"model": model, "popularity": {metric: maps["popularity"]}}}
+    methods = {"model": model, "popularity": {metric: maps["popularity"]}}
+    segment = ((figures or {}).get("methods", {}).get("popularity_segment", {})).get("coverage")
+    if segment is not None:
+        methods["popularity_segment"] = {"coverage": segment}
+    return {"users": maps.get("users"), "list": "ranker", "methods": methods}
 
 
 def champion_on_week(spark: SparkSession, cfg: Config, as_of: dt.date, champion: str,
