@@ -115,6 +115,8 @@ def _rank(s: dict) -> str:
 
 
 def _evaluate(s: dict) -> str:
+    if s.get("holdout") == "none yet":
+        return f"no holdout week to evaluate yet; report {s['report']}/report.html (the validation week)"
     (model_key, model), (_, pop) = _first(s, "model_map@"), _first(s, "popularity_map@")
     metric = model_key.split("_", 1)[1].upper()
     return (f"{_n(s['users'])} holdout customers, {metric} {model:.3f} (popularity {pop:.3f}); "

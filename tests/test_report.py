@@ -104,6 +104,9 @@ def test_done_lines_are_short_and_the_record_is_printed_at_verbose_only():
 def test_a_stage_without_its_own_summary_and_a_failed_one():
     assert progress.short_summary("unknown", {"a": 1234, "b": "x", "seconds": 1.0}) == "a 1,234, b x"
     assert progress.short_summary("train", {"model_version": "1"}) == "model_version 1"  # keys missing: generic
+    # a refresh past the last purchase has no holdout week: evaluate's line says so
+    assert progress.short_summary("evaluate", {"users": 0, "holdout": "none yet", "report": "/l/reports/2020-09-23"}) \
+        == "no holdout week to evaluate yet; report /l/reports/2020-09-23/report.html (the validation week)"
     err = io.StringIO()
     with redirect_stderr(err), pytest.raises(RuntimeError):
         with progress.stage("score") as summary:

@@ -327,7 +327,9 @@ def run_evaluation(
         validation = validation_section(read_choices(spark, cfg, as_of), k)
         report_dir = Path(cfg.lakehouse) / "reports" / as_of.isoformat()
         if frame.empty:
-            return dict(summary, **_without_holdout(cfg, spark, as_of, version, validation, report_dir, k))
+            found = _without_holdout(cfg, spark, as_of, version, validation, report_dir, k)
+            summary.update({key: v for key, v in found.items() if key != "metrics"})  # the stage's logged line
+            return dict(summary, metrics=found["metrics"])
         frame["segment"] = customer_segments(frame["last_purchase"], as_of, cfg.evaluate.lapsed_days)
         frame = baseline_lists(frame, popularity, length)
         methods = list(METHODS)
