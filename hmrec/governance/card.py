@@ -121,11 +121,12 @@ def ranker_validation(cfg: Config, version: str, k: int) -> dict | None:
     """The rank stage's figures on the validation week's held-out buyers (``ranker.json``) for the card, and
     whether scoring serves the ranker's lists (``served``); None when the version has no ranker or its
     figures were not measured."""
-    from hmrec.rank.ranker import has_ranker, load_ranker, serves_ranker, validation_maps
+    from hmrec.rank.ranker import load_ranker, served_list
 
-    if not has_ranker(cfg, version):
+    which, _ = served_list(cfg, version)
+    if which == "no ranker":
         return None
-    served = cfg.score.method == "ranker" and serves_ranker(validation_maps(cfg, version))
+    served = cfg.score.method == "ranker" and which == "ranker"
     of = "ranker" if served else "blend"
     try:
         figures = load_ranker(cfg, version)[1].get("validation", {})
