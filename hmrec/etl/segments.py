@@ -117,6 +117,14 @@ HISTORY_GROUPS = ("cold", "lapsed", "active")
 COLD, LAPSED, ACTIVE = 0, 1, 2
 
 
+def history_masks(group: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """("all", every row), then (name, its rows) of each history group present in ``group`` (B,) codes of
+    :data:`HISTORY_GROUPS`: the groups figures and intervals are reported for."""
+    group = np.asarray(group)
+    masks = [("all", np.ones(len(group), dtype=bool))]
+    return masks + [(name, group == g) for g, name in enumerate(HISTORY_GROUPS) if (group == g).any()]
+
+
 def history_groups(n_purchases: np.ndarray, days_since_last: np.ndarray, lapsed_days: int) -> np.ndarray:
     """(B,) group codes (COLD, LAPSED, ACTIVE) from purchase counts and days since the last purchase."""
     n = np.asarray(n_purchases, dtype=np.float64)

@@ -184,9 +184,7 @@ def validation_intervals(per_customer: PerCustomer, chosen: dict[str, ListPlan],
     table = {"model": served, **{m: per_customer.of(label) for m, label in baseline_plans(k)
                                  if label in per_customer.values}}
     values = {m: {f"map@{k}": v[:, 0], f"recall@{k}": v[:, 1]} for m, v in table.items()}
-    masks = [("all", np.ones(len(group), dtype=bool))] + [
-        (name, group == g) for g, name in enumerate(segments.HISTORY_GROUPS) if (group == g).any()]
-    return group_intervals(values, masks, [f"map@{k}", f"recall@{k}"])
+    return group_intervals(values, segments.history_masks(group), [f"map@{k}", f"recall@{k}"])
 
 
 def choose(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:

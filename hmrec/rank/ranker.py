@@ -285,8 +285,7 @@ def list_figures(lists: dict[str, np.ndarray], actual: np.ndarray, group: np.nda
     for name, predicted in lists.items():
         m = row_metrics(predicted, actual, k)
         values[name] = {metric: m[metric] for metric in metrics}
-    masks = [("all", np.ones(len(group), dtype=bool))] + [
-        (name, group == g) for g, name in enumerate(segments.HISTORY_GROUPS) if (group == g).any()]
+    masks = segments.history_masks(group)
     groups = {name: {"users": int(mask.sum()),
                      **{lst: {metric: round(float(v[metric][mask].mean()), 6) for metric in metrics}
                         for lst, v in values.items()}}
