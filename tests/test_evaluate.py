@@ -85,6 +85,25 @@ def test_every_buyer_is_in_one_segment_of_each_kind_and_groups_come_in_report_or
     assert results["channel:store"]["model"]["coverage"] == pytest.approx(1 / 10)  # only q
 
 
+def test_candidate_recall_of_each_source_over_every_holdout_buyer(spark):
+    from hmrec.evaluation.evaluate import source_recall
+    from hmrec.rank import sources
+
+    index = spark.createDataFrame([(1, "A"), (2, "B"), (3, "C")], "article_idx int, article_id string")
+    rows = [("c1", 1, {"retrieval": 1.0, "repurchase": 2.0}), ("c1", 3, {"popular": 1.0}),
+            ("c2", 2, {"colour": 1.0}), ("c3", 1, {"trending": 1.0})]
+    cols = [f"{s}_rank" for s in sources.SOURCES]
+    cands = spark.createDataFrame([(c, a, *[ranks.get(s) for s in sources.SOURCES]) for c, a, ranks in rows],
+                                  "customer_id string, article_idx int, " + ", ".join(f"{c} double" for c in cols))
+    # c1 bought A and B (A proposed by retrieval and repurchase), c2 bought A and C (neither proposed),
+    # c4 bought B and has no candidates; c5 bought nothing and does not count
+    frame = pd.DataFrame({"customer_id": ["c1", "c2", "c4", "c5"],
+                          "actual": [["A", "B", "A"], ["A", "C"], ["B"], []]})
+    recall = source_recall(spark, cands, frame, index)
+    assert recall["retrieval"] == recall["repurchase"] == recall["union"] == pytest.approx(0.5 / 3, abs=1e-5)
+    assert recall["popular"] == recall["colour"] == recall["trending"] == 0.0
+
+
 def test_the_bootstrap_draws_the_resamples_of_a_plain_loop():
     import numpy as np
 

@@ -167,6 +167,27 @@ def test_the_ranker_puts_the_planted_positives_first(tmp_path):
     assert next(iter(trained.importance)) == "times_bought"
 
 
+def test_spark_ranks_each_customer_on_all_its_candidates_across_arrow_batches(spark, tmp_path):
+    from hmrec.rank.serve import ranked_top
+
+    cfg = make_cfg(tmp_path / "lake", "rank.threads=1", "rank.max_rounds=60", "rank.min_child_samples=5")
+    trained = train_ranker(_toy(150, 1), _toy(40, 2), cfg)
+    test = _toy(30, 3)
+    test["customer_id"] = "c" + test["customer_idx"].astype(str)
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "7")  # every customer's 20 rows span batches
+    try:
+        top = ranked_top(spark, spark.createDataFrame(test.sample(frac=1.0, random_state=0)), trained.booster, 3)
+    finally:
+        spark.conf.unset("spark.sql.execution.arrow.maxRecordsPerBatch")
+    customers, idx, _, _ = top_lists(test, predict(trained.booster, test), 3)
+    expected = {f"c{c}": row.tolist() for c, row in zip(customers, idx)}
+    got = top.sort_values(["customer_id", "rank"]).groupby("customer_id")["article_idx"].apply(list).to_dict()
+    assert got == expected and (top["candidates"] == 20).all()
+    # the planted positives (the two highest times_bought) lead most lists
+    truth = test[test["label"] == 1].groupby("customer_id")["article_idx"].apply(set)
+    assert np.mean([set(got[c][:2]) == truth[c] for c in truth.index]) >= 0.9
+
+
 def test_lists_are_exactly_k_distinct_and_filled_for_customers_without_candidates():
     k = 4
     frame = pd.DataFrame({"customer_idx": [1, 1, 1, 2], "article_idx": [A, B, C, A]})
@@ -199,6 +220,25 @@ def test_held_out_share_and_negative_sample_are_fixed_by_the_seed():
     kept = sample_negatives(frame, 0.3, 7)
     assert (kept["label"] == 1).sum() == 100  # every positive stays
     assert 0.25 < (kept["label"] == 0).sum() / (frame["label"] == 0).sum() < 0.35
+
+
+def test_spark_picks_the_same_held_out_customers_and_negatives_as_the_driver(spark):
+    from pyspark.sql import functions as F
+
+    from hmrec.rank.ranker import held_out_col, kept_negative_col
+
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"customer_idx": rng.integers(0, 2**31 - 1, 3000), "article_idx": rng.integers(0, 110_000, 3000)})
+    frame["label"] = 0
+    got = (spark.createDataFrame(frame)
+           .select("customer_idx", "article_idx", held_out_col(F.col("customer_idx"), 0.2, 7).alias("held"),
+                   kept_negative_col(F.col("customer_idx"), F.col("article_idx"), 0.3, 7).alias("kept"))
+           .toPandas().sort_values(["customer_idx", "article_idx"]).reset_index(drop=True))
+    frame = frame.sort_values(["customer_idx", "article_idx"]).reset_index(drop=True)
+    assert (got["held"].to_numpy() == held_out(frame["customer_idx"].to_numpy(), 0.2, 7)).all()
+    kept = sample_negatives(frame, 0.3, 7).index
+    assert got.index[got["kept"]].equals(kept)
+    assert 0.1 < got["held"].mean() < 0.3
 
 
 def test_the_importance_figure_shows_the_largest_gains_first_as_shares():

@@ -119,16 +119,18 @@ def bench_weekly(scale: float, seed: int, overrides: list[str], as_of: dt.date) 
     runs = [("full at D", root / "lake", root / "data-before", as_of, False, []),
             ("weekly at D+7", root / "lake", root / "data-week", nxt, True, []),
             ("full at D+7", root / "lake-cold", root / "data-upto", nxt, False, ["train.warm_start=off"])]
-    for label, lake, data, at, append, extra in runs:
+    for done, (label, lake, data, at, append, extra) in enumerate(runs, start=1):
         cfg = load_config(None, [f"paths.lakehouse={lake}", *overrides, *extra])
         with timed(timings, f"{label} ({at})"):
             results = pipeline.run(cfg, spark, data_dir=str(data), as_of=at, append=append)
         rows += _stage_rows(label, results, row_seconds(timings))
         if at == nxt:  # the first refresh's data ends at D: it has no holdout week to judge
             rows.append(_quality(lake, at, label))
-    report("weekly", scale, rows, {"as_of": as_of.isoformat(), "appended": [as_of.isoformat(), end.isoformat()],
-                                   "transactions_before": before, "transactions_appended": week,
-                                   "overrides": overrides, "timings": timings})
+        # after each refresh, so that a long run stopped part way keeps the refreshes it finished
+        report("weekly", scale, rows, {"as_of": as_of.isoformat(), "appended": [as_of.isoformat(), end.isoformat()],
+                                       "transactions_before": before, "transactions_appended": week,
+                                       "overrides": overrides, "timings": timings,
+                                       "finished": [r[0] for r in runs[:done]]})
 
 
 def row_seconds(timings: list[dict]) -> float:

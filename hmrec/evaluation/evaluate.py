@@ -277,13 +277,36 @@ def model_retrieval_lists(cfg: Config, spark: SparkSession, as_of: dt.date, vers
 # ---- two_stage: the ranker over the candidates ---------------------------------------------------
 
 
+def source_recall(spark: SparkSession, cands: DataFrame, frame: pd.DataFrame, index: DataFrame) -> dict[str, float]:
+    """Each candidate source's recall (and the union's) over the rows of ``frame`` (customer_id, ``actual``
+    article_ids) with a purchase, a customer without candidates counting 0: counted in Spark over the
+    ``tables.CANDIDATES`` rows ``cands``, with ``index`` (article_idx, article_id) naming the articles."""
+    from hmrec.rank import sources
+
+    pairs = pd.DataFrame([(c, a) for c, got in zip(frame["customer_id"], frame["actual"]) for a in set(got)],
+                         columns=["customer_id", "article_id"])
+    bought = spark.createDataFrame(pairs, "customer_id string, article_id string").join(index, "article_id")
+    hits = cands.join(bought, ["customer_id", "article_idx"]).groupBy("customer_id").agg(
+        F.countDistinct("article_idx").alias("union"),
+        *[F.countDistinct(F.when(F.col(f"{source}_rank").isNotNull(), F.col("article_idx"))).alias(source)
+          for source in sources.SOURCES]).toPandas().set_index("customer_id")
+    sizes = frame.set_index("customer_id")["actual"].map(lambda a: len(set(a)))
+    sizes = sizes[sizes > 0]
+    recall: dict[str, float] = {}
+    for source in (*sources.SOURCES, "union"):
+        got = hits[source].reindex(sizes.index).fillna(0).to_numpy(float)
+        recall[source] = round(float(np.mean(got / sizes.to_numpy(float))), 5) if len(sizes) else float("nan")
+    return recall
+
+
 def two_stage_lists(cfg: Config, spark: SparkSession, as_of: dt.date, version: str,
                     frame: pd.DataFrame, k: int) -> tuple[list[list[str]], dict[str, float]] | None:
     """The ``two_stage`` list of every row of ``frame`` (the ranker's K best of ``tables.CANDIDATES``, filled
     from the age segment's popularity list) and each candidate source's recall on the holdout week; None
     when the version has no ranker or the as-of no candidates."""
-    from hmrec.rank import ranker, sources
+    from hmrec.rank import ranker
     from hmrec.rank.candidates import candidate_rows, has_candidates
+    from hmrec.rank.serve import ranked_top
 
     if not ranker.has_ranker(cfg, version) or not has_candidates(spark, cfg, as_of, "serve"):
         log("evaluate", f"no two_stage list: model version {version} has no ranker or {tables.CANDIDATES} "
@@ -291,21 +314,17 @@ def two_stage_lists(cfg: Config, spark: SparkSession, as_of: dt.date, version: s
         return None
     booster, _ = ranker.load_ranker(cfg, version)
     ids = F.broadcast(spark.createDataFrame(frame[["customer_id"]]))
-    cands = candidate_rows(spark, cfg, as_of, "serve").join(ids, "customer_id").toPandas()
-    names = storage.read(spark, cfg, tables.ARTICLE_INDEX).toPandas().set_index("article_idx")["article_id"]
-    customers, idx, _, _ = ranker.top_lists(cands, ranker.predict(booster, cands), k)
-    by_idx = cands.drop_duplicates("customer_idx").set_index("customer_idx")["customer_id"]
-    ranked = {by_idx[c]: [names[a] for a in row if a >= 0] for c, row in zip(customers, idx)}
+    # Ranked and counted in Spark: the holdout buyers' candidates (about 20M rows at full H&M size) stay
+    # there, and only each customer's K best and the per-source hit counts reach the driver.
+    cands = candidate_rows(spark, cfg, as_of, "serve").join(ids, "customer_id")
+    index = storage.read(spark, cfg, tables.ARTICLE_INDEX).select("article_idx", "article_id")
+    names = index.toPandas().set_index("article_idx")["article_id"]
+    top = ranked_top(spark, cands, booster, k).sort_values(["customer_id", "rank"])
+    ranked = {c: names.reindex(g["article_idx"]).tolist() for c, g in top.groupby("customer_id", sort=False)}
     lists = [fill_list(ranked.get(c, []), fallback, k) for c, fallback in zip(frame["customer_id"], frame["popularity_segment"])]
-    # recall of each source on the holdout week, over every holdout buyer (no candidates: 0)
-    cands["article_id"] = names.reindex(cands["article_idx"]).to_numpy()
-    actual = frame.set_index("customer_id")["actual"].map(set)
-    recall: dict[str, float] = {}
-    for source in (*sources.SOURCES, "union"):
-        picked = cands if source == "union" else cands[cands[f"{source}_rank"].notna()]
-        got = picked.groupby("customer_id")["article_id"].apply(set)
-        recall[source] = round(float(np.mean([len(a & got.get(c, set())) / len(a) for c, a in actual.items() if a])), 5)
-    recall["per_customer"] = round(len(cands) / max(cands["customer_id"].nunique(), 1), 1)
+    recall = source_recall(spark, cands, frame, index)
+    per = top.drop_duplicates("customer_id")["candidates"]
+    recall["per_customer"] = round(float(per.sum()) / max(len(per), 1), 1)
     return lists, recall
 
 

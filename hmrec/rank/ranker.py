@@ -14,11 +14,13 @@ the same customers (so the scoring method is chosen on the validation week),
 with each history group's figures (``groups``) and bootstrap 95% intervals
 over those customers, overall and per group (``intervals``).
 The others form the training groups: customers with at least one positive,
-their negatives sampled down to ``rank.negative_share``. Training runs on the
-driver: rows are (buyers of one week) x (candidates per customer), a few
-hundred thousand at scale 0.1, about 5M at full H&M size with the default
-sample, which LightGBM fits in a few GB; past that, lower
-``rank.negative_share``.
+their negatives sampled down to ``rank.negative_share``. Those rows are
+picked in Spark and only they reach the driver, where training runs: rows
+are (buyers of one week) x (candidates per customer), a few hundred thousand
+at scale 0.1, about 5M at full H&M size with the default sample (with the
+held-out buyers' candidates, about 3 GB; ``spark.driver.maxResultSize`` in
+the configuration allows 4 GB), which LightGBM fits in a few GB; past that,
+lower ``rank.negative_share``.
 
 The booster (``booster.txt``) and ``ranker.json`` (features, their gain
 importance, training cutoff and rows, the validation figures) are attached to
@@ -38,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import SparkSession
+from pyspark.sql import Column, SparkSession, Window
 from pyspark.sql import functions as F
 
 from hmrec import artifacts
@@ -65,6 +67,21 @@ def held_out(customer_idx: np.ndarray, share: float, seed: int) -> np.ndarray:
     """(N,) bool: the customers held out, a fixed share picked by a hash of customer_idx and ``seed``."""
     h = (np.asarray(customer_idx, dtype=np.uint64) * np.uint64(2654435761) + np.uint64(seed * 97 + 13)) % np.uint64(10007)
     return h < np.uint64(round(share * 10007))
+
+
+def held_out_col(customer_idx: Column, share: float, seed: int) -> Column:
+    """:func:`held_out` as a Spark column: the same hash, in 64-bit integers (customer_idx < 2**31 cannot
+    overflow them), so the driver and Spark pick the same customers."""
+    h = (customer_idx.cast("long") * F.lit(2654435761) + F.lit(seed * 97 + 13)) % F.lit(10007)
+    return h < F.lit(round(share * 10007))
+
+
+def kept_negative_col(customer_idx: Column, article_idx: Column, share: float, seed: int) -> Column:
+    """Whether :func:`sample_negatives` keeps a negative row, as a Spark column (the same hash)."""
+    if share >= 1.0:
+        return F.lit(True)
+    key = (customer_idx.cast("long") * F.lit(1000003) + article_idx.cast("long") * F.lit(7919) + F.lit(seed)) % F.lit(9973)
+    return key < F.lit(round(share * 9973))
 
 
 def sample_negatives(frame: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
@@ -346,12 +363,21 @@ def week_frames(cfg: Config, spark: SparkSession, as_of: dt.date) -> WeekFrames 
         raise HmrecError(f"{tables.CANDIDATES} has no rows at the fit cutoff {cutoff}: run "
                          f"`hmrec candidates --as-of {as_of} --role fit` first")
     positives = labels.select("customer_idx", "article_idx").distinct().withColumn("label", F.lit(1))
+    # Selected in Spark, so that only the rows the ranker uses reach the driver (about half of them at
+    # full size): every held-out buyer's candidates; of the others, the customers with a positive among
+    # their candidates (the training groups), their positives and the sampled negatives.
+    c, a = F.col("customer_idx"), F.col("article_idx")
     cands = (candidate_rows(spark, cfg, cutoff, "fit")
-             .join(positives, ["customer_idx", "article_idx"], "left").fillna({"label": 0}).toPandas())
-    out_cands = held_out(cands["customer_idx"].to_numpy(), rc.valid_share, rc.seed)
-    train = sample_negatives(cands[~out_cands], rc.negative_share, rc.seed)
-    valid = cands[out_cands]
-    log(STAGE, f"{len(cands):,} candidate rows of {cands['customer_idx'].nunique():,} buyers at {cutoff}; "
+             .join(positives, ["customer_idx", "article_idx"], "left").fillna({"label": 0})
+             .withColumn("_held", held_out_col(c, rc.valid_share, rc.seed))
+             .withColumn("_group_pos", F.max("label").over(Window.partitionBy("customer_idx"))))
+    counts = cands.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("customer_idx").alias("buyers")).first()
+    kept = cands.where(F.col("_held") | ((F.col("_group_pos") > 0)
+                                         & ((F.col("label") > 0) | kept_negative_col(c, a, rc.negative_share, rc.seed))))
+    rows = kept.drop("_group_pos").toPandas()
+    held = rows.pop("_held").to_numpy(bool)
+    train, valid = rows[~held].reset_index(drop=True), rows[held].reset_index(drop=True)
+    log(STAGE, f"{counts['rows']:,} candidate rows of {counts['buyers']:,} buyers at {cutoff}; "
                f"training on {len(train):,} rows, {len(valid):,} held out")
     return WeekFrames(actual, train, valid)
 

@@ -92,9 +92,9 @@ def rank_frame(cands: pd.DataFrame, ctx: RankContext) -> pd.DataFrame:
     return frame
 
 
-def rank_batches(batches: Iterable[pd.DataFrame], ctx: RankContext) -> Iterator[pd.DataFrame]:
-    """The ``mapInPandas`` body over candidates sorted by customer: the last customer of a batch waits
-    for the next one, so each customer is ranked on all of its candidates."""
+def whole_customers(batches: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """Batches of candidates sorted by customer, regrouped so that each customer's rows come together: the
+    last customer of a batch waits for the next one."""
     carry = None
     for pdf in batches:
         if carry is not None:
@@ -105,9 +105,60 @@ def rank_batches(batches: Iterable[pd.DataFrame], ctx: RankContext) -> Iterator[
         tail = (pdf["customer_idx"] == last).to_numpy()
         carry = pdf[tail]
         if (~tail).any():
-            yield rank_frame(pdf[~tail], ctx)
+            yield pdf[~tail]
     if carry is not None and len(carry):
-        yield rank_frame(carry, ctx)
+        yield carry
+
+
+def rank_batches(batches: Iterable[pd.DataFrame], ctx: RankContext) -> Iterator[pd.DataFrame]:
+    """The ``mapInPandas`` body over candidates sorted by customer: each customer is ranked on all of its
+    candidates."""
+    for pdf in whole_customers(batches):
+        yield rank_frame(pdf, ctx)
+
+
+@dataclass
+class ShippedBooster:
+    """A booster as text, for a broadcast; rebuilt once per worker."""
+
+    text: str
+    key: str
+
+    def booster(self) -> object:
+        import lightgbm as lgb
+
+        return worker_cached(self.key, lambda: lgb.Booster(model_str=self.text))
+
+
+TOP_SCHEMA = "customer_id string, article_idx int, rank int, candidates int"
+
+
+def top_batches(batches: Iterable[pd.DataFrame], shipped: ShippedBooster, k: int) -> Iterator[pd.DataFrame]:
+    """The ``mapInPandas`` body that keeps only each customer's ``k`` best candidates by the ranker
+    (``TOP_SCHEMA``: fewer rows for a customer with fewer candidates, nothing filled; ``candidates`` is
+    the customer's number of candidates)."""
+    for pdf in whole_customers(batches):
+        customers, idx, _, _ = top_lists(pdf, predict(shipped.booster(), pdf), k)
+        keep = (idx >= 0).ravel()
+        ids = pdf.drop_duplicates("customer_idx").set_index("customer_idx")["customer_id"]
+        sizes = pdf.groupby("customer_idx").size()
+        yield pd.DataFrame({"customer_id": np.repeat(ids.loc[customers].to_numpy(dtype=object), k)[keep],
+                            "article_idx": idx.ravel()[keep].astype(np.int32),
+                            "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(customers))[keep],
+                            "candidates": np.repeat(sizes.loc[customers].to_numpy(np.int32), k)[keep]})
+
+
+def ranked_top(spark: SparkSession, cands, booster: object, k: int) -> pd.DataFrame:
+    """Each customer's ``k`` best rows of the ``tables.CANDIDATES`` frame ``cands``, ranked on Spark's
+    workers: only these rows (``TOP_SCHEMA``) reach the driver."""
+    text = booster.model_to_string()
+    shipped = spark.sparkContext.broadcast(ShippedBooster(text, f"ranker-top:{hash(text)}"))
+    try:
+        parallelism = spark.sparkContext.defaultParallelism
+        ordered = cands.repartition(parallelism, "customer_idx").sortWithinPartitions("customer_idx", "article_idx")
+        return ordered.mapInPandas(lambda it: top_batches(it, shipped.value, k), schema=TOP_SCHEMA).toPandas()
+    finally:
+        shipped.unpersist()
 
 
 def fallback_batches(batches: Iterable[pd.DataFrame], ctx: RankContext) -> Iterator[pd.DataFrame]:
