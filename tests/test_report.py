@@ -121,3 +121,16 @@ def test_age_bands_and_sales_channels_get_their_own_tables_after_the_history_seg
     page = text(render_html(doc(segments=segs, users=users), K, 100))
     assert page.index("By purchase history") < page.index("cold") < page.index("By age band") \
         < page.index("age:25-34 412 customers") < page.index("By sales channel") < page.index("channel:online 700 customers")
+
+
+def test_the_figures_tables_show_each_bootstrap_interval_below_recall_and_map():
+    holdout = {"all": {"model": {f"map@{K}": [0.041, 0.059], f"recall@{K}": [0.371, 0.402]}}}
+    validation = {"cutoff": "2020-09-09", "users": 700, "methods": {"model": metrics(0.3), "popularity": metrics(0.1)},
+                  "intervals": {"all": {"popularity": {f"map@{K}": [0.031, 0.066], f"recall@{K}": [0.09, 0.11]}}}}
+    page = text(render_html(doc(intervals=holdout, validation=validation), K, 100))
+    lead, val = page.split("Validation week (")
+    assert "0.386 0.371–0.402" in lead and "0.050 0.041–0.059" in lead
+    assert "0.100 0.090–0.110" in val and "0.050 0.031–0.066" in val
+    assert "bootstrap 95% interval over the week's buyers" in lead
+    # a method without an interval shows its figure alone
+    assert "0.300 —" not in val and "0.300" in val

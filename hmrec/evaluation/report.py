@@ -176,19 +176,32 @@ def headline(doc: dict, k: int) -> str:
             + (", " + " and ".join(parts) if parts else "") + ".")
 
 
-def _metrics_rows(methods: dict, k: int) -> list[list[object]]:
+def _with_interval(value: object, interval: object) -> object:
+    """A figure, with its bootstrap 95% interval below it when there is one."""
+    if not (isinstance(interval, (list, tuple)) and len(interval) == 2 and all(isinstance(b, (int, float)) for b in interval)):
+        return _f(value)
+    return Markup(f"{_f(value)}<br><small>{_f(interval[0])}–{_f(interval[1])}</small>")
+
+
+def _metrics_rows(methods: dict, k: int, intervals: dict | None = None) -> list[list[object]]:
     pop = methods.get("popularity", {}).get(f"recall@{k}")
     rows = []
     for m in _ordered(methods):
-        v = methods[m]
+        v, ci = methods[m], (intervals or {}).get(m, {})
         lift = _lift(v[f"recall@{k}"] / pop) if pop and f"recall@{k}" in v else "—"
         rows.append([Markup(f"<b>{_e(m)}</b><br><small>{_e(METHOD_NAMES.get(m, ''))}</small>"),
-                     _f(v.get(f"recall@{k}")), _f(v.get(f"ndcg@{k}")), _f(v.get(f"map@{k}")), lift])
+                     _with_interval(v.get(f"recall@{k}"), ci.get(f"recall@{k}")), _f(v.get(f"ndcg@{k}")),
+                     _with_interval(v.get(f"map@{k}"), ci.get(f"map@{k}")), lift])
     return rows
 
 
-def _metrics_table(methods: dict, k: int) -> str:
-    return _table(["method", f"Recall@{k}", f"NDCG@{k}", f"MAP@{k}", "lift (recall)"], _metrics_rows(methods, k))
+def _metrics_table(methods: dict, k: int, intervals: dict | None = None) -> str:
+    """The methods' figures; with ``intervals`` ({method: {metric: [low, high]}}) Recall and MAP show their
+    bootstrap 95% interval below them."""
+    table = _table(["method", f"Recall@{k}", f"NDCG@{k}", f"MAP@{k}", "lift (recall)"], _metrics_rows(methods, k, intervals))
+    if intervals:
+        table += "<p><small>Below Recall and MAP: the bootstrap 95% interval over the week's buyers.</small></p>"
+    return table
 
 
 def _validation_section(doc: dict, k: int) -> str:
@@ -204,7 +217,7 @@ def _validation_section(doc: dict, k: int) -> str:
            "optimistic" + ("; the holdout figures above are the honest test of the choices.</p>"
                            if doc.get("methods") else ".</p>")]
     if validation.get("methods"):
-        out.append(_metrics_table(validation["methods"], k))
+        out.append(_metrics_table(validation["methods"], k, (validation.get("intervals") or {}).get("all")))
     else:
         out.append(f"<p>No figures on the validation week{': ' + _e(validation['note']) if validation.get('note') else ''}.</p>")
     groups = validation.get("groups") or {}
@@ -321,7 +334,8 @@ def render_html(doc: dict, k: int, curve_max: int) -> str:
         if week == "validation week":
             lead.append("<p>There is no holdout week yet (the as-of date is after the last purchase), so these "
                         "figures come from the validation week, the last week before the as-of.</p>")
-        lead.append(_metrics_table(methods, k))
+        shown = doc.get("intervals") if week == "holdout week" else (doc.get("validation") or {}).get("intervals")
+        lead.append(_metrics_table(methods, k, (shown or {}).get("all")))
     curve = ""
     if doc.get("recall_curve"):
         curve = (f"<h2>Recall@K</h2><p>The served lists hold K = {k} articles, so the served model's curve stops at "
