@@ -29,7 +29,8 @@ from hmrec.errors import HmrecError
 from hmrec.evaluation.metrics import row_metrics
 from hmrec.lake.spark import get_spark
 from hmrec.rank import sources as S
-from hmrec.rank.ranker import NDCG_AT, WeekFrames, held_out, training_groups, top_lists, train_ranker, week_frames
+from hmrec.rank.ranker import (NDCG_AT, WeekFrames, booster_features, held_out, training_groups, top_lists, train_ranker,
+                               week_frames)
 from hmrec.serve.blend import pad_lists
 
 
@@ -89,7 +90,7 @@ def bench_rankers(scale: float, overrides: list[str], as_of: dt.date, libraries:
         if library == "lightgbm":
             trained = train_ranker(week.train, week.valid, cfg)
             booster, rounds, seconds = trained.booster, trained.best_iteration, trained.seconds
-            pred = np.asarray(booster.predict(week.valid[list(S.FEATURES)].to_numpy(np.float64),
+            pred = np.asarray(booster.predict(week.valid[booster_features(booster)].to_numpy(np.float64),
                                               num_iteration=rounds))
             name = "lightgbm lambdarank"
         elif library.startswith("xgboost"):
