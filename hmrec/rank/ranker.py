@@ -36,7 +36,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -113,7 +113,8 @@ class Trained:
     train_groups: int
     seconds: float
     importance: dict[str, float]
-    features: list[str]  # the booster's feature columns, in its order
+    # the booster's feature columns, in its order (train_ranker's ``features``)
+    features: list[str] = field(default_factory=lambda: list(S.FEATURES))
 
 
 def train_ranker(train: pd.DataFrame, valid: pd.DataFrame, cfg: Config,
