@@ -27,6 +27,8 @@ def _items() -> S.ItemTable:
         "trend": [1.0, 0.5, 2.0, 0.0],
         "trending_score": [1.0, 0.5, 3.0, 0.0],
         "price_mean": [0.02, 0.02, 0.04, 0.01],
+        "price_std": [0.0, 0.005, 0.01, 0.0],
+        "buyer_age_mean": [30.0, np.nan, 22.5, 41.0],
         "days_since_first_sale": [30.0, 40.0, 10.0, 100.0],
     })
     return S.item_table(stats)
@@ -117,7 +119,27 @@ def test_features_have_their_known_values():
     assert f.loc[A, "user_age"] == 30
     assert f.loc[A2, "item_sales_28d"] == 9 and f.loc[A2, "price_vs_user"] == pytest.approx(0.02 / (0.07 / 3))
     assert f.loc[A, "n_sources"] == 1
+    assert f.loc[A2, "item_price_std"] == pytest.approx(0.005) and f.loc[C, "item_buyer_age_mean"] == 41.0
+    assert f.loc[C, "age_vs_item_buyers"] == pytest.approx(30 - 41.0)  # customer 1 is 30
+    assert np.isnan(f.loc[A2, "age_vs_item_buyers"])  # no buyer of A2 has an age
     assert list(f.reset_index()[list(S.FEATURES)].columns) == list(S.FEATURES)
+
+
+def test_age_against_the_items_buyers_is_nan_when_either_age_is_unknown():
+    users = pd.DataFrame({"customer_idx": [1, 2], "customer_id": ["c1", "c2"], "segment": ["age_45_54", "age_unknown"],
+                          "age": [50, None], "hist_items": [[], []], "hist_days": [[], []], "hist_price": [[], []]})
+    stats = pd.DataFrame({"article_idx": [A, B], "product_code": [100, 200], "product_type": [1, 2], "colour": [5, 5],
+                          "index_group": [1, 1], "sales_1d": [0.0, 0.0], "sales_7d": [1.0, 1.0], "sales_28d": [2.0, 1.0],
+                          "trend": [1.0, 1.0], "trending_score": [1.0, 1.0], "price_mean": [15.0, 10.0],
+                          "price_std": [np.sqrt(50.0), 0.0], "buyer_age_mean": [30.0, np.nan],
+                          "days_since_first_sale": [9.0, 3.0]})
+    lists = {"global": (np.array([A, B]), np.array([2.0, 1.0]))}
+    cands = S.union_sources({"popular": S.list_source(users, lists, "segment", 2, "global")})
+    f = S.add_features(cands, S.history_frame(users), users, S.item_table(stats)).set_index(["customer_idx", "article_idx"])
+    assert f.loc[(1, A), "age_vs_item_buyers"] == 20.0  # aged 50 against buyers of mean age 30
+    assert np.isnan(f.loc[(1, B), "age_vs_item_buyers"])  # B's buyers have no age
+    assert np.isnan(f.loc[(2, A), "age_vs_item_buyers"])  # customer 2 has no age
+    assert f.loc[(1, A), "item_price_std"] == pytest.approx(np.sqrt(50.0)) and f.loc[(1, B), "item_price_std"] == 0.0
 
 
 def test_item_stats_and_histories_read_only_rows_before_the_cutoff(spark):
@@ -125,21 +147,35 @@ def test_item_stats_and_histories_read_only_rows_before_the_cutoff(spark):
 
     cutoff = dt.date(2020, 9, 9)
     day = lambda n: cutoff - dt.timedelta(days=n)  # noqa: E731
-    rows = [(day(1), 1, A, 0.02), (day(5), 1, A, 0.02), (day(20), 2, A, 0.03), (day(2), 2, B, 0.04)]
-    later = [(cutoff, 1, A, 0.5), (day(-3), 2, B, 0.5), (day(-1), 1, C, 0.5)]  # the label week and after
+    rows = [(day(1), 1, A, 10.0), (day(5), 2, A, 20.0), (day(20), 3, A, 20.0), (day(2), 2, B, 0.04),
+            (day(3), 4, C, 7.0)]
+    # the label week and after, bought by customers of every age: none of it may change a figure
+    later = [(cutoff, 1, A, 0.5), (day(-3), 2, B, 0.5), (day(-1), 1, C, 0.5), (cutoff, 5, A, 99.0)]
     schema = "t_dat date, customer_idx int, article_idx int, price double"
     before = spark.createDataFrame(rows, schema)
     both = spark.createDataFrame(rows + later, schema)
-    a = item_stats(before, cutoff).toPandas().sort_values("article_idx").reset_index(drop=True)
-    b = item_stats(both, cutoff).toPandas().sort_values("article_idx").reset_index(drop=True)
+    # customer 3 has no age, customer 5 (who buys only on the cutoff day) is 80
+    ages = spark.createDataFrame([(1, 20), (2, 40), (3, None), (4, None), (5, 80)], "customer_idx int, age int")
+    a = item_stats(before, cutoff, ages).toPandas().sort_values("article_idx").reset_index(drop=True)
+    b = item_stats(both, cutoff, ages).toPandas().sort_values("article_idx").reset_index(drop=True)
     pd.testing.assert_frame_equal(a, b)
     got = a.set_index("article_idx")
     assert got.loc[A, "sales_1d"] == 1 and got.loc[A, "sales_7d"] == 2 and got.loc[A, "sales_28d"] == 3
     assert got.loc[A, "trend"] == pytest.approx(2 / (1 / 3 + 1))
-    assert got.loc[A, "days_since_first_sale"] == 20 and C not in got.index
+    assert got.loc[A, "days_since_first_sale"] == 20
+    # A sold at 10, 20, 20: sample standard deviation; its buyers aged 20 and 40 (the third has no age)
+    assert got.loc[A, "price_mean"] == pytest.approx(50 / 3)
+    assert got.loc[A, "price_std"] == pytest.approx(np.std([10.0, 20.0, 20.0], ddof=1))
+    assert got.loc[A, "buyer_age_mean"] == pytest.approx(30.0)
+    assert got.loc[B, "price_std"] == 0.0 and got.loc[B, "buyer_age_mean"] == 40.0  # one sale: no spread
+    assert np.isnan(got.loc[C, "buyer_age_mean"]) and got.loc[C, "sales_7d"] == 1  # no buyer with an age
+    two = item_stats(spark.createDataFrame([(day(1), 1, A, 10.0), (day(2), 2, A, 20.0)], schema), cutoff, ages)
+    assert two.first()["price_std"] == pytest.approx(np.sqrt(50.0))  # prices 10 and 20
+    assert two.first()["buyer_age_mean"] == pytest.approx(30.0)  # buyers aged 20 and 40
     h = user_histories(both, cutoff, 0).toPandas().set_index("customer_idx")
-    assert list(h.loc[1, "hist_items"]) == [A, A] and list(h.loc[1, "hist_days"]) == [1, 5]
+    assert list(h.loc[1, "hist_items"]) == [A] and list(h.loc[1, "hist_days"]) == [1]
     assert list(h.loc[2, "hist_items"]) == [B, A]
+    assert 5 not in h.index  # bought only on the cutoff day
     assert user_histories(both, cutoff, 3).toPandas().set_index("customer_idx").loc[2, "hist_items"].tolist() == [B]
 
 
@@ -265,3 +301,93 @@ def test_held_out_figures_per_history_group_and_their_intervals():
     assert out["intervals"]["cold"]["ranker"] == {"map@2": [1.0, 1.0], "recall@2": [1.0, 1.0]}
     low, high = out["intervals"]["all"]["ranker"]["map@2"]
     assert 0.0 <= low < 0.5 < high <= 1.0  # the mean of 1, 1, 0, 0
+
+
+# ---- the features added later: boosters and tables of the first feature list -----------------------
+
+
+def test_a_booster_of_the_first_feature_list_scores_new_candidate_rows_as_it_scored_the_old_ones(spark, tmp_path):
+    import lightgbm as lgb
+
+    from hmrec.rank.ranker import booster_features
+    from hmrec.rank.serve import ranked_top
+
+    cfg = make_cfg(tmp_path / "lake", "rank.threads=1", "rank.max_rounds=40", "rank.min_child_samples=5")
+    old = train_ranker(_toy(120, 1), _toy(30, 2), cfg, features=S.FIRST_FEATURES)
+    assert old.features == list(S.FIRST_FEATURES)
+    # as the registry holds it: the booster's text, rebuilt
+    booster = lgb.Booster(model_str=old.booster.model_to_string())
+    assert booster_features(booster) == list(S.FIRST_FEATURES)
+    test = _toy(30, 3)
+    old_rows = test[["customer_idx", "article_idx", *S.FIRST_FEATURES]]
+    rng = np.random.default_rng(4)
+    new_rows = test.assign(**{c: rng.normal(size=len(test)) for c in S.ADDED_FEATURES})
+    new_rows = new_rows[list(rng.permutation(new_rows.columns))]  # the columns in another order
+    expected = predict(booster, old_rows)
+    np.testing.assert_array_equal(predict(booster, new_rows), expected)
+    np.testing.assert_array_equal(predict(old.booster, new_rows), expected)
+    # on Spark's workers (hmrec.rank.serve), from the broadcast text
+    new_rows = new_rows.assign(customer_id="c" + new_rows["customer_idx"].astype(str))
+    top = ranked_top(spark, spark.createDataFrame(new_rows), booster, 3)
+    customers, idx, _, _ = top_lists(old_rows, expected, 3)
+    got = top.sort_values(["customer_id", "rank"]).groupby("customer_id")["article_idx"].apply(list).to_dict()
+    assert got == {f"c{c}": row.tolist() for c, row in zip(customers, idx)}
+
+
+def test_a_booster_that_needs_the_added_features_refuses_rows_written_before_them():
+    from hmrec.errors import HmrecError
+
+    cfg = make_cfg("/nonexistent", "rank.threads=1", "rank.max_rounds=10", "rank.min_child_samples=5")
+    booster = train_ranker(_toy(60, 1), _toy(20, 2), cfg).booster
+    test = _toy(5, 3).assign(as_of=dt.date(2020, 9, 16), role="serve")
+    assert len(predict(booster, test)) == len(test)
+    # a row whose article has no buyer with an age: a null item_buyer_age_mean is a value, not a gap
+    assert len(predict(booster, test.assign(item_buyer_age_mean=np.nan, age_vs_item_buyers=np.nan))) == len(test)
+    with pytest.raises(HmrecError, match=r"item_price_std.*hmrec candidates --as-of"):
+        predict(booster, test.drop(columns=list(S.ADDED_FEATURES)))  # a table never evolved
+    # an evolved table's old rows: the new columns read as null where item_price_mean is set
+    old = test.assign(**{c: np.nan for c in S.ADDED_FEATURES})
+    with pytest.raises(HmrecError, match=r"as_of 2020-09-16, role serve.*item_price_std"):
+        predict(booster, old)
+
+
+def test_new_candidates_go_into_a_table_of_the_first_column_set_which_keeps_its_rows(spark, tmp_path):
+    from pyspark.sql.types import StructType
+
+    from hmrec.errors import HmrecError
+    from hmrec.lake import schemas, storage, tables
+    from hmrec.rank.candidates import candidate_rows, check_features, write_candidates, written_features
+
+    cfg = make_cfg(tmp_path / "lake")
+    first = StructType([f for f in schemas.CANDIDATES.fields if f.name not in S.ADDED_FEATURES])
+    old_cut, new_cut = dt.date(2020, 9, 9), dt.date(2020, 9, 16)
+
+    def rows(cutoff: dt.date, n: int, schema: StructType):
+        out = []
+        for i in range(n):
+            row = {"as_of": cutoff, "role": "fit" if cutoff == old_cut else "serve", "customer_id": f"c{i}",
+                   "customer_idx": i, "segment": "global", "article_idx": 100 + i}
+            row.update({c: float(i) for c in S.FEATURES})
+            out.append(tuple(row[f.name] for f in schema.fields))
+        return spark.createDataFrame(out, schema)
+
+    # as the release before this one wrote them: the first column set, no feature list in the commit
+    storage.write_partition(rows(old_cut, 3, first), cfg, tables.CANDIDATES, old_cut,
+                            metadata={"as_of": old_cut.isoformat(), "role": "fit", "model_version": "1"}, role="fit")
+    assert write_candidates(rows(new_cut, 2, schemas.CANDIDATES), cfg, new_cut, "serve", "2") == 2
+    old = candidate_rows(spark, cfg, old_cut, "fit").toPandas().sort_values("customer_idx")
+    assert old["customer_idx"].tolist() == [0, 1, 2] and old["item_price_mean"].tolist() == [0.0, 1.0, 2.0]
+    assert old[list(S.ADDED_FEATURES)].isna().all().all()  # the new columns read as null
+    new = candidate_rows(spark, cfg, new_cut, "serve").toPandas().sort_values("customer_idx")
+    assert new["item_price_std"].tolist() == [0.0, 1.0] and new["age_vs_item_buyers"].tolist() == [0.0, 1.0]
+    assert written_features(spark, cfg, old_cut, "fit") == list(S.FIRST_FEATURES)
+    assert written_features(spark, cfg, new_cut, "serve") == list(S.FEATURES)
+    check_features(spark, cfg, old_cut, "fit", S.FIRST_FEATURES)  # an older booster still reads them
+    check_features(spark, cfg, new_cut, "serve", S.FEATURES)
+    with pytest.raises(HmrecError, match=r"item_price_std.*rerun `hmrec candidates --as-of 2020-09-16 --role fit`"):
+        check_features(spark, cfg, old_cut, "fit", S.FEATURES)
+    # rewritten with the current code, the old cutoff's rows serve a booster of every feature
+    write_candidates(rows(old_cut, 3, schemas.CANDIDATES), cfg, old_cut, "fit", "1")
+    check_features(spark, cfg, old_cut, "fit", S.FEATURES)
+    assert candidate_rows(spark, cfg, old_cut, "fit").where("item_price_std IS NULL").count() == 0
+    assert candidate_rows(spark, cfg, new_cut, "serve").count() == 2

@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--requests", type=int, default=500, help="serving: requests of each kind, one row each")
     p.add_argument("--no-rest", dest="rest", action="store_false",
                    help="serving: in process only, without starting `mlflow models serve`")
-    p.add_argument("--libraries", default="lightgbm,xgboost-ndcg,xgboost-map", help="rankers: the libraries to compare")
+    p.add_argument("--libraries", default="lightgbm,xgboost-ndcg,xgboost-map",
+                   help="rankers: the libraries to compare (lightgbm, lightgbm-first: on the features before "
+                        "item_price_std, item_buyer_age_mean and age_vs_item_buyers, xgboost-ndcg, xgboost-map)")
     args = p.parse_args(argv)
     kinds = tuple(args.index_kinds.split(",")) if args.index_kinds else None
     scale = args.scale if args.scale is not None else (0.05 if args.what in ("matrix", "shapes") else 0.1)

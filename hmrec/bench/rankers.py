@@ -8,7 +8,8 @@ into training rows and held-out buyers: :func:`hmrec.rank.ranker.week_frames`),
 so the lakehouse must already hold ``hmrec candidates --as-of D --role fit``.
 Each library is trained on the same training rows with the same learning
 rate, leaves, rounds and early stopping on the held-out buyers' NDCG@12, on
-``rank.threads`` threads, and its lists of those buyers' candidates (no
+``rank.threads`` threads (``lightgbm-first``: LightGBM on the features before
+:data:`hmrec.rank.sources.ADDED_FEATURES`), and its lists of those buyers' candidates (no
 popularity fill, so only the ranking differs) are judged on their purchases
 of the validation week: MAP@12 and Recall@12. The holdout week is never read.
 
@@ -29,7 +30,8 @@ from hmrec.errors import HmrecError
 from hmrec.evaluation.metrics import row_metrics
 from hmrec.lake.spark import get_spark
 from hmrec.rank import sources as S
-from hmrec.rank.ranker import NDCG_AT, WeekFrames, held_out, training_groups, top_lists, train_ranker, week_frames
+from hmrec.rank.ranker import (NDCG_AT, WeekFrames, booster_features, held_out, training_groups, top_lists, train_ranker,
+                               week_frames)
 from hmrec.serve.blend import pad_lists
 
 
@@ -86,16 +88,19 @@ def bench_rankers(scale: float, overrides: list[str], as_of: dt.date, libraries:
                          f"`hmrec run --as-of {as_of}` there first")
     rows: list[dict] = []
     for library in libraries:
-        if library == "lightgbm":
-            trained = train_ranker(week.train, week.valid, cfg)
+        if library in ("lightgbm", "lightgbm-first"):
+            # lightgbm-first: the same ranker on the features the candidates had before
+            # hmrec.rank.sources.ADDED_FEATURES, so their worth is measured on the same rows
+            features = S.FIRST_FEATURES if library == "lightgbm-first" else S.FEATURES
+            trained = train_ranker(week.train, week.valid, cfg, features=features)
             booster, rounds, seconds = trained.booster, trained.best_iteration, trained.seconds
-            pred = np.asarray(booster.predict(week.valid[list(S.FEATURES)].to_numpy(np.float64),
+            pred = np.asarray(booster.predict(week.valid[booster_features(booster)].to_numpy(np.float64),
                                               num_iteration=rounds))
-            name = "lightgbm lambdarank"
+            name = f"lightgbm lambdarank, {len(features)} features"
         elif library.startswith("xgboost"):
             objective = {"xgboost": "rank:ndcg", "xgboost-ndcg": "rank:ndcg", "xgboost-map": "rank:map"}.get(library)
             if objective is None:
-                raise HmrecError(f"--libraries {library}: give lightgbm, xgboost-ndcg or xgboost-map")
+                raise HmrecError(f"--libraries {library}: give lightgbm, lightgbm-first, xgboost-ndcg or xgboost-map")
             import xgboost as xgb
 
             booster, rounds, seconds = _xgboost(objective, week, cfg)
@@ -103,7 +108,7 @@ def bench_rankers(scale: float, overrides: list[str], as_of: dt.date, libraries:
                                                feature_names=list(S.FEATURES)), iteration_range=(0, rounds))
             name = f"xgboost {objective}"
         else:
-            raise HmrecError(f"--libraries {library}: give lightgbm, xgboost-ndcg or xgboost-map")
+            raise HmrecError(f"--libraries {library}: give lightgbm, lightgbm-first, xgboost-ndcg or xgboost-map")
         figures = held_out_figures(week, np.asarray(pred, dtype=np.float64), cfg)
         row = {"stage": name, "n": int(len(week.train)), "seconds": seconds, "rounds": rounds, **figures}
         print(f"[bench] {row}", flush=True)

@@ -305,7 +305,7 @@ def two_stage_lists(cfg: Config, spark: SparkSession, as_of: dt.date, version: s
     from the age segment's popularity list) and each candidate source's recall on the holdout week; None
     when the version has no ranker or the as-of no candidates."""
     from hmrec.rank import ranker
-    from hmrec.rank.candidates import candidate_rows, has_candidates
+    from hmrec.rank.candidates import candidate_rows, check_features, has_candidates
     from hmrec.rank.serve import ranked_top
 
     if not ranker.has_ranker(cfg, version) or not has_candidates(spark, cfg, as_of, "serve"):
@@ -313,6 +313,7 @@ def two_stage_lists(cfg: Config, spark: SparkSession, as_of: dt.date, version: s
                         f"no rows for {as_of}")
         return None
     booster, _ = ranker.load_ranker(cfg, version)
+    check_features(spark, cfg, as_of, "serve", ranker.booster_features(booster))
     ids = F.broadcast(spark.createDataFrame(frame[["customer_id"]]))
     # Ranked and counted in Spark: the holdout buyers' candidates (about 20M rows at full H&M size) stay
     # there, and only each customer's K best and the per-source hit counts reach the driver.

@@ -198,9 +198,9 @@ CANDIDATE_SOURCES = ["retrieval", "repurchase", "colour", "popular", "trending"]
 CANDIDATE_FEATURES = (
     [f"{s}_{c}" for s in CANDIDATE_SOURCES for c in ("score", "rank")]
     + ["times_bought", "days_since_bought", "same_product_bought", "share_product_type", "share_colour",
-       "share_index_group", "price_vs_user", "n_sources"]
-    + ["item_sales_1d", "item_sales_7d", "item_sales_28d", "item_trend", "item_price_mean",
-       "item_days_since_first_sale"]
+       "share_index_group", "price_vs_user", "n_sources", "age_vs_item_buyers"]
+    + ["item_sales_1d", "item_sales_7d", "item_sales_28d", "item_trend", "item_price_mean", "item_price_std",
+       "item_buyer_age_mean", "item_days_since_first_sale"]
     + ["user_n_purchases", "user_days_since_last", "user_mean_price", "user_age"]
 )
 CANDIDATES = _struct(

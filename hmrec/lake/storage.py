@@ -180,14 +180,33 @@ def _sql_literal(value: object) -> str:
 
 
 def write_partition(
-    df: DataFrame, cfg: Config, table: Table, as_of: dt.date, metadata: dict | None = None, **keys: object
+    df: DataFrame, cfg: Config, table: Table, as_of: dt.date, metadata: dict | None = None,
+    merge_schema: bool = False, **keys: object
 ) -> int:
     """Replace the rows of one as-of (and of ``keys``, e.g. ``model_version=...``) in one atomic commit.
 
+    ``merge_schema`` adds the columns of ``df`` that the table lacks (Delta's schema evolution), so a
+    table written by an earlier release takes rows with new columns; its other rows read them as null.
     Returns the rows written.
     """
     where = " AND ".join(f"{col} = {_sql_literal(v)}" for col, v in {"as_of": as_of, **keys}.items())
-    return write(df, cfg, table, mode="overwrite", replace_where=where, metadata=metadata)
+    return write(df, cfg, table, mode="overwrite", replace_where=where, metadata=metadata, merge_schema=merge_schema)
+
+
+def commit_metadata(spark: SparkSession, cfg: Config, table: Table, **match: str) -> dict | None:
+    """The userMetadata of the table's latest commit whose metadata holds every ``match`` item (e.g. the
+    commit that last wrote one as-of partition), parsed; None when no commit matches."""
+    p = path(cfg, table)
+    if not DeltaTable.isDeltaTable(spark, p):
+        return None
+    for row in DeltaTable.forPath(spark, p).history().select("version", "userMetadata").orderBy(F.col("version").desc()).collect():
+        try:
+            meta = json.loads(row["userMetadata"]) if row["userMetadata"] else {}
+        except ValueError:
+            continue
+        if isinstance(meta, dict) and all(meta.get(k) == v for k, v in match.items()):
+            return meta
+    return None
 
 
 def last_metadata(spark: SparkSession, cfg: Config, table: Table) -> dict | None:

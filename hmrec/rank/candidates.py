@@ -45,11 +45,20 @@ STAGE = "candidates"
 # ---- the lookups, as Spark transforms --------------------------------------------------
 
 
-def item_stats(train: DataFrame, cutoff: dt.date) -> DataFrame:
+def item_stats(train: DataFrame, cutoff: dt.date, ages: DataFrame) -> DataFrame:
     """One row per article sold before ``cutoff``: sales in the last 1, 7 and 28 days, trend, trending
-    score, mean price and days since the first sale (:data:`hmrec.rank.sources.ITEM_COLUMNS` but the
-    article's attributes)."""
+    score, mean price and its spread, its buyers' mean age and days since the first sale
+    (:data:`hmrec.rank.sources.ITEM_COLUMNS` but the article's attributes).
+
+    ``price_std`` is the sample standard deviation of the article's sale prices before the cutoff, 0 for
+    an article sold once (as ``price_std`` of ``tables.ITEM_FEATURES``); ``buyer_age_mean`` is the mean
+    ``age`` in ``ages`` (customer_idx, age: ``tables.USER_FEATURES`` at the cutoff) over those sales, a
+    buyer counted once per purchase, customers without an age left out, null when none has one.
+    """
     rows = window(train, cutoff).withColumn("days", F.datediff(F.lit(cutoff), F.col("t_dat")))
+    known = ages.where(F.col("age").isNotNull()).select("customer_idx", F.col("age").cast("double").alias("_age"))
+    # one row per customer: a broadcast join, so the sales are not shuffled
+    rows = rows.join(F.broadcast(known), "customer_idx", "left")
     d = F.col("days")
     agg = rows.groupBy("article_idx").agg(
         F.sum(F.when(d <= 1, 1).otherwise(0)).alias("sales_1d"),
@@ -57,6 +66,8 @@ def item_stats(train: DataFrame, cutoff: dt.date) -> DataFrame:
         F.sum(F.when(d <= 28, 1).otherwise(0)).alias("sales_28d"),
         F.sum(F.when(d <= 7, 1.0 / d).otherwise(0.0)).alias("decayed_7d"),
         F.avg("price").alias("price_mean"),
+        F.stddev_samp("price").alias("price_std"),  # null for one sale
+        F.avg("_age").alias("buyer_age_mean"),
         F.max("days").alias("days_since_first_sale"),
     )
     before = F.col("sales_28d") - F.col("sales_7d")  # the three weeks before the last one
@@ -67,6 +78,8 @@ def item_stats(train: DataFrame, cutoff: dt.date) -> DataFrame:
         trend.alias("trend"),
         (F.col("decayed_7d") * trend).alias("trending_score"),
         F.col("price_mean").cast("double"),
+        F.coalesce(F.col("price_std").cast("double"), F.lit(0.0)).alias("price_std"),
+        F.col("buyer_age_mean").cast("double"),
         F.col("days_since_first_sale").cast("double"),
     )
 
@@ -163,9 +176,49 @@ def _lists(popularity: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]
     return out
 
 
+def write_candidates(rows: DataFrame, cfg: Config, cutoff: dt.date, role: str, model_version: str) -> int:
+    """Replace the ``tables.CANDIDATES`` rows of ``cutoff`` and ``role`` with ``rows`` in one commit that
+    records the feature columns written (:func:`written_features`); returns the rows written.
+
+    A table written before the latest features were added takes the new columns (Delta's schema
+    evolution) and keeps its other rows, which read them as null: :func:`check_features` tells a booster
+    that needs them to rewrite those rows."""
+    return storage.write_partition(rows, cfg, tables.CANDIDATES, cutoff,
+                                   metadata={"as_of": cutoff.isoformat(), "role": role, "model_version": model_version,
+                                             "features": list(S.FEATURES)},
+                                   merge_schema=True, role=role)
+
+
 def candidate_rows(spark: SparkSession, cfg: Config, cutoff: dt.date, role: str) -> DataFrame:
     """The rows of ``tables.CANDIDATES`` made at ``cutoff`` for ``role`` (serve or fit)."""
     return storage.read_as_of(spark, cfg, tables.CANDIDATES, cutoff).where(F.col("role") == F.lit(role))
+
+
+def written_features(spark: SparkSession, cfg: Config, cutoff: dt.date, role: str) -> list[str]:
+    """The feature columns the rows of ``tables.CANDIDATES`` at ``cutoff`` for ``role`` were written with,
+    as the commit that wrote them recorded; :data:`hmrec.rank.sources.FIRST_FEATURES` for rows written
+    before commits recorded them."""
+    meta = storage.commit_metadata(spark, cfg, tables.CANDIDATES, as_of=cutoff.isoformat(), role=role) or {}
+    return list(meta.get("features") or S.FIRST_FEATURES)
+
+
+def rerun_command(cfg: Config, cutoff: dt.date, role: str) -> str:
+    """The command that rewrites the candidates of ``cutoff`` for ``role``."""
+    if role == "fit":
+        return f"hmrec candidates --as-of {cutoff + dt.timedelta(days=cfg.split.validation_days)} --role fit"
+    return f"hmrec candidates --as-of {cutoff}"
+
+
+def check_features(spark: SparkSession, cfg: Config, cutoff: dt.date, role: str, features: Iterable[str]) -> None:
+    """Raise :class:`HmrecError` unless the candidates at ``cutoff`` for ``role`` hold every column of
+    ``features`` (a booster's): the table's columns and those their writing commit recorded, so rows
+    written before a feature existed are caught without reading them."""
+    rows = candidate_rows(spark, cfg, cutoff, role)
+    written = set(rows.columns) & set(written_features(spark, cfg, cutoff, role))
+    missing = [c for c in features if c not in written]
+    if missing:
+        raise HmrecError(f"{tables.CANDIDATES} rows at {cutoff} (role {role}) were written without the feature "
+                         f"columns {missing} that the ranker reads: rerun `{rerun_command(cfg, cutoff, role)}`")
 
 
 def has_candidates(spark: SparkSession, cfg: Config, cutoff: dt.date, role: str) -> bool:
@@ -177,9 +230,10 @@ def build_context(cfg: Config, spark: SparkSession, cutoff: dt.date, embedder: E
                   index: faiss.Index | None, role: str = "serve") -> CandidateContext:
     """Gather the lookups of ``cutoff`` on the driver (small: one row per article or list entry)."""
     train = storage.read_as_of(spark, cfg, tables.TRAIN, cutoff)
+    ages = storage.read_as_of(spark, cfg, tables.USER_FEATURES, cutoff).select("customer_idx", "age")
     attrs = item_attributes(storage.read_as_of(spark, cfg, tables.ITEM_FEATURES, cutoff),
                             storage.read(spark, cfg, tables.ARTICLES), storage.read(spark, cfg, tables.ARTICLE_INDEX))
-    stats = attrs.join(item_stats(train, cutoff), "article_idx", "left").toPandas()
+    stats = attrs.join(item_stats(train, cutoff, ages), "article_idx", "left").toPandas()
     items = S.item_table(stats)
     pop = storage.read_as_of(spark, cfg, tables.POPULARITY, cutoff).select("segment", "rank", "article_idx", "score")
     trend = stats[stats["trending_score"] > 0].sort_values(["trending_score", "article_idx"], ascending=[False, True])
@@ -255,9 +309,7 @@ def candidates(cfg: Config, spark: SparkSession, as_of: dt.date, role: str = "se
         shipped = spark.sparkContext.broadcast(ctx)
         try:
             out = users.mapInPandas(lambda it: candidate_batches(it, shipped.value), schema=schemas.CANDIDATES)
-            rows = storage.write_partition(out, cfg, tables.CANDIDATES, cutoff,
-                                           metadata={"as_of": cutoff.isoformat(), "role": role,
-                                                     "model_version": str(loaded.version)}, role=role)
+            rows = write_candidates(out, cfg, cutoff, role, str(loaded.version))
         finally:
             shipped.unpersist()
         written = candidate_rows(spark, cfg, cutoff, role)

@@ -36,7 +36,8 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -52,7 +53,7 @@ from hmrec.evaluation.metrics import group_intervals, row_metrics
 from hmrec.lake import storage, tables
 from hmrec.progress import log, stage
 from hmrec.rank import sources as S
-from hmrec.rank.candidates import candidate_rows, has_candidates
+from hmrec.rank.candidates import candidate_rows, check_features, has_candidates
 from hmrec.serve.blend import blend_batch, pad_lists
 
 STAGE = "rank"
@@ -112,10 +113,14 @@ class Trained:
     train_groups: int
     seconds: float
     importance: dict[str, float]
+    # the booster's feature columns, in its order (train_ranker's ``features``)
+    features: list[str] = field(default_factory=lambda: list(S.FEATURES))
 
 
-def train_ranker(train: pd.DataFrame, valid: pd.DataFrame, cfg: Config) -> Trained:
-    """Fit lambdarank on ``train`` (rows with ``label``), early-stopped on NDCG@12 of ``valid``."""
+def train_ranker(train: pd.DataFrame, valid: pd.DataFrame, cfg: Config,
+                 features: Sequence[str] = S.FEATURES) -> Trained:
+    """Fit lambdarank on the columns ``features`` of ``train`` (rows with ``label``), early-stopped on
+    NDCG@12 of ``valid``."""
     import lightgbm as lgb  # the driver's stage only; workers need it just to predict
 
     train, valid = training_groups(train), training_groups(valid)
@@ -127,7 +132,11 @@ def train_ranker(train: pd.DataFrame, valid: pd.DataFrame, cfg: Config) -> Train
               "num_leaves": rc.num_leaves, "min_child_samples": rc.min_child_samples, "num_threads": rc.threads,
               "seed": rc.seed, "deterministic": True, "force_row_wise": True, "verbose": -1,
               "lambdarank_truncation_level": 20}
-    features = list(S.FEATURES)
+    features = list(features)
+    missing = S.missing_features(train, features)
+    if missing:
+        raise HmrecError(f"the ranker's training rows lack feature columns {missing}: they were written before "
+                         f"these features existed; rerun `hmrec candidates --as-of D --role fit` for the as-of D")
     t0 = time.perf_counter()
     dtrain = lgb.Dataset(train[features].to_numpy(np.float64), train["label"].to_numpy(), group=_group_sizes(train),
                          feature_name=features, free_raw_data=True)
@@ -140,17 +149,31 @@ def train_ranker(train: pd.DataFrame, valid: pd.DataFrame, cfg: Config) -> Train
     best = int(booster.best_iteration or booster.current_iteration())
     gains = booster.feature_importance("gain", iteration=best)
     return Trained(booster, best, len(train), int(train["customer_idx"].nunique()), round(time.perf_counter() - t0, 2),
-                   {f: round(float(g), 3) for f, g in sorted(zip(features, gains), key=lambda x: -x[1])})
+                   {f: round(float(g), 3) for f, g in sorted(zip(features, gains), key=lambda x: -x[1])}, features)
+
+
+def booster_features(booster: object) -> list[str]:
+    """The feature columns ``booster`` (a LightGBM booster) was trained on, in its order: LightGBM keeps
+    their names in the model, so a booster trained on an older feature list scores with that list."""
+    return list(booster.feature_name())
 
 
 def predict(booster: object, frame: pd.DataFrame) -> np.ndarray:
-    """The ranker's score of every row of ``frame`` (``tables.CANDIDATES`` rows)."""
+    """The ranker's score of every row of ``frame`` (``tables.CANDIDATES`` rows), read from the columns the
+    booster was trained on (:func:`booster_features`), whatever else ``frame`` holds."""
     if frame.empty:
         return np.zeros(0)
-    missing = [c for c in S.FEATURES if c not in frame.columns]
+    features = booster_features(booster)
+    missing = S.missing_features(frame, features)
     if missing:
-        raise HmrecError(f"candidate rows lack feature columns {missing[:5]}: rerun `hmrec candidates`")
-    return np.asarray(booster.predict(frame[list(S.FEATURES)].to_numpy(np.float64), num_threads=1), dtype=np.float64)
+        where = ""
+        if {"as_of", "role"} <= set(frame.columns):
+            as_of, role = frame["as_of"].iloc[0], frame["role"].iloc[0]
+            where = f" (as_of {as_of}, role {role})"
+        raise HmrecError(f"candidate rows{where} lack the feature columns {missing[:5]} that the ranker reads: "
+                         f"they were written before these features existed; rerun `hmrec candidates --as-of D` "
+                         f"for their as-of D (`--role fit` and the as-of they fit for fit rows)")
+    return np.asarray(booster.predict(frame[features].to_numpy(np.float64), num_threads=1), dtype=np.float64)
 
 
 def top_lists(frame: pd.DataFrame, pred: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -258,13 +281,20 @@ def load_ranker(cfg: Config, version: str) -> tuple[object, dict]:
                          f"the ranker's {name} of model version {version}", fix)
     with open(paths[META_FILE]) as f:
         meta = json.load(f)
-    if meta.get("features") != list(S.FEATURES):
-        raise HmrecError(f"the ranker of model version {version} was trained on features {meta.get('features')}, "
-                         f"hmrec.rank.sources now has {list(S.FEATURES)}: {fix}")
     try:
         booster = lgb.Booster(model_file=paths[BOOSTER_FILE])
     except Exception as exc:  # a damaged file: whatever LightGBM's parser raises
         raise artifacts.unreadable(paths[BOOSTER_FILE], f"the ranker of model version {version}", fix, exc) from None
+    # A booster scores with its own feature list (an older one with fewer features), as long as every one
+    # is a column hmrec still writes.
+    features = booster_features(booster)
+    if meta.get("features") != features:
+        raise HmrecError(f"the ranker of model version {version}: {META_FILE} lists features {meta.get('features')}, "
+                         f"its {BOOSTER_FILE} {features}: {fix}")
+    unknown = [c for c in features if c not in S.FEATURES]
+    if unknown:
+        raise HmrecError(f"the ranker of model version {version} reads features {unknown} that "
+                         f"{tables.CANDIDATES} no longer has: {fix}")
     return booster, meta
 
 
@@ -362,6 +392,7 @@ def week_frames(cfg: Config, spark: SparkSession, as_of: dt.date) -> WeekFrames 
     if not has_candidates(spark, cfg, cutoff, "fit"):
         raise HmrecError(f"{tables.CANDIDATES} has no rows at the fit cutoff {cutoff}: run "
                          f"`hmrec candidates --as-of {as_of} --role fit` first")
+    check_features(spark, cfg, cutoff, "fit", S.FEATURES)
     positives = labels.select("customer_idx", "article_idx").distinct().withColumn("label", F.lit(1))
     # Selected in Spark, so that only the rows the ranker uses reach the driver (about half of them at
     # full size): every held-out buyer's candidates; of the others, the customers with a positive among
@@ -435,7 +466,7 @@ def rank(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
             log(STAGE, f"held-out buyers of the validation week ({len(actual):,}): ranker map@{k} "
                        f"{figures['ranker'][f'map@{k}']:.4f} recall@{k} {figures['ranker'][f'recall@{k}']:.4f}; "
                        f"blend map@{k} {figures['blend'][f'map@{k}']:.4f} recall@{k} {figures['blend'][f'recall@{k}']:.4f}")
-        meta = {"features": list(S.FEATURES), "library": "lightgbm", "objective": "lambdarank",
+        meta = {"features": trained.features, "library": "lightgbm", "objective": "lambdarank",
                 "fit_cutoff": cutoff.isoformat(), "as_of": as_of.isoformat(), "label_week": [cutoff.isoformat(),
                 (as_of - dt.timedelta(days=1)).isoformat()], "train_rows": trained.train_rows,
                 "train_groups": trained.train_groups, "best_iteration": trained.best_iteration,

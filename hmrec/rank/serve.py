@@ -34,8 +34,8 @@ from hmrec.etl import segments
 from hmrec.lake import schemas, storage, tables
 from hmrec.progress import log, stage
 from hmrec.rank import sources as S
-from hmrec.rank.candidates import candidate_rows, has_candidates
-from hmrec.rank.ranker import fallback_rows, filled_lists, predict, top_lists
+from hmrec.rank.candidates import candidate_rows, check_features, has_candidates
+from hmrec.rank.ranker import booster_features, fallback_rows, filled_lists, predict, top_lists
 from hmrec.serve.blend import fill_lists
 from hmrec.serve.embedders import worker_cached
 from hmrec.serve.score import check_coverage, check_lists, publish
@@ -211,6 +211,7 @@ def score_ranked(cfg: Config, spark: SparkSession, as_of: dt.date, version: str,
         booster, meta = load_ranker(cfg, version)
         if not has_candidates(spark, cfg, as_of, "serve"):
             raise HmrecError(f"{tables.CANDIDATES} has no rows for as_of {as_of}: run `hmrec candidates --as-of {as_of}`")
+        check_features(spark, cfg, as_of, "serve", booster_features(booster))
         ctx = rank_context(cfg, spark, as_of, version, booster, fallback)
         parallelism = spark.sparkContext.defaultParallelism
         cands = (candidate_rows(spark, cfg, as_of, "serve").repartition(parallelism, "customer_idx")

@@ -27,6 +27,7 @@ not propose it); :func:`add_features` adds the ranker's features.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,16 +42,22 @@ SERVED_NAME = {"retrieval": "model", "repurchase": "repurchase", "colour": "colo
 HALF_LIFE_DAYS = 14.0  # of the repurchase score's decayed count
 
 ITEM_COLUMNS = ("product_code", "product_type", "colour", "index_group", "sales_1d", "sales_7d", "sales_28d",
-                "trend", "trending_score", "price_mean", "days_since_first_sale")
+                "trend", "trending_score", "price_mean", "price_std", "buyer_age_mean", "days_since_first_sale")
 USER_FEATURES = ("user_n_purchases", "user_days_since_last", "user_mean_price", "user_age")
 PAIR_FEATURES = ("times_bought", "days_since_bought", "same_product_bought", "share_product_type", "share_colour",
-                 "share_index_group", "price_vs_user", "n_sources")
+                 "share_index_group", "price_vs_user", "n_sources", "age_vs_item_buyers")
 ITEM_FEATURES = ("item_sales_1d", "item_sales_7d", "item_sales_28d", "item_trend", "item_price_mean",
-                 "item_days_since_first_sale")
+                 "item_price_std", "item_buyer_age_mean", "item_days_since_first_sale")
 SOURCE_COLUMNS = tuple(f"{s}_{c}" for s in SOURCES for c in ("score", "rank"))
 # Every feature the ranker reads, in its column order (the columns of tables.CANDIDATES after the keys).
 FEATURES = SOURCE_COLUMNS + PAIR_FEATURES + ITEM_FEATURES + USER_FEATURES
 assert list(FEATURES) == schemas.CANDIDATE_FEATURES, "hmrec.lake.schemas.CANDIDATE_FEATURES is out of step"
+# The features added after the first candidates tables were written. Rows written before them (an older
+# gold/candidates partition, read after Delta's schema evolution added the columns) hold them as null; a
+# booster trained before them reads only FIRST_FEATURES. A row written since has item_price_std wherever
+# it has item_price_mean (both come from the article's sales before the cutoff), which tells the two apart.
+ADDED_FEATURES = ("item_price_std", "item_buyer_age_mean", "age_vs_item_buyers")
+FIRST_FEATURES = tuple(c for c in FEATURES if c not in ADDED_FEATURES)
 
 
 @dataclass
@@ -252,13 +259,27 @@ def add_features(cands: pd.DataFrame, hist: pd.DataFrame, users: pd.DataFrame, i
     out["user_mean_price"] = cust.map(per_user["user_mean_price"]).to_numpy(np.float64)
     out["user_age"] = pd.to_numeric(cust.map(ages), errors="coerce").to_numpy(np.float64)
     # item
-    for name in ("sales_1d", "sales_7d", "sales_28d", "trend", "price_mean", "days_since_first_sale"):
+    for name in ("sales_1d", "sales_7d", "sales_28d", "trend", "price_mean", "price_std", "buyer_age_mean",
+                 "days_since_first_sale"):
         out[f"item_{name}"] = items.get(name, a)
     out["price_vs_user"] = out["item_price_mean"] / out["user_mean_price"]
+    # NaN when the customer's age or every buyer's age is unknown
+    out["age_vs_item_buyers"] = out["user_age"] - out["item_buyer_age_mean"]
     out["n_sources"] = out[[f"{s}_rank" for s in SOURCES]].notna().sum(axis=1).astype(np.float64)
     for c in FEATURES:
         out[c] = out[c].astype(np.float64)
     return out.drop(columns=["product_code", "product_type", "colour", "index_group"])
+
+
+def missing_features(frame: pd.DataFrame, features: Sequence[str]) -> list[str]:
+    """The columns of ``features`` that the candidate rows ``frame`` cannot give: absent columns, and the
+    :data:`ADDED_FEATURES` among ``features`` when some row was written before they existed."""
+    absent = [c for c in features if c not in frame.columns]
+    added = [c for c in ADDED_FEATURES if c in features and c not in absent]
+    if added and {"item_price_mean", "item_price_std"} <= set(frame.columns):
+        if (frame["item_price_mean"].notna() & frame["item_price_std"].isna()).any():
+            absent += added
+    return absent
 
 
 def primary_source(frame: pd.DataFrame) -> np.ndarray:
