@@ -319,6 +319,8 @@ def gate(cfg: Config, spark: SparkSession, as_of: dt.date, enforce: bool = True)
                 raise failure(decision)
             log(STAGE, f"version {version} failed the gate ({summary['reason']}); published anyway, as a backtest does")
         else:
-            log(STAGE, f"version {version} passed: validation lift {decision.figures['validation_lift']}, "
+            lift = decision.figures.get("validation_lift")
+            shown = f"{lift:.2f}x" if isinstance(lift, (int, float)) else str(lift)
+            log(STAGE, f"version {version} passed: validation lift {shown}, "
                        f"fallback share {decision.figures['fallback_share']:.1%}")
     return dict(summary, passed=decision.passed, decision=decision.to_dict())
