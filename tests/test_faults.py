@@ -943,7 +943,9 @@ def test_kill_a_refresh_then_the_same_command_resumes(spark, served_lake, tmp_pa
     cfg = make_cfg(lake, *FAST)
     before = reader_view(cfg)
     data = more_data(tmp_path)
-    run = ["run", "--data", str(data), "--as-of", AS_OF.isoformat(), *lake_args(lake)]
+    # The gate's comparison with the champion rests on this tiny data's 7 held-out buyers, which a
+    # change of features moves either way: this test is about resuming, so the gate only asks for a lift.
+    run = ["run", "--data", str(data), "--as-of", AS_OF.isoformat(), *lake_args(lake, "gate.tolerance=1")]
     proc = spawn(tmp_path, "run1", *run)
     kill_when(proc, Path(checkpoint_path(cfg, AS_OF)).exists, tmp_path, "run1")
     after_kill = reader_view(cfg)
