@@ -402,13 +402,13 @@ def week_frames(cfg: Config, spark: SparkSession, as_of: dt.date) -> WeekFrames 
              .join(positives, ["customer_idx", "article_idx"], "left").fillna({"label": 0})
              .withColumn("_held", held_out_col(c, rc.valid_share, rc.seed))
              .withColumn("_group_pos", F.max("label").over(Window.partitionBy("customer_idx"))))
-    counts = cands.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("customer_idx").alias("buyers")).first()
     kept = cands.where(F.col("_held") | ((F.col("_group_pos") > 0)
                                          & ((F.col("label") > 0) | kept_negative_col(c, a, rc.negative_share, rc.seed))))
     rows = kept.drop("_group_pos").toPandas()
     held = rows.pop("_held").to_numpy(bool)
     train, valid = rows[~held].reset_index(drop=True), rows[held].reset_index(drop=True)
-    log(STAGE, f"{counts['rows']:,} candidate rows of {counts['buyers']:,} buyers at {cutoff}; "
+    # the candidates-fit stage already printed the week's candidate rows; these are the rows kept
+    log(STAGE, f"{len(rows):,} candidate rows of {rows['customer_idx'].nunique():,} buyers at {cutoff} kept: "
                f"training on {len(train):,} rows, {len(valid):,} held out")
     return WeekFrames(actual, train, valid)
 

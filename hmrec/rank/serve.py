@@ -58,9 +58,7 @@ class RankContext:
     verify: bool = True
 
     def booster(self) -> object:
-        import lightgbm as lgb
-
-        return worker_cached(self.key, lambda: lgb.Booster(model_str=self.booster_text))
+        return ShippedBooster(self.booster_text, self.key).booster()
 
 
 def _frame(ctx: RankContext, customer_ids: np.ndarray, idx: np.ndarray, score: np.ndarray, src: np.ndarray) -> pd.DataFrame:
