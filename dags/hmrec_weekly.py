@@ -47,7 +47,7 @@ except ImportError:
     from airflow.operators.bash import BashOperator
 
 # The stages of a refresh in hmrec.cli.STAGES order (tests/test_dag.py checks that they agree).
-STAGES = ["ingest", "features", "split", "popularity", "choose", "train", "index", "candidates", "rank", "gate",
+STAGES = ["ingest", "features", "split", "popularity", "choose", "train", "index", "rank", "candidates", "gate",
           "score", "evaluate", "card"]
 BUSY_EXIT = 3  # hmrec.lake.lease.BUSY_EXIT: the lakehouse's lease is held by another job; retried
 GATE_EXIT = 4  # hmrec.errors.GateFailed.exit_status: the model did not clear the gate; not retried

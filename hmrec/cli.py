@@ -32,7 +32,7 @@ APPEND_HELP = ("the --data directory holds a new batch of transactions_train.csv
                "must repeat its rows exactly and is left out")
 ALLOW_SHRINK_HELP = ("accept input that replaces a bronze table with far fewer rows, or whose rows are mostly "
                      "rejected (sets ingest.min_keep_share=0 and ingest.max_reject_share=1)")
-STAGES = ["ingest", "features", "split", "popularity", "choose", "train", "index", "candidates", "rank", "gate",
+STAGES = ["ingest", "features", "split", "popularity", "choose", "train", "index", "rank", "candidates", "gate",
           "score", "evaluate", "card"]
 GATE_EXIT = GateFailed.exit_status
 
@@ -104,7 +104,9 @@ TEXTS: dict[str, tuple[str, str, str, str]] = {
               "hmrec index --as-of 2020-09-16"),
     "candidates": ("Every customer's candidates from several sources (the model's FAISS neighbours, own "
                    "purchases, other colours of them, the age segment's popular articles, trending ones), each "
-                   "with every source's score and rank and the ranker's features. With --role fit: at the fit "
+                   "with every source's score and rank and the ranker's features; when the served model version "
+                   "has its ranker (hmrec rank ran), each candidate's ranker score and place in its customer's "
+                   "list, so scoring reads only the best. With --role fit: at the fit "
                    "cutoff (as-of minus split.validation_days) with the fit model, for the validation week's "
                    "buyers, and each source's recall on that week.",
                    f"the model version and its index, {_names(T.TRAIN, T.USER_FEATURES, T.ITEM_FEATURES, T.POPULARITY, T.ARTICLES)}"

@@ -167,6 +167,7 @@ class RankConfig:
     min_child_samples: int
     threads: int
     seed: int
+    compile: bool = True
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ the week [v, D), its index, and the choose stage, which decides the auto
 settings on that week (:mod:`hmrec.evaluation.choose`); then the model served
 at D and its index; then the two-stage list (:mod:`hmrec.rank`): candidates at
 v with the fit model for the validation week's buyers, the ranker trained on
-that week, candidates at D with the served model; the gate that judges the
+that week, candidates at D with the served model, scored by the ranker as
+they are made; the gate that judges the
 version before anything is published (:mod:`hmrec.governance.gate`); then
 scoring (``score.method``: the ranker or the blend), evaluation and the
 model card (:mod:`hmrec.governance.card`).
@@ -120,13 +121,14 @@ STAGES: tuple[Stage, ...] = (
           after=("features", "split", "choose")),
     Stage("index", lambda cfg, spark, c, as_of: index.build_index(cfg, spark, as_of=c), INDEX, after=("train",)),
     # The two-stage list: candidates at the fit cutoff (the fit model, that week's buyers) train the
-    # ranker on the validation week; the served model's candidates at the as-of are what it ranks.
+    # ranker on the validation week; the served model's candidates at the as-of are what it ranks, and
+    # it scores them as they are made.
     Stage("candidates-fit", lambda cfg, spark, c, as_of: candidates.candidates(cfg, spark, as_of=as_of, role="fit"),
           CANDIDATES, after=("index-fit", "popularity@fit", "split"), at_fit=True),
-    Stage("candidates", lambda cfg, spark, c, as_of: candidates.candidates(cfg, spark, as_of=c), CANDIDATES,
-          after=("index", "popularity")),
     Stage("rank", lambda cfg, spark, c, as_of: ranker.rank(cfg, spark, as_of=c), (*RANK, *CANDIDATES),
           after=("candidates-fit", "train", "choose")),
+    Stage("candidates", lambda cfg, spark, c, as_of: candidates.candidates(cfg, spark, as_of=c), CANDIDATES,
+          after=("index", "popularity", "rank")),
     # Judges the serve version before anything is published (hmrec.governance.gate); a failure stops the
     # refresh here, unrecorded, so the next run judges again.
     Stage("gate", lambda cfg, spark, c, as_of: gate.gate(cfg, spark, as_of=c), GATE,

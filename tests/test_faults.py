@@ -959,7 +959,7 @@ def test_kill_a_refresh_then_the_same_command_resumes(spark, served_lake, tmp_pa
     assert f"pid {proc.pid} no longer runs on this host" in out
     for stage in ("features", "split", "popularity"):
         assert f"{stage}: already done for {AS_OF}" in out
-    assert "ran train, index, candidates-fit, candidates, rank, gate, score, evaluate, card;" in out
+    assert "ran train, index, candidates-fit, rank, candidates, gate, score, evaluate, card;" in out
     recs = view(cfg, (tables.RECOMMENDATIONS,))[tables.RECOMMENDATIONS.name]
     assert recs[0] == before[tables.RECOMMENDATIONS.name][0] + 1 and recs[1] == N_CUSTOMERS * 12
 

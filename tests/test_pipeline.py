@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
@@ -643,6 +644,42 @@ def test_the_ranker_serves_exactly_k_distinct_articles_to_every_customer(spark, 
     never = storage.read_as_of(spark, cfg, tables.USER_FEATURES, TINY_AS_OF).where("n_purchases = 0").select("customer_id")
     assert recs.join(never, "customer_id").where(F.col("source") != "popular").count() == 0
     assert summary["customers"] == per.count()
+
+
+def test_the_served_candidates_are_ranked_as_they_are_made_and_scoring_reads_only_the_best(spark, ran, tmp_path,
+                                                                                             monkeypatch, capsys):
+    from hmrec.model import registry
+    from hmrec.rank import ranker, serve
+    from hmrec.rank.candidates import candidate_rows, ranked_by
+
+    cfg0, results = ran
+    version = registry.latest_version(cfg0, TINY_AS_OF)
+    assert results["candidates"]["ranked"]
+    assert ranked_by(spark, cfg0, TINY_AS_OF, "serve") == ranker.ranker_sha256(cfg0, version) is not None
+    assert ranked_by(spark, cfg0, fit_cutoff_of(cfg0), "fit") is None  # the fit rows train the ranker
+    rows = candidate_rows(spark, cfg0, TINY_AS_OF, "serve").toPandas()
+    booster, _ = ranker.load_ranker(cfg0, version)
+    # scored by the compiled trees (rank.compile), LightGBM's own predict to within rounding
+    np.testing.assert_allclose(rows["ranker_score"].to_numpy(), ranker.predict(booster, rows), rtol=0, atol=1e-12)
+    # places 1..n within each customer, by score and then article_idx
+    for _, g in rows.groupby("customer_idx"):
+        g = g.sort_values(["ranker_score", "article_idx"], ascending=[False, True])
+        assert g["ranker_rank"].tolist() == list(range(1, len(g) + 1))
+    # scoring from the stored places gives the lists that scoring every candidate gives
+    lake = tmp_path / "lake"
+    shutil.copytree(cfg0.lakehouse, lake)
+    cfg = make_cfg(lake, *TINY_TRAIN, "score.method=ranker")
+    stored = serve.score_ranked(cfg, spark, TINY_AS_OF, version)
+    assert stored["ranked_in_candidates"]
+    fast = storage.read(spark, cfg, tables.RECOMMENDATIONS).toPandas()
+    monkeypatch.setattr(serve, "ranked_by", lambda *a: None)  # as if written before the ranker was trained
+    capsys.readouterr()
+    assert not serve.score_ranked(cfg, spark, TINY_AS_OF, version)["ranked_in_candidates"]
+    assert (f"the candidates at {TINY_AS_OF} were written before this version's ranker was trained: the ranker "
+            f"scores all of them here; `hmrec candidates --as-of {TINY_AS_OF}` after `hmrec rank`") in capsys.readouterr().err
+    slow = storage.read(spark, cfg, tables.RECOMMENDATIONS).toPandas()
+    key = ["customer_id", "rank"]
+    pd.testing.assert_frame_equal(fast.sort_values(key).reset_index(drop=True), slow.sort_values(key).reset_index(drop=True))
 
 
 def test_the_gate_judges_the_rankers_lift_when_the_ranker_is_what_scoring_serves(spark, ran, tmp_path):

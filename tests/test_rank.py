@@ -391,3 +391,14 @@ def test_new_candidates_go_into_a_table_of_the_first_column_set_which_keeps_its_
     check_features(spark, cfg, old_cut, "fit", S.FEATURES)
     assert candidate_rows(spark, cfg, old_cut, "fit").where("item_price_std IS NULL").count() == 0
     assert candidate_rows(spark, cfg, new_cut, "serve").count() == 2
+
+
+def test_list_places_orders_each_customer_by_score_then_article():
+    from hmrec.rank.candidates import list_places
+
+    c = np.array([7, 3, 7, 7, 3, 9])
+    a = np.array([5, 1, 2, 9, 4, 8])
+    s = np.array([0.5, 0.1, 0.9, 0.5, 0.3, -2.0])
+    # customer 7: article 2 (0.9), then 5 and 9 tie at 0.5 (lower article first); customer 3: 4 (0.3), 1 (0.1)
+    assert list_places(c, a, s).tolist() == [2, 2, 1, 3, 1, 1]
+    assert list_places(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)).tolist() == []

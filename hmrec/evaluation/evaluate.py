@@ -320,7 +320,7 @@ def two_stage_lists(cfg: Config, spark: SparkSession, as_of: dt.date, version: s
     cands = candidate_rows(spark, cfg, as_of, "serve").join(ids, "customer_id")
     index = storage.read(spark, cfg, tables.ARTICLE_INDEX).select("article_idx", "article_id")
     names = index.toPandas().set_index("article_idx")["article_id"]
-    top = ranked_top(spark, cands, booster, k).sort_values(["customer_id", "rank"])
+    top = ranked_top(spark, cands, booster, k, cfg.rank.compile).sort_values(["customer_id", "rank"])
     ranked = {c: names.reindex(g["article_idx"]).tolist() for c, g in top.groupby("customer_id", sort=False)}
     lists = [fill_list(ranked.get(c, []), fallback, k) for c, fallback in zip(frame["customer_id"], frame["popularity_segment"])]
     recall = source_recall(spark, cands, frame, index)

@@ -207,6 +207,9 @@ CANDIDATES = _struct(
     # role: serve (every customer, the served model) or fit (the validation week's buyers, the fitted model)
     [("as_of", DateType()), ("role", S), ("customer_id", S), ("customer_idx", I), ("segment", S), ("article_idx", I)]
     + [(c, D) for c in CANDIDATE_FEATURES]
+    # the served version's ranker's score and the candidate's place in its customer's list (1 = best),
+    # when the ranker existed as the candidates were made (role serve); null otherwise
+    + [("ranker_score", D), ("ranker_rank", I)]
 )
 
 RECOMMENDATIONS = _struct(

@@ -15,6 +15,15 @@ computed from ``tables.TRAIN`` at c, so from rows before c only.
 With ``role fit`` the stage also reports, on the validation week, each
 source's recall (share of a buyer's purchases among its candidates, averaged
 over buyers) and the union's, the ceiling a ranker cannot pass.
+
+With ``role serve``, when the served model version already carries its ranker
+(``hmrec rank`` runs before this stage in a refresh), every candidate is
+scored by it in the same pass, while its customer's rows are together:
+``ranker_score`` and ``ranker_rank`` (1 = the best of its customer), and the
+commit records the booster's SHA-256. Scoring then reads only each
+customer's ``score.k`` best rows instead of every candidate
+(:mod:`hmrec.rank.serve`). Without a ranker the two columns are null and
+scoring ranks the candidates itself.
 """
 from __future__ import annotations
 
@@ -133,6 +142,19 @@ class CandidateContext:
     as_of: dt.date
     role: str = "serve"
     threads: int = 1
+    ranker: object | None = None  # a hmrec.rank.serve.ShippedBooster: score and place every candidate
+
+
+def list_places(customer_idx: np.ndarray, article_idx: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Each row's place (1 = best) in its customer's list by ``score``, highest first, ties to the lower
+    article_idx: the order :func:`hmrec.rank.ranker.top_lists` ranks in."""
+    order = np.lexsort((article_idx, -np.asarray(score, dtype=np.float64), customer_idx))
+    c = np.asarray(customer_idx)[order]
+    pos = np.arange(len(c))
+    first = np.maximum.accumulate(np.where(np.r_[True, c[1:] != c[:-1]], pos, 0)) if len(c) else pos
+    places = np.empty(len(c), dtype=np.int32)
+    places[order] = pos - first + 1
+    return places
 
 
 def batch_candidates(users: pd.DataFrame, ctx: CandidateContext) -> pd.DataFrame:
@@ -153,6 +175,15 @@ def batch_candidates(users: pd.DataFrame, ctx: CandidateContext) -> pd.DataFrame
     out = cands.merge(info, on="customer_idx", how="left")
     out["as_of"] = ctx.as_of
     out["role"] = ctx.role
+    if ctx.ranker is not None and len(out):
+        from hmrec.rank.ranker import predict  # that module imports this one
+
+        out["ranker_score"] = predict(ctx.ranker.booster(), out)
+        out["ranker_rank"] = list_places(out["customer_idx"].to_numpy(np.int64), out["article_idx"].to_numpy(np.int64),
+                                         out["ranker_score"].to_numpy())
+    else:
+        out["ranker_score"] = np.nan
+        out["ranker_rank"] = pd.array([pd.NA] * len(out), dtype="Int32")
     return out[[f.name for f in schemas.CANDIDATES.fields]]
 
 
@@ -176,16 +207,18 @@ def _lists(popularity: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]
     return out
 
 
-def write_candidates(rows: DataFrame, cfg: Config, cutoff: dt.date, role: str, model_version: str) -> int:
+def write_candidates(rows: DataFrame, cfg: Config, cutoff: dt.date, role: str, model_version: str,
+                     ranker_sha256: str | None = None) -> int:
     """Replace the ``tables.CANDIDATES`` rows of ``cutoff`` and ``role`` with ``rows`` in one commit that
-    records the feature columns written (:func:`written_features`); returns the rows written.
+    records the feature columns written (:func:`written_features`) and the SHA-256 of the booster that
+    filled ``ranker_score`` and ``ranker_rank`` (None: nothing ranked them); returns the rows written.
 
     A table written before the latest features were added takes the new columns (Delta's schema
     evolution) and keeps its other rows, which read them as null: :func:`check_features` tells a booster
     that needs them to rewrite those rows."""
     return storage.write_partition(rows, cfg, tables.CANDIDATES, cutoff,
                                    metadata={"as_of": cutoff.isoformat(), "role": role, "model_version": model_version,
-                                             "features": list(S.FEATURES)},
+                                             "features": list(S.FEATURES), "ranker_sha256": ranker_sha256},
                                    merge_schema=True, role=role)
 
 
@@ -200,6 +233,13 @@ def written_features(spark: SparkSession, cfg: Config, cutoff: dt.date, role: st
     before commits recorded them."""
     meta = storage.commit_metadata(spark, cfg, tables.CANDIDATES, as_of=cutoff.isoformat(), role=role) or {}
     return list(meta.get("features") or S.FIRST_FEATURES)
+
+
+def ranked_by(spark: SparkSession, cfg: Config, cutoff: dt.date, role: str) -> str | None:
+    """The SHA-256 of the booster whose scores the candidates at ``cutoff`` for ``role`` hold, as the
+    commit that wrote them recorded; None when nothing ranked them."""
+    meta = storage.commit_metadata(spark, cfg, tables.CANDIDATES, as_of=cutoff.isoformat(), role=role) or {}
+    return meta.get("ranker_sha256")
 
 
 def rerun_command(cfg: Config, cutoff: dt.date, role: str) -> str:
@@ -275,6 +315,21 @@ def candidate_recall(cands: DataFrame, labels: DataFrame) -> dict[str, float]:
     return {f"recall_{k}": round(float(row[k] or 0.0), 5) for k in flags} | {"buyers": int(row["buyers"])}
 
 
+def served_ranker(cfg: Config, version: str) -> tuple[object | None, str | None]:
+    """The ranker of model version ``version`` for the workers (a ShippedBooster) and its booster's
+    SHA-256; (None, None), with a line saying so, when the version has none yet."""
+    from hmrec.rank import ranker
+    from hmrec.rank.serve import ShippedBooster
+
+    if not ranker.has_ranker(cfg, version):
+        log(STAGE, f"model version {version} has no ranker yet: the candidates are written unranked and "
+                   f"`hmrec score` ranks them all (run `hmrec rank` before this stage to rank them here)")
+        return None, None
+    booster, _ = ranker.load_ranker(cfg, version)
+    digest = ranker.ranker_sha256(cfg, version)
+    return ShippedBooster(booster.model_to_string(), f"ranker:{version}:{digest}", cfg.rank.compile), digest
+
+
 def candidates(cfg: Config, spark: SparkSession, as_of: dt.date, role: str = "serve") -> dict:
     """The ``hmrec candidates`` stage at ``as_of`` (see the module notes); writes ``tables.CANDIDATES``.
 
@@ -293,6 +348,10 @@ def candidates(cfg: Config, spark: SparkSession, as_of: dt.date, role: str = "se
         index, _ = load_index(cfg, str(loaded.version), cutoff)
         summary["model_version"] = str(loaded.version)
         ctx = build_context(cfg, spark, cutoff, embedder, index, role)
+        digest = None
+        if role == "serve":
+            ctx.ranker, digest = served_ranker(cfg, str(loaded.version))
+        summary["ranked"] = digest is not None
         users = (
             storage.read_as_of(spark, cfg, tables.USER_FEATURES, cutoff)
             .where(F.col("n_purchases") >= 1)
@@ -309,7 +368,7 @@ def candidates(cfg: Config, spark: SparkSession, as_of: dt.date, role: str = "se
         shipped = spark.sparkContext.broadcast(ctx)
         try:
             out = users.mapInPandas(lambda it: candidate_batches(it, shipped.value), schema=schemas.CANDIDATES)
-            rows = write_candidates(out, cfg, cutoff, role, str(loaded.version))
+            rows = write_candidates(out, cfg, cutoff, role, str(loaded.version), digest)
         finally:
             shipped.unpersist()
         written = candidate_rows(spark, cfg, cutoff, role)

@@ -313,6 +313,16 @@ def has_ranker(cfg: Config, version: str | None) -> bool:
     return registry.CHECKSUM_TAG.format(f"{RANKER_DIR}/{BOOSTER_FILE}") in (mv.tags or {})
 
 
+def ranker_sha256(cfg: Config, version: str) -> str | None:
+    """The SHA-256 of model version ``version``'s booster (its registry tag), None without a ranker."""
+    from hmrec.model import registry
+
+    if not has_ranker(cfg, version):
+        return None
+    mv = registry.client(cfg).get_model_version(cfg.paths.registered_model, str(version))
+    return (mv.tags or {}).get(registry.CHECKSUM_TAG.format(f"{RANKER_DIR}/{BOOSTER_FILE}"))
+
+
 # ---- the validation figures --------------------------------------------------------------
 
 

@@ -1,12 +1,14 @@
 """Scoring with ``score.method: ranker``: the ranker's K best candidates of every customer, in one Delta commit.
 
-The booster of the served model version (:func:`hmrec.rank.ranker.load_ranker`)
-travels to Spark's Python workers in a broadcast, as text, and is rebuilt
-once per worker. ``tables.CANDIDATES`` at the as-of is partitioned by
+When the candidates stage scored the candidates with this version's booster
+(``ranker_score`` and ``ranker_rank``, the commit's ``ranker_sha256`` the
+booster's), only each customer's K best rows are read. Otherwise the booster
+of the served model version (:func:`hmrec.rank.ranker.load_ranker`) travels
+to Spark's Python workers in a broadcast, as text, is rebuilt once per
+worker, and scores every candidate. Either way the rows are partitioned by
 customer and sorted within partitions, so a worker sees each customer's
 candidates together (a customer cut by an Arrow batch boundary is carried to
-the next batch). Each customer's candidates are scored, the K best kept and
-the list completed from the popularity list (the age segment's, or the
+the next batch); each customer's K best are kept and the list completed from the popularity list (the age segment's, or the
 global one, as the cold customers' plan says) to exactly K distinct
 articles. Customers with features but no candidates (no purchase before the
 as-of) get that popularity list alone, customers without features the global
@@ -34,8 +36,9 @@ from hmrec.etl import segments
 from hmrec.lake import schemas, storage, tables
 from hmrec.progress import log, stage
 from hmrec.rank import sources as S
-from hmrec.rank.candidates import candidate_rows, check_features, has_candidates
-from hmrec.rank.ranker import booster_features, fallback_rows, filled_lists, predict, top_lists
+from hmrec.rank.compiled import compile_booster
+from hmrec.rank.candidates import candidate_rows, check_features, has_candidates, ranked_by, rerun_command
+from hmrec.rank.ranker import booster_features, fallback_rows, filled_lists, predict, ranker_sha256, top_lists
 from hmrec.serve.blend import fill_lists
 from hmrec.serve.embedders import worker_cached
 from hmrec.serve.score import check_coverage, check_lists, publish
@@ -56,9 +59,11 @@ class RankContext:
     model_version: str
     as_of: dt.date
     verify: bool = True
+    stored: bool = False  # rank by the rows' ranker_score instead of the booster
+    compiled: bool = True  # rank.compile
 
     def booster(self) -> object:
-        return ShippedBooster(self.booster_text, self.key).booster()
+        return ShippedBooster(self.booster_text, self.key, self.compiled).booster()
 
 
 def _frame(ctx: RankContext, customer_ids: np.ndarray, idx: np.ndarray, score: np.ndarray, src: np.ndarray) -> pd.DataFrame:
@@ -76,7 +81,8 @@ def _frame(ctx: RankContext, customer_ids: np.ndarray, idx: np.ndarray, score: n
 
 def rank_frame(cands: pd.DataFrame, ctx: RankContext) -> pd.DataFrame:
     """``tables.RECOMMENDATIONS`` rows (exactly K per customer) for whole customers' ``tables.CANDIDATES`` rows."""
-    customers, idx, score, src = top_lists(cands, predict(ctx.booster(), cands), ctx.k)
+    pred = cands["ranker_score"].to_numpy(np.float64) if ctx.stored else predict(ctx.booster(), cands)
+    customers, idx, score, src = top_lists(cands, pred, ctx.k)
     info = cands.drop_duplicates("customer_idx").set_index("customer_idx")
     seg = info.loc[customers, "segment"].fillna(segments.UNKNOWN_SEGMENT)
     rows = fallback_rows(ctx, seg, ctx.fallback)
@@ -121,10 +127,13 @@ class ShippedBooster:
 
     text: str
     key: str
+    compiled: bool = True  # score with the trees compiled by lleaves (hmrec.rank.compiled), else LightGBM's predict
 
     def booster(self) -> object:
         import lightgbm as lgb
 
+        if self.compiled:
+            return worker_cached(f"{self.key}:compiled", lambda: compile_booster(self.text))
         return worker_cached(self.key, lambda: lgb.Booster(model_str=self.text))
 
 
@@ -146,11 +155,11 @@ def top_batches(batches: Iterable[pd.DataFrame], shipped: ShippedBooster, k: int
                             "candidates": np.repeat(sizes.loc[customers].to_numpy(np.int32), k)[keep]})
 
 
-def ranked_top(spark: SparkSession, cands, booster: object, k: int) -> pd.DataFrame:
+def ranked_top(spark: SparkSession, cands, booster: object, k: int, compiled: bool = True) -> pd.DataFrame:
     """Each customer's ``k`` best rows of the ``tables.CANDIDATES`` frame ``cands``, ranked on Spark's
-    workers: only these rows (``TOP_SCHEMA``) reach the driver."""
+    workers (with the compiled trees unless not ``compiled``): only these rows (``TOP_SCHEMA``) reach the driver."""
     text = booster.model_to_string()
-    shipped = spark.sparkContext.broadcast(ShippedBooster(text, f"ranker-top:{hash(text)}"))
+    shipped = spark.sparkContext.broadcast(ShippedBooster(text, f"ranker-top:{hash(text)}", compiled))
     try:
         parallelism = spark.sparkContext.defaultParallelism
         ordered = cands.repartition(parallelism, "customer_idx").sortWithinPartitions("customer_idx", "article_idx")
@@ -196,7 +205,20 @@ def rank_context(cfg: Config, spark: SparkSession, as_of: dt.date, version: str,
     names, f_idx, f_score = fill_lists(popularity, idx, cfg.score.k)
     text = booster.model_to_string()
     return RankContext(text, f"ranker:{version}:{hash(text)}", cfg.score.k, article_ids, names, f_idx, f_score,
-                       fallback, str(version), as_of)
+                       fallback, str(version), as_of, compiled=cfg.rank.compile)
+
+
+def stored_ranks(spark: SparkSession, cfg: Config, as_of: dt.date, version: str) -> bool:
+    """Whether the served candidates at ``as_of`` hold the scores of model version ``version``'s booster;
+    when not, a line says why every candidate is scored here instead."""
+    stored, digest = ranked_by(spark, cfg, as_of, "serve"), ranker_sha256(cfg, version)
+    if stored is not None and stored == digest:
+        return True
+    why = ("were written before this version's ranker was trained" if stored is None
+           else "hold the scores of another ranker")
+    log("score", f"the candidates at {as_of} {why}: the ranker scores all of them here; "
+                 f"`{rerun_command(cfg, as_of, 'serve')}` after `hmrec rank` would score them as they are made")
+    return False
 
 
 def score_ranked(cfg: Config, spark: SparkSession, as_of: dt.date, version: str, fallback: str = "segment") -> dict:
@@ -209,11 +231,19 @@ def score_ranked(cfg: Config, spark: SparkSession, as_of: dt.date, version: str,
         booster, meta = load_ranker(cfg, version)
         if not has_candidates(spark, cfg, as_of, "serve"):
             raise HmrecError(f"{tables.CANDIDATES} has no rows for as_of {as_of}: run `hmrec candidates --as-of {as_of}`")
-        check_features(spark, cfg, as_of, "serve", booster_features(booster))
         ctx = rank_context(cfg, spark, as_of, version, booster, fallback)
+        ctx.stored = stored_ranks(spark, cfg, as_of, str(version))
+        summary["ranked_in_candidates"] = ctx.stored
+        rows = candidate_rows(spark, cfg, as_of, "serve")
+        if ctx.stored:
+            # every customer's K best, as the candidates stage placed them: the other rows stay on disk
+            keep = ["customer_idx", "customer_id", "segment", "article_idx", "ranker_score",
+                    *[f"{s}_rank" for s in S.SOURCES]]
+            rows = rows.where(F.col("ranker_rank") <= ctx.k).select(*keep)
+        else:
+            check_features(spark, cfg, as_of, "serve", booster_features(booster))
         parallelism = spark.sparkContext.defaultParallelism
-        cands = (candidate_rows(spark, cfg, as_of, "serve").repartition(parallelism, "customer_idx")
-                 .sortWithinPartitions("customer_idx", "article_idx"))
+        cands = rows.repartition(parallelism, "customer_idx").sortWithinPartitions("customer_idx", "article_idx")
         features_df = storage.read_as_of(spark, cfg, tables.USER_FEATURES, as_of)
         have = candidate_rows(spark, cfg, as_of, "serve").select("customer_idx").distinct()
         bare = (features_df.join(have, "customer_idx", "left_anti")
