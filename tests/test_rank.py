@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hmrec.errors import HmrecError
 from hmrec.rank import sources as S
 from hmrec.rank.ranker import filled_lists, held_out, list_figures, predict, sample_negatives, top_lists, train_ranker
 from tests.conftest import make_cfg
@@ -140,6 +141,158 @@ def test_age_against_the_items_buyers_is_nan_when_either_age_is_unknown():
     assert np.isnan(f.loc[(1, B), "age_vs_item_buyers"])  # B's buyers have no age
     assert np.isnan(f.loc[(2, A), "age_vs_item_buyers"])  # customer 2 has no age
     assert f.loc[(1, A), "item_price_std"] == pytest.approx(np.sqrt(50.0)) and f.loc[(1, B), "item_price_std"] == 0.0
+
+
+def _hist_users(rows: dict[int, list[tuple[int, int, float]]], ages: dict[int, float] | None = None) -> pd.DataFrame:
+    """Users with the purchases ``rows`` (customer_idx -> [(article_idx, days, price)]), None for none."""
+    ids = list(rows)
+    return pd.DataFrame({
+        "customer_idx": ids, "customer_id": [f"c{i}" for i in ids], "segment": "age_unknown",
+        "age": [(ages or {}).get(i) for i in ids],
+        "hist_items": [None if rows[i] is None else [r[0] for r in rows[i]] for i in ids],
+        "hist_days": [None if rows[i] is None else [r[1] for r in rows[i]] for i in ids],
+        "hist_price": [None if rows[i] is None else [r[2] for r in rows[i]] for i in ids],
+    })
+
+
+def _frame(**columns) -> pd.DataFrame:
+    """A union_sources frame: the given columns, every other source column NaN."""
+    n = len(columns["customer_idx"])
+    out = pd.DataFrame({"customer_idx": np.asarray(columns["customer_idx"], dtype=np.int64),
+                        "article_idx": np.asarray(columns["article_idx"], dtype=np.int64)})
+    for c in S.SOURCE_COLUMNS:
+        out[c] = np.asarray(columns.get(c, [np.nan] * n), dtype=np.float64)
+    return out
+
+
+def test_pair_keys_sort_as_the_pairs_and_give_them_back():
+    pairs = [(3, -1), (-2, 5), (3, 2**31 - 1), (0, 0), (-2**31, -2**31), (2**31 - 1, 7), (3, 0), (-1, 2**31 - 1)]
+    left, right = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    keys = S._pair_keys(left, right)
+    assert [pairs[i] for i in np.argsort(keys)] == sorted(pairs)
+    back = S._split_keys(keys)
+    assert back[0].tolist() == left.tolist() and back[1].tolist() == right.tolist()
+    with pytest.raises(HmrecError, match="beyond 32 bits"):
+        S._pair_keys(np.array([1]), np.array([2**31]))
+
+
+def test_union_of_an_empty_source_and_customers_each_in_one_source():
+    # customer 2's neighbours C then A, customer 1's B (its second slot empty); customer 3 only in popular
+    ret = S.retrieval_source(np.array([2, 1]), np.array([[0.9, 0.5], [0.7, 0.0]]), np.array([[C, A], [B, -1]]))
+    pop = pd.DataFrame({"customer_idx": [3, 3], "article_idx": [B, A], "score": [2.0, 1.0], "rank": [1, 2]})
+    empty = S.repurchase_source(S.history_frame(_hist_users({1: None})), 10)
+    assert empty.empty
+    got = S.union_sources({"retrieval": ret, "colour": empty, "popular": pop})
+    expected = _frame(customer_idx=[1, 2, 2, 3, 3], article_idx=[B, A, C, A, B],
+                      retrieval_score=[0.7, 0.5, 0.9, np.nan, np.nan], retrieval_rank=[1, 2, 1, np.nan, np.nan],
+                      popular_score=[np.nan, np.nan, np.nan, 1.0, 2.0], popular_rank=[np.nan, np.nan, np.nan, 2, 1])
+    pd.testing.assert_frame_equal(got, expected, check_exact=True)
+    # no source proposed anything: no rows, the same columns
+    pd.testing.assert_frame_equal(S.union_sources({}), _frame(customer_idx=[], article_idx=[]), check_exact=True)
+    pd.testing.assert_frame_equal(S.union_sources({"colour": empty}), _frame(customer_idx=[], article_idx=[]))
+
+
+def test_union_keeps_a_pairs_best_rank_when_a_source_gives_it_twice():
+    twice = pd.DataFrame({"customer_idx": [1, 1, 1], "article_idx": [A, B, A], "score": [0.4, 0.6, 0.9],
+                          "rank": [3, 2, 1]})
+    got = S.union_sources({"trending": twice})
+    pd.testing.assert_frame_equal(got, _frame(customer_idx=[1, 1], article_idx=[A, B], trending_score=[0.9, 0.6],
+                                              trending_rank=[1, 2]), check_exact=True)
+
+
+def test_colour_source_keeps_a_variants_best_score_and_breaks_ties_by_article():
+    A3, A4 = 12, 13  # two more articles of product 100
+    stats = pd.DataFrame({"article_idx": [A, A2, A3, A4], "product_code": 100, "product_type": 1, "colour": 5,
+                          "index_group": 1, "sales_1d": 0.0, "sales_7d": 0.0, "sales_28d": [5.0, 9.0, 3.0, 3.0],
+                          "trend": 0.0, "trending_score": 0.0, "price_mean": 0.01, "price_std": 0.0,
+                          "buyer_age_mean": 30.0, "days_since_first_sale": 50.0})
+    # customer 1 bought A and A2, customer 2 bought A3
+    hist = S.history_frame(_hist_users({1: [(A, 1, 0.01), (A2, 10, 0.01)], 2: [(A3, 3, 0.01)]}))
+    rep = S.repurchase_source(hist, 10)
+    col = S.colour_source(rep, hist, S.item_table(stats), 5)
+    s1, s2 = 0.5 ** (1 / 14), 0.5 ** (3 / 14)  # A's score beats A2's 0.5 ** (10 / 14)
+    # A3 and A4 both reached from A with 4 x its score: the lower article_idx first
+    assert col["customer_idx"].tolist() == [1, 1, 2, 2, 2]
+    assert col["article_idx"].tolist() == [A3, A4, A2, A, A4]
+    assert col["rank"].tolist() == [1, 2, 1, 2, 3]
+    assert col["score"].tolist() == pytest.approx([4 * s1, 4 * s1, 10 * s2, 6 * s2, 4 * s2], rel=1e-12)
+    assert list(col.dtypes) == [np.int64, np.int64, np.float64, np.int64]
+    one = S.colour_source(rep, hist, S.item_table(stats), 1)
+    assert list(zip(one["customer_idx"], one["article_idx"])) == [(1, A3), (2, A2)]
+
+
+def test_duplicated_purchases_count_each_time():
+    # the same article twice on the same day (two rows of one receipt), then B
+    users = _hist_users({1: [(A, 2, 0.02), (A, 2, 0.02), (B, 5, 0.04)]}, ages={1: 40.0})
+    hist = S.history_frame(users)
+    rep = S.repurchase_source(hist, 10)
+    assert rep["article_idx"].tolist() == [A, B]
+    assert rep["score"].tolist() == pytest.approx([2 * 0.5 ** (2 / 14), 0.5 ** (5 / 14)], rel=1e-12)
+    col = S.colour_source(rep, hist, _items(), 10)
+    assert col["article_idx"].tolist() == [A2]  # A itself was bought
+    assert col["score"].tolist() == pytest.approx([2 * 0.5 ** (2 / 14) * 10], rel=1e-12)  # A2 sold 9
+    f = S.add_features(S.union_sources({"repurchase": rep, "colour": col}), hist, users, _items())
+    assert f["article_idx"].tolist() == [A, A2, B]
+    f = f.set_index("article_idx")
+    assert f["times_bought"].tolist() == [2, 0, 1]
+    assert f.loc[A, "days_since_bought"] == 2 and np.isnan(f.loc[A2, "days_since_bought"])
+    assert f.loc[B, "days_since_bought"] == 5
+    assert f["same_product_bought"].tolist() == [2, 2, 1]
+    assert f["share_product_type"].tolist() == pytest.approx([2 / 3, 2 / 3, 1 / 3])  # types 1, 1, 2
+    assert f["share_colour"].tolist() == pytest.approx([1.0, 0.0, 1.0])  # A and B colour 5, A2 6
+    assert (f["user_n_purchases"] == 3).all() and (f["user_days_since_last"] == 2).all()
+    assert f["user_mean_price"].tolist() == pytest.approx([0.08 / 3] * 3)
+    assert f["n_sources"].tolist() == [1, 1, 1] and (f["user_age"] == 40).all()
+
+
+def test_articles_unknown_to_the_items_have_no_item_features_and_match_each_other():
+    U, U2 = 99, 98  # beyond the item table's arrays (its last article is C = 30)
+    users = _hist_users({1: [(A, 1, 0.02), (U, 4, 0.03)]})
+    hist = S.history_frame(users)
+    rep = S.repurchase_source(hist, 10)
+    col = S.colour_source(rep, hist, _items(), 10)
+    assert col["article_idx"].tolist() == [A2]  # U has no product_code: no variants
+    ret = S.retrieval_source(np.array([1]), np.array([[0.9, 0.8, 0.7]]), np.array([[U2, U, A]]))
+    f = S.add_features(S.union_sources({"retrieval": ret, "repurchase": rep, "colour": col}), hist, users, _items())
+    assert f["article_idx"].tolist() == [A, A2, U2, U]
+    f = f.set_index("article_idx")
+    for c in S.ITEM_FEATURES + ("price_vs_user", "age_vs_item_buyers"):
+        assert f.loc[[U, U2], c].isna().all(), c
+    assert f.loc[A2, "item_sales_28d"] == 9 and f.loc[A, "price_vs_user"] == pytest.approx(0.02 / 0.025)
+    assert f["times_bought"].tolist() == [1, 0, 0, 1]
+    assert np.isnan(f.loc[U2, "days_since_bought"]) and f.loc[U, "days_since_bought"] == 4
+    # the unknown articles count as one product, type, colour and index group: U's
+    assert f["same_product_bought"].tolist() == [1, 1, 1, 1]
+    for c in ("share_product_type", "share_colour", "share_index_group"):
+        assert f.loc[[U2, U], c].tolist() == [0.5, 0.5], c
+    assert f.loc[A, "share_colour"] == 0.5 and f.loc[A2, "share_colour"] == 0.0  # A colour 5, A2 6
+    assert f["n_sources"].tolist() == [2, 1, 1, 2]
+
+
+def test_a_batch_without_any_history():
+    # no purchases, an empty list, and a purchase on the cutoff day only
+    users = _hist_users({1: None, 2: [], 3: [(A, 0, 0.02)]}, ages={1: 50.0, 3: 20.0})
+    hist = S.history_frame(users)
+    assert hist.empty
+    rep = S.repurchase_source(hist, 10)
+    col = S.colour_source(rep, hist, _items(), 10)
+    assert rep.empty and col.empty
+    lists = {"global": (np.array([B, A]), np.array([2.0, 1.0]))}
+    cands = S.union_sources({"repurchase": rep, "colour": col, "popular": S.list_source(users, lists, None, 2, "global")})
+    f = S.add_features(cands, hist, users, _items())
+    assert list(zip(f["customer_idx"], f["article_idx"])) == [(1, A), (1, B), (2, A), (2, B), (3, A), (3, B)]
+    assert f["popular_rank"].tolist() == [2, 1, 2, 1, 2, 1]
+    for c in ("times_bought", "same_product_bought", "share_product_type", "share_colour", "share_index_group",
+              "user_n_purchases"):
+        assert (f[c] == 0).all(), c
+    for c in ("days_since_bought", "user_days_since_last", "user_mean_price", "price_vs_user"):
+        assert f[c].isna().all(), c
+    np.testing.assert_array_equal(f["user_age"], [50.0, 50.0, np.nan, np.nan, 20.0, 20.0])
+    # A's buyers are 30 on average, B's 22.5
+    np.testing.assert_array_equal(f["age_vs_item_buyers"], [20.0, 27.5, np.nan, np.nan, -10.0, -2.5])
+    assert (f["n_sources"] == 1).all() and f.loc[f["article_idx"] == B, "item_sales_7d"].tolist() == [4.0] * 3
+    assert list(f.columns[:2 + len(S.SOURCE_COLUMNS)]) == ["customer_idx", "article_idx", *S.SOURCE_COLUMNS]
+    assert sorted(f.columns[2:]) == sorted(S.FEATURES) and (f.dtypes.iloc[2:] == np.float64).all()
 
 
 def test_item_stats_and_histories_read_only_rows_before_the_cutoff(spark):

@@ -71,6 +71,8 @@ class ItemTable:
         arr = self.columns[name]
         idx = np.asarray(idx, dtype=np.int64)
         inside = (idx >= 0) & (idx < len(arr))
+        if inside.all():
+            return arr[idx]
         out = np.full(idx.shape, np.nan if arr.dtype.kind == "f" else -1, dtype=arr.dtype)
         out[inside] = arr[idx[inside]]
         return out
@@ -135,6 +137,51 @@ def _source(df: pd.DataFrame) -> pd.DataFrame:
         {"customer_idx": np.int64, "article_idx": np.int64, "score": np.float64, "rank": np.int64})
 
 
+# ---- pair keys: the per-customer joins as sorts and binary searches ---------------------------------
+
+_LOW = np.int64(2**31)  # shifts a signed 32-bit value into the key's unsigned low half
+_LOW_MASK = np.int64(2**32 - 1)
+
+
+def _pair_keys(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """One int64 key per pair (left, right) of 32-bit integers (customer_idx with article_idx or with an
+    article's attribute, -1 included), in the pairs' order: sorting the keys sorts by left, then right."""
+    left, right = np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)
+    for v in (left, right):
+        if len(v) and (v.min() < -_LOW or v.max() >= _LOW):
+            raise HmrecError(f"an index or article attribute beyond 32 bits ({v.min()}..{v.max()})")
+    return (left << 32) | (right + _LOW)
+
+
+def _split_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (left, right) int64 arrays that :func:`_pair_keys` made ``keys`` from."""
+    return keys >> 32, (keys & _LOW_MASK) - _LOW
+
+
+def _find(keys: np.ndarray, table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of ``keys`` is in ``table`` (sorted, unique): its position there, and whether it is there."""
+    if not len(table):
+        return np.zeros(len(keys), dtype=np.int64), np.zeros(len(keys), dtype=bool)
+    pos = np.minimum(np.searchsorted(table, keys), len(table) - 1)
+    return pos, table[pos] == keys
+
+
+def _take(values: np.ndarray, where: tuple[np.ndarray, np.ndarray], missing: float = np.nan) -> np.ndarray:
+    """``values`` (as float64) at the positions :func:`_find` found, ``missing`` for the keys it did not."""
+    pos, found = where
+    out = np.full(len(pos), missing, dtype=np.float64)
+    out[found] = values[pos[found]]
+    return out
+
+
+def _run_positions(sorted_keys: np.ndarray) -> np.ndarray:
+    """Each element's position (0, 1, ...) in its run of equal values of ``sorted_keys``."""
+    idx = np.arange(len(sorted_keys))
+    starts = np.ones(len(sorted_keys), dtype=bool)
+    starts[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    return idx - np.maximum.accumulate(np.where(starts, idx, 0))
+
+
 # ---- the sources --------------------------------------------------------------------
 
 
@@ -155,15 +202,37 @@ def colour_source(repurchase: pd.DataFrame, hist: pd.DataFrame, items: ItemTable
     """
     if repurchase.empty or n <= 0:
         return _source(pd.DataFrame(columns=["customer_idx", "article_idx", "score", "rank"]))
-    seeds = repurchase.assign(product_code=items.get("product_code", repurchase["article_idx"].to_numpy()))
-    seeds = seeds[seeds["product_code"] >= 0][["customer_idx", "product_code", "score"]]
-    out = seeds.merge(items.variants, on="product_code")
-    out = out.assign(score=out["score"] * (1.0 + out["variant_sales"]))
-    bought = hist[["customer_idx", "article_idx"]].drop_duplicates().assign(_bought=True)
-    out = out.merge(bought, on=["customer_idx", "article_idx"], how="left")
-    out = out[out["_bought"].isna()]
-    out = out.groupby(["customer_idx", "article_idx"], as_index=False)["score"].max()
-    return _source(_ranked(out, ["score"], [False], n))
+    seed_code = items.get("product_code", repurchase["article_idx"].to_numpy())
+    known = seed_code >= 0
+    seed_customer = repurchase["customer_idx"].to_numpy(np.int64)[known]
+    seed_score = repurchase["score"].to_numpy(np.float64)[known]
+    seed_code = seed_code[known]
+    # each seed's variants: the run of its product_code among the variants sorted by product_code
+    by_code = np.argsort(items.variants["product_code"].to_numpy(np.int64), kind="stable")
+    codes = items.variants["product_code"].to_numpy(np.int64)[by_code]
+    first = np.searchsorted(codes, seed_code, side="left")
+    count = np.searchsorted(codes, seed_code, side="right") - first
+    seed = np.repeat(np.arange(len(seed_code)), count)
+    variant = by_code[np.repeat(first, count) + _run_positions(seed)]
+    customer = seed_customer[seed]
+    article = items.variants["article_idx"].to_numpy(np.int64)[variant]
+    score = seed_score[seed] * (1.0 + items.variants["variant_sales"].to_numpy(np.float64)[variant])
+    bought = np.unique(_pair_keys(hist["customer_idx"].to_numpy(), hist["article_idx"].to_numpy()))
+    key = _pair_keys(customer, article)
+    fresh = ~np.isin(key, bought)
+    key, score = key[fresh], score[fresh]
+    # a variant reached from several purchases keeps its best score: the first of its rows by score
+    order = np.lexsort((-score, key))
+    best = order[_run_positions(key[order]) == 0]
+    customer, article = _split_keys(key[best])
+    score = score[best]
+    # each customer's variants by score, best first (ties: lower article_idx), as _ranked orders them
+    order = np.lexsort((article, -score, customer))
+    customer, article, score = customer[order], article[order], score[order]
+    rank = _run_positions(customer) + 1
+    keep = rank <= n
+    return pd.DataFrame({"customer_idx": customer[keep], "article_idx": article[keep], "score": score[keep],
+                         "rank": rank[keep]})
 
 
 def list_source(customers: pd.DataFrame, lists: dict[str, tuple[np.ndarray, np.ndarray]], key: str | None,
@@ -200,27 +269,40 @@ def retrieval_source(customer_idx: np.ndarray, scores: np.ndarray, ids: np.ndarr
 
 
 def union_sources(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per (customer_idx, article_idx) any source proposed, with every source's score and rank (NaN: not proposed)."""
-    wide = None
+    """One row per (customer_idx, article_idx) any source proposed, with every source's score and rank (NaN: not proposed).
+
+    The rows come sorted by (customer_idx, article_idx). A pair that one source gives more than once
+    keeps that source's best (lowest) rank.
+    """
+    keys = {name: _pair_keys(frames[name]["customer_idx"].to_numpy(), frames[name]["article_idx"].to_numpy())
+            for name in SOURCES if frames.get(name) is not None}
+    union, inverse = np.unique(np.concatenate([np.zeros(0, dtype=np.int64), *keys.values()]), return_inverse=True)
+    customer, article = _split_keys(union)
+    out = {"customer_idx": customer, "article_idx": article}
+    # the union's row of every row of each source: its stretch of the concatenated keys' inverse
+    ends = np.cumsum([len(k) for k in keys.values()], dtype=np.int64)
+    rows = {name: inverse.ravel()[end - len(k):end] for (name, k), end in zip(keys.items(), ends)}
     for name in SOURCES:
-        f = frames.get(name)
-        if f is None:
-            f = _source(pd.DataFrame(columns=["customer_idx", "article_idx", "score", "rank"]))
-        f = f.rename(columns={"score": f"{name}_score", "rank": f"{name}_rank"})
-        f = f.astype({f"{name}_rank": np.float64})
-        wide = f if wide is None else wide.merge(f, on=["customer_idx", "article_idx"], how="outer")
-    return wide.sort_values(["customer_idx", "article_idx"], kind="stable").reset_index(drop=True)
+        score, rank = np.full(len(union), np.nan), np.full(len(union), np.nan)
+        if name in rows:
+            at = rows[name]
+            given_score = frames[name]["score"].to_numpy(np.float64)
+            given_rank = frames[name]["rank"].to_numpy(np.float64)
+            if len(at) and np.bincount(at).max() > 1:
+                first = np.lexsort((given_rank, at))
+                first = first[_run_positions(at[first]) == 0]
+                at, given_score, given_rank = at[first], given_score[first], given_rank[first]
+            score[at], rank[at] = given_score, given_rank
+        out[f"{name}_score"], out[f"{name}_rank"] = score, rank
+    return pd.DataFrame(out)
 
 
 # ---- the features ---------------------------------------------------------------------
 
 
-def _share(hist_attr: pd.DataFrame, cands: pd.DataFrame, attr: str, n_hist: pd.Series) -> np.ndarray:
-    """Share of each candidate's customer's purchases whose ``attr`` equals the candidate's."""
-    counts = hist_attr.groupby(["customer_idx", attr]).size().rename("_n").reset_index()
-    m = cands[["customer_idx", attr]].merge(counts, on=["customer_idx", attr], how="left")
-    denom = cands["customer_idx"].map(n_hist).to_numpy(np.float64)
-    return np.where(denom > 0, m["_n"].fillna(0).to_numpy(np.float64) / np.where(denom > 0, denom, 1), 0.0)
+def _counts(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted unique :func:`_pair_keys` of the pairs (left, right) and how often each occurs."""
+    return np.unique(_pair_keys(left, right), return_counts=True)
 
 
 def add_features(cands: pd.DataFrame, hist: pd.DataFrame, users: pd.DataFrame, items: ItemTable) -> pd.DataFrame:
@@ -229,46 +311,60 @@ def add_features(cands: pd.DataFrame, hist: pd.DataFrame, users: pd.DataFrame, i
     ``hist`` is :func:`history_frame` of ``users`` (purchases before the
     cutoff only), ``users`` the batch's customers with ``age``.
     """
-    out = cands.copy()
+    out = cands.reset_index(drop=True)
+    c = out["customer_idx"].to_numpy(np.int64)
     a = out["article_idx"].to_numpy(np.int64)
-    for name in ("product_code", "product_type", "colour", "index_group"):
-        out[name] = items.get(name, a)
-    # user x item: this article
-    pair = hist.groupby(["customer_idx", "article_idx"]).agg(times_bought=("days", "size"),
-                                                             days_since_bought=("days", "min")).reset_index()
-    out = out.merge(pair, on=["customer_idx", "article_idx"], how="left")
-    out["times_bought"] = out["times_bought"].fillna(0).astype(np.float64)
-    out["days_since_bought"] = out["days_since_bought"].astype(np.float64)
+    hc = hist["customer_idx"].to_numpy(np.int64)
+    ha = hist["article_idx"].to_numpy(np.int64)
+    days = hist["days"].to_numpy(np.int64)
+    f: dict[str, np.ndarray] = {}
+    # user x item: this article; each pair's purchases sorted by days, so its first has the least
+    key = _pair_keys(hc, ha)
+    order = np.lexsort((days, key))
+    first = order[_run_positions(key[order]) == 0]
+    pairs, times = np.unique(key, return_counts=True)  # pairs == key[first]
+    pair = _find(_pair_keys(c, a), pairs)
+    f["times_bought"] = _take(times, pair, 0.0)
+    f["days_since_bought"] = _take(days[first], pair)
+    # per customer: purchases, the latest one's days, the mean price (pandas' grouped mean: its
+    # compensated sum, which a plain numpy sum does not match to the last bit)
+    per_user = hist.groupby("customer_idx").agg(n=("days", "size"), least=("days", "min"), price=("price", "mean"))
+    user = _find(c, per_user.index.to_numpy(np.int64))
+    n_hist = _take(per_user["n"].to_numpy(), user, 0.0)
     # user x item: the article's product, type, colour and index group among the customer's purchases
-    h = hist.assign(**{name: items.get(name, hist["article_idx"].to_numpy(np.int64))
-                       for name in ("product_code", "product_type", "colour", "index_group")})
-    n_hist = h.groupby("customer_idx").size()
-    same = h.groupby(["customer_idx", "product_code"]).size().rename("same_product_bought").reset_index()
-    out = out.merge(same, on=["customer_idx", "product_code"], how="left")
-    out["same_product_bought"] = out["same_product_bought"].fillna(0).astype(np.float64)
-    out["share_product_type"] = _share(h, out, "product_type", n_hist)
-    out["share_colour"] = _share(h, out, "colour", n_hist)
-    out["share_index_group"] = _share(h, out, "index_group", n_hist)
+    # (an article unknown to the items has -1 for each, so matches the customer's unknown purchases)
+    for name, feature in (("product_code", "same_product_bought"), ("product_type", "share_product_type"),
+                          ("colour", "share_colour"), ("index_group", "share_index_group")):
+        known, count = _counts(hc, items.get(name, ha))
+        same = _take(count, _find(_pair_keys(c, items.get(name, a)), known), 0.0)
+        if name == "product_code":
+            f[feature] = same
+        else:
+            f[feature] = np.where(n_hist > 0, same / np.where(n_hist > 0, n_hist, 1), 0.0)
     # user
-    per_user = h.groupby("customer_idx").agg(user_n_purchases=("days", "size"), user_days_since_last=("days", "min"),
-                                             user_mean_price=("price", "mean"))
-    ages = users.set_index("customer_idx")["age"] if "age" in users.columns else pd.Series(dtype=np.float64)
-    cust = out["customer_idx"]
-    out["user_n_purchases"] = cust.map(per_user["user_n_purchases"]).fillna(0).to_numpy(np.float64)
-    out["user_days_since_last"] = cust.map(per_user["user_days_since_last"]).to_numpy(np.float64)
-    out["user_mean_price"] = cust.map(per_user["user_mean_price"]).to_numpy(np.float64)
-    out["user_age"] = pd.to_numeric(cust.map(ages), errors="coerce").to_numpy(np.float64)
+    f["user_n_purchases"] = n_hist
+    f["user_days_since_last"] = _take(per_user["least"].to_numpy(), user)
+    f["user_mean_price"] = _take(per_user["price"].to_numpy(np.float64), user)
+    if "age" in users.columns:
+        ids = users["customer_idx"].to_numpy(np.int64)
+        by_id = np.argsort(ids, kind="stable")
+        ages = pd.to_numeric(users["age"], errors="coerce").to_numpy(np.float64)
+        f["user_age"] = _take(ages[by_id], _find(c, ids[by_id]))
+    else:
+        f["user_age"] = np.full(len(c), np.nan)
     # item
     for name in ("sales_1d", "sales_7d", "sales_28d", "trend", "price_mean", "price_std", "buyer_age_mean",
                  "days_since_first_sale"):
-        out[f"item_{name}"] = items.get(name, a)
-    out["price_vs_user"] = out["item_price_mean"] / out["user_mean_price"]
+        f[f"item_{name}"] = items.get(name, a).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):  # inf or NaN, as pandas divides
+        f["price_vs_user"] = f["item_price_mean"] / f["user_mean_price"]
     # NaN when the customer's age or every buyer's age is unknown
-    out["age_vs_item_buyers"] = out["user_age"] - out["item_buyer_age_mean"]
-    out["n_sources"] = out[[f"{s}_rank" for s in SOURCES]].notna().sum(axis=1).astype(np.float64)
-    for c in FEATURES:
-        out[c] = out[c].astype(np.float64)
-    return out.drop(columns=["product_code", "product_type", "colour", "index_group"])
+    f["age_vs_item_buyers"] = f["user_age"] - f["item_buyer_age_mean"]
+    f["n_sources"] = np.sum([out[f"{s}_rank"].notna().to_numpy() for s in SOURCES], axis=0).astype(np.float64)
+    # the frame built at once, not a column at a time (which splits it into a block per column)
+    columns = {col: out[col].astype(np.float64, copy=False) if col in SOURCE_COLUMNS else out[col]
+               for col in out.columns}
+    return pd.DataFrame({**columns, **f})
 
 
 def missing_features(frame: pd.DataFrame, features: Sequence[str]) -> list[str]:
