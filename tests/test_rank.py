@@ -512,7 +512,8 @@ def test_new_candidates_go_into_a_table_of_the_first_column_set_which_keeps_its_
     from hmrec.rank.candidates import candidate_rows, check_features, write_candidates, written_features
 
     cfg = make_cfg(tmp_path / "lake")
-    first = StructType([f for f in schemas.CANDIDATES.fields if f.name not in S.ADDED_FEATURES])
+    ranked = ("ranker_score", "ranker_rank")  # added with the ranking of served candidates as they are made
+    first = StructType([f for f in schemas.CANDIDATES.fields if f.name not in (*S.ADDED_FEATURES, *ranked)])
     old_cut, new_cut = dt.date(2020, 9, 9), dt.date(2020, 9, 16)
 
     def rows(cutoff: dt.date, n: int, schema: StructType):
@@ -520,7 +521,7 @@ def test_new_candidates_go_into_a_table_of_the_first_column_set_which_keeps_its_
         for i in range(n):
             row = {"as_of": cutoff, "role": "fit" if cutoff == old_cut else "serve", "customer_id": f"c{i}",
                    "customer_idx": i, "segment": "global", "article_idx": 100 + i}
-            row.update({c: float(i) for c in S.FEATURES})
+            row.update({c: float(i) for c in S.FEATURES}, ranker_score=None, ranker_rank=None)
             out.append(tuple(row[f.name] for f in schema.fields))
         return spark.createDataFrame(out, schema)
 
@@ -530,7 +531,7 @@ def test_new_candidates_go_into_a_table_of_the_first_column_set_which_keeps_its_
     assert write_candidates(rows(new_cut, 2, schemas.CANDIDATES), cfg, new_cut, "serve", "2") == 2
     old = candidate_rows(spark, cfg, old_cut, "fit").toPandas().sort_values("customer_idx")
     assert old["customer_idx"].tolist() == [0, 1, 2] and old["item_price_mean"].tolist() == [0.0, 1.0, 2.0]
-    assert old[list(S.ADDED_FEATURES)].isna().all().all()  # the new columns read as null
+    assert old[[*S.ADDED_FEATURES, *ranked]].isna().all().all()  # the new columns read as null
     new = candidate_rows(spark, cfg, new_cut, "serve").toPandas().sort_values("customer_idx")
     assert new["item_price_std"].tolist() == [0.0, 1.0] and new["age_vs_item_buyers"].tolist() == [0.0, 1.0]
     assert written_features(spark, cfg, old_cut, "fit") == list(S.FIRST_FEATURES)
