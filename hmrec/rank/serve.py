@@ -8,9 +8,9 @@ to Spark's Python workers in a broadcast, as text, is rebuilt once per
 worker, and scores every candidate. Either way the rows are partitioned by
 customer and sorted within partitions, so a worker sees each customer's
 candidates together (a customer cut by an Arrow batch boundary is carried to
-the next batch); each customer's K best are kept and the list completed from the popularity list (the age segment's, or the
-global one, as the cold customers' plan says) to exactly K distinct
-articles. Customers with features but no candidates (no purchase before the
+the next batch); each customer's K best are kept and the list completed from
+the popularity list (the age segment's, or the global one, as the cold
+customers' plan says) to exactly K distinct articles. Customers with features but no candidates (no purchase before the
 as-of) get that popularity list alone, customers without features the global
 list. ``source`` names the generator that proposed each article (``model``
 for the two-tower retrieval, then ``repurchase``, ``colour``, ``popular``,
@@ -36,8 +36,8 @@ from hmrec.etl import segments
 from hmrec.lake import schemas, storage, tables
 from hmrec.progress import log, stage
 from hmrec.rank import sources as S
-from hmrec.rank.compiled import compile_booster
 from hmrec.rank.candidates import candidate_rows, check_features, has_candidates, ranked_by, rerun_command
+from hmrec.rank.compiled import compile_booster
 from hmrec.rank.ranker import booster_features, fallback_rows, filled_lists, predict, ranker_sha256, top_lists
 from hmrec.serve.blend import fill_lists
 from hmrec.serve.embedders import worker_cached
