@@ -300,26 +300,21 @@ def load_ranker(cfg: Config, version: str) -> tuple[object, dict]:
 
 def has_ranker(cfg: Config, version: str | None) -> bool:
     """Whether model version ``version`` carries a ranker."""
+    return ranker_sha256(cfg, version) is not None
+
+
+def ranker_sha256(cfg: Config, version: str | None) -> str | None:
+    """The SHA-256 of model version ``version``'s booster (its registry tag), None without a ranker."""
     from hmrec.model import registry
 
     from mlflow.exceptions import MlflowException
 
     if version is None:
-        return False
+        return None
     try:
         mv = registry.client(cfg).get_model_version(cfg.paths.registered_model, str(version))
     except MlflowException:  # not a registered version (lists scored from replayed embeddings)
-        return False
-    return registry.CHECKSUM_TAG.format(f"{RANKER_DIR}/{BOOSTER_FILE}") in (mv.tags or {})
-
-
-def ranker_sha256(cfg: Config, version: str) -> str | None:
-    """The SHA-256 of model version ``version``'s booster (its registry tag), None without a ranker."""
-    from hmrec.model import registry
-
-    if not has_ranker(cfg, version):
         return None
-    mv = registry.client(cfg).get_model_version(cfg.paths.registered_model, str(version))
     return (mv.tags or {}).get(registry.CHECKSUM_TAG.format(f"{RANKER_DIR}/{BOOSTER_FILE}"))
 
 

@@ -245,7 +245,9 @@ def score_ranked(cfg: Config, spark: SparkSession, as_of: dt.date, version: str,
         parallelism = spark.sparkContext.defaultParallelism
         cands = rows.repartition(parallelism, "customer_idx").sortWithinPartitions("customer_idx", "article_idx")
         features_df = storage.read_as_of(spark, cfg, tables.USER_FEATURES, as_of)
-        have = candidate_rows(spark, cfg, as_of, "serve").select("customer_idx").distinct()
+        have = candidate_rows(spark, cfg, as_of, "serve")
+        # a ranked customer has exactly one row of place 1: no distinct over every candidate
+        have = (have.where(F.col("ranker_rank") == 1) if ctx.stored else have).select("customer_idx").distinct()
         bare = (features_df.join(have, "customer_idx", "left_anti")
                 .select("customer_id", segments.age_segment(F.col("age_bucket"), cfg.features.age_buckets).alias("segment")))
         customers = storage.read(spark, cfg, tables.CUSTOMERS).select("customer_id").dropDuplicates()
