@@ -321,12 +321,12 @@ def served_ranker(cfg: Config, version: str) -> tuple[object | None, str | None]
     from hmrec.rank import ranker
     from hmrec.rank.serve import ShippedBooster
 
-    if not ranker.has_ranker(cfg, version):
+    digest = ranker.ranker_sha256(cfg, version)
+    if digest is None:
         log(STAGE, f"model version {version} has no ranker yet: the candidates are written unranked and "
                    f"`hmrec score` ranks them all (run `hmrec rank` before this stage to rank them here)")
         return None, None
     booster, _ = ranker.load_ranker(cfg, version)
-    digest = ranker.ranker_sha256(cfg, version)
     return ShippedBooster(booster.model_to_string(), f"ranker:{version}:{digest}", cfg.rank.compile), digest
 
 
