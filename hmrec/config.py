@@ -154,6 +154,8 @@ class CandidatesConfig:
     trending_n: int
     history_days: int
     batch_size: int
+    active_days: AutoInt = AUTO
+    active_max_loss: float = 0.005
 
 
 @dataclass(frozen=True)
@@ -405,6 +407,8 @@ RULES: dict[str, Rule] = {
     "candidates.trending_n": at_least(0),
     "candidates.history_days": at_least(0),
     "candidates.batch_size": at_least(1),
+    "candidates.active_days": at_least(0),
+    "candidates.active_max_loss": SHARE,
     "rank.valid_share": between(0.05, 0.9),
     "rank.negative_share": Bound(lo=0.0, hi=1.0, open_lo=True),
     "rank.num_leaves": at_least(2),

@@ -81,6 +81,9 @@ INDEX = ("index.kind", "index.hnsw_m", "index.hnsw_ef_search", "index.hnsw_ef_co
          "index.ivf_nprobe")
 CANDIDATES = ("candidates.retrieval_n", "candidates.repurchase_n", "candidates.colour_n", "candidates.popular_n",
               "candidates.trending_n", "candidates.history_days", "features.age_buckets")
+# Which customers get served candidates: chosen by the rank stage, applied by the candidates stage
+# (the fit cutoff's candidates are every validation-week buyer's, whatever they say).
+ACTIVE = ("candidates.active_days", "candidates.active_max_loss")
 RANK = ("rank.valid_share", "rank.negative_share", "rank.num_leaves", "rank.learning_rate", "rank.max_rounds",
         "rank.early_stopping", "rank.min_child_samples", "rank.seed", "score.k")
 LISTS = ("score.method", "score.k", "score.min_history", "score.repurchase", "score.repurchase_slots", "score.repurchase_days",
@@ -125,10 +128,10 @@ STAGES: tuple[Stage, ...] = (
     # it scores them as they are made.
     Stage("candidates-fit", lambda cfg, spark, c, as_of: candidates.candidates(cfg, spark, as_of=as_of, role="fit"),
           CANDIDATES, after=("index-fit", "popularity@fit", "split"), at_fit=True),
-    Stage("rank", lambda cfg, spark, c, as_of: ranker.rank(cfg, spark, as_of=c), (*RANK, *CANDIDATES),
+    Stage("rank", lambda cfg, spark, c, as_of: ranker.rank(cfg, spark, as_of=c), (*RANK, *CANDIDATES, *ACTIVE),
           after=("candidates-fit", "train", "choose")),
-    Stage("candidates", lambda cfg, spark, c, as_of: candidates.candidates(cfg, spark, as_of=c), CANDIDATES,
-          after=("index", "popularity", "rank")),
+    Stage("candidates", lambda cfg, spark, c, as_of: candidates.candidates(cfg, spark, as_of=c),
+          (*CANDIDATES, *ACTIVE), after=("index", "popularity", "rank")),
     # Judges the serve version before anything is published (hmrec.governance.gate); a failure stops the
     # refresh here, unrecorded, so the next run judges again.
     Stage("gate", lambda cfg, spark, c, as_of: gate.gate(cfg, spark, as_of=c), GATE,

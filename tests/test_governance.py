@@ -222,7 +222,9 @@ def _card() -> dict:
                                       "lift_over": {"blend": 1.4},
                                       "groups": {"active": {"users": 60, "ranker": {"map@12": 0.09}}},
                                       "intervals": {"all": {"ranker": iv(0.0601, 0.0799)},
-                                                    "active": {"ranker": iv(0.0702, 0.1103)}}}},
+                                                    "active": {"ranker": iv(0.0702, 0.1103)}},
+                                      "active_days": {"chosen": 91, "why": "within 0.005",
+                                                      "map@12": {"28": 0.061, "91": 0.0699, "0": 0.07}}}},
             "holdout": {"week": "2020-09-16 .. 2020-09-22", "customers": {"all": 900, "age:25-34": 310,
                                                                          "channel:online": 420},
                         "methods": methods, "lift_over": lifts(methods, 12),
@@ -246,6 +248,9 @@ def test_the_card_shows_every_segment_and_the_validation_intervals():
     assert "scoring serves the ranker's lists" in md and "held-out buyers (100 buyers" in md
     assert "0.0601 .. 0.0799" in md and "Group active (60 held-out buyers):" in md and "0.0702 .. 0.1103" in md
     assert "| blend | 0.3000 | 0.1000 | 0.0500 | 0.2000 | - | - | 1.4000 |" in md
+    assert ("Served candidates: the customers who bought within 91 days before the as-of (within 0.005; the others "
+            "get the popularity list). Held-out MAP@12 by window: 28 days 0.0610, 91 days 0.0699, every buyer "
+            "0.0700.") in md
 
 
 def test_the_cards_ranker_figures_come_from_ranker_json_in_the_groups_and_lists_order(monkeypatch):

@@ -682,6 +682,50 @@ def test_the_served_candidates_are_ranked_as_they_are_made_and_scoring_reads_onl
     pd.testing.assert_frame_equal(fast.sort_values(key).reset_index(drop=True), slow.sort_values(key).reset_index(drop=True))
 
 
+def test_only_customers_who_bought_within_the_window_get_served_candidates_the_others_the_popularity_list(
+        spark, ran, tmp_path):
+    from hmrec.etl import segments
+    from hmrec.model import registry
+    from hmrec.rank import ranker, serve
+    from hmrec.rank.candidates import candidate_rows, candidates
+
+    cfg0, results = ran
+    version = registry.latest_version(cfg0, TINY_AS_OF)
+    # the run's rank stage measured every window on the held-out buyers and recorded its choice
+    _, meta = ranker.load_ranker(cfg0, version)
+    assert meta["active_days"]["chosen"] == results["rank"]["active_days"] == results["candidates"]["active_days"]
+    assert set(meta["active_days"]["map@12"]) == {str(w) for w in ranker.ACTIVE_CHOICES}
+    lake = tmp_path / "lake"
+    shutil.copytree(cfg0.lakehouse, lake)
+    cfg = make_cfg(lake, *TINY_TRAIN, "score.method=ranker", "candidates.active_days=0")
+    candidates(cfg, spark, TINY_AS_OF)
+    serve.score_ranked(cfg, spark, TINY_AS_OF, version)
+    every = storage.read(spark, cfg, tables.RECOMMENDATIONS).toPandas()
+    cfg = make_cfg(lake, *TINY_TRAIN, "score.method=ranker", "candidates.active_days=28")
+    summary = candidates(cfg, spark, TINY_AS_OF)
+    feats = storage.read_as_of(spark, cfg, tables.USER_FEATURES, TINY_AS_OF).toPandas()
+    days = segments.days_since_last(feats["days_since_last_log"].to_numpy(np.float64))
+    buyers = feats[feats["n_purchases"] >= 1]
+    inside = set(buyers.loc[days[feats["n_purchases"] >= 1] <= 28, "customer_idx"])
+    assert 0 < len(inside) < len(buyers) and summary["customers_lapsed"] == len(buyers) - len(inside)
+    assert set(candidate_rows(spark, cfg, TINY_AS_OF, "serve").toPandas()["customer_idx"]) == inside
+    serve.score_ranked(cfg, spark, TINY_AS_OF, version)
+    window = storage.read(spark, cfg, tables.RECOMMENDATIONS).toPandas()
+    key = ["customer_id", "rank"]
+    ids = set(feats.loc[feats["customer_idx"].isin(inside), "customer_id"])
+    same = lambda f: f[f["customer_id"].isin(ids)].sort_values(key).reset_index(drop=True)  # noqa: E731
+    pd.testing.assert_frame_equal(same(window), same(every))  # their candidates and lists are unchanged
+    out = set(buyers["customer_id"]) - ids
+    lapsed = window[window["customer_id"].isin(out)].sort_values(key)
+    assert (lapsed["source"] == "popular").all()
+    # each age segment's popularity list, the same for every lapsed customer of the segment
+    lists = lapsed.groupby("customer_id")["article_id"].agg(tuple)
+    segment = feats.set_index("customer_id").loc[lists.index, "age_bucket"]
+    assert (lists.groupby(segment.to_numpy()).nunique() == 1).all()
+    before = every[every["customer_id"].isin(out)].sort_values(key).groupby("customer_id")["article_id"].agg(tuple)
+    assert (before != lists).any()  # with candidates, some of them had lists of their own
+
+
 def test_the_gate_judges_the_rankers_lift_when_the_ranker_is_what_scoring_serves(spark, ran, tmp_path):
     from hmrec.governance.gate import gate
     from hmrec.model import registry

@@ -556,3 +556,44 @@ def test_list_places_orders_each_customer_by_score_then_article():
     # customer 7: article 2 (0.9), then 5 and 9 tie at 0.5 (lower article first); customer 3: 4 (0.3), 1 (0.1)
     assert list_places(c, a, s).tolist() == [2, 2, 1, 3, 1, 1]
     assert list_places(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)).tolist() == []
+
+
+def test_the_active_window_is_the_shortest_within_the_allowed_loss_and_a_set_one_is_kept():
+    from hmrec.rank.ranker import active_days_of, active_lists, choose_active_days
+    from hmrec.serve.blend import pad_lists
+
+    ranked = np.array([[1, 2], [3, 4], [5, 6], [8, 9]])
+    fallback = np.tile([8, 9], (4, 1))
+    # bought 10, 182 (the edge of a window counts as inside) and 400 days ago, and never (no candidates:
+    # its ranked list is already the popularity list)
+    days = np.array([10.0, 182.0, 400.0, np.nan])
+    truth = pad_lists([[1], [3], [6], [9]])  # average precision 1, 1, 1/2 and 1/2 with candidates for all
+    assert active_lists(ranked, fallback, days, 182).tolist() == [[1, 2], [3, 4], [8, 9], [8, 9]]
+    assert active_lists(ranked, fallback, days, 0) is ranked
+    chosen, maps, _ = choose_active_days(ranked, fallback, days, truth, 2, "auto", 0.0)
+    assert chosen == 0
+    assert maps == pytest.approx({28: 0.375, 56: 0.375, 91: 0.375, 182: 0.625, 365: 0.625, 0: 0.75})
+    assert choose_active_days(ranked, fallback, days, truth, 2, "auto", 0.2)[0] == 182  # 0.625 >= 0.8 * 0.75
+    assert choose_active_days(ranked, fallback, days, truth, 2, "auto", 0.5)[0] == 28  # 0.375 >= 0.5 * 0.75
+    chosen, maps, why = choose_active_days(ranked, fallback, days, truth, 2, 91, 0.0)
+    assert (chosen, why) == (91, "set") and maps == pytest.approx({91: 0.375, 0: 0.75})
+    # what the candidates stage uses: a set number, else the rank stage's choice, else every customer
+    meta = {"active_days": {"chosen": 56}}
+    assert active_days_of(make_cfg("/tmp/lake"), meta) == 56
+    assert active_days_of(make_cfg("/tmp/lake"), None) == 0
+    assert active_days_of(make_cfg("/tmp/lake", "candidates.active_days=7"), meta) == 7
+
+
+def test_active_users_keeps_the_buyers_within_the_window_as_the_rank_stage_counts_days(spark):
+    from hmrec.etl import segments
+    from hmrec.rank.candidates import active_users
+
+    days = [0, 1, 27, 28, 29, 364, 365, 366, 4000]
+    logs = np.log1p(np.array(days, dtype=np.float32)).astype(np.float32)  # stored as float, like USER_FEATURES
+    assert segments.days_since_last(logs).tolist() == days
+    frame = spark.createDataFrame(pd.DataFrame({"customer_idx": np.arange(len(days), dtype=np.int32),
+                                                "days_since_last_log": logs}), "customer_idx int, days_since_last_log float")
+    kept = lambda window: sorted(r[0] for r in active_users(frame, window).select("customer_idx").collect())  # noqa: E731
+    assert kept(28) == [0, 1, 2, 3]
+    assert kept(365) == [0, 1, 2, 3, 4, 5, 6]
+    assert kept(0) == list(range(len(days)))

@@ -129,7 +129,8 @@ def ranker_validation(cfg: Config, version: str, k: int) -> dict | None:
     served = cfg.score.method == "ranker" and which == "ranker"
     of = "ranker" if served else "blend"
     try:
-        figures = load_ranker(cfg, version)[1].get("validation", {})
+        meta = load_ranker(cfg, version)[1]
+        figures = meta.get("validation", {})
     except HmrecError as exc:  # a damaged or outdated ranker: the card says so instead of failing
         log("card", f"no ranker figures in the card: {exc}")
         return {"served": served, "customers": None, "groups": {}, "methods": {}, "lift_of": of,
@@ -144,7 +145,8 @@ def ranker_validation(cfg: Config, version: str, k: int) -> dict | None:
               for g, v in by_group(figures.get("groups", {})).items()}
     intervals = {g: {m: v[m] for m in RANKER_LISTS if m in v} for g, v in by_group(figures.get("intervals", {})).items()}
     return {"served": served, "customers": figures.get("users"), "groups": groups,
-            "methods": methods, "lift_of": of, "lift_over": lifts(methods, k, of), "intervals": intervals}
+            "methods": methods, "lift_of": of, "lift_over": lifts(methods, k, of), "intervals": intervals,
+            "active_days": meta.get("active_days")}
 
 
 def _git_commit() -> str | None:
@@ -313,6 +315,14 @@ def render_md(card: dict) -> str:
                       "other list's.", ""]
         lines += _methods_table(ranked["methods"], ranked["lift_over"], k, ranked["intervals"].get("all"),
                                 of=ranked["lift_of"])
+        active = ranked.get("active_days") or {}
+        if active.get(f"map@{k}"):
+            maps = active[f"map@{k}"]
+            who = (f"the customers who bought within {active['chosen']} days before the as-of"
+                   if active["chosen"] else "every customer with a purchase")
+            lines += ["", f"Served candidates: {who} ({active.get('why')}; the others get the popularity list). "
+                          f"Held-out MAP@{k} by window: " + ", ".join(
+                              f"{w} days {m:.4f}" if w != "0" else f"every buyer {m:.4f}" for w, m in maps.items()) + "."]
         for g, v in ranked.get("groups", {}).items():
             methods = {m: f for m, f in v.items() if m != "users"}
             lines += ["", f"Group {g} ({v.get('users', 0):,} held-out buyers):", ""]

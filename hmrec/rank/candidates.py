@@ -24,6 +24,15 @@ commit records the booster's SHA-256. Scoring then reads only each
 customer's ``score.k`` best rows instead of every candidate
 (:mod:`hmrec.rank.serve`). Without a ranker the two columns are null and
 scoring ranks the candidates itself.
+
+Also with ``role serve``, only the customers whose last purchase was at
+most ``candidates.active_days`` days before c get candidates (0: every
+customer with a purchase; ``auto``, the default: the window the rank stage
+chose on the validation week and recorded with the ranker, see
+:func:`hmrec.rank.ranker.choose_active_days`). The others get the
+popularity list from scoring, as customers without a purchase do. The
+fit cutoff's candidates are every validation-week buyer's, so that the
+rank stage can measure what each window would cost.
 """
 from __future__ import annotations
 
@@ -37,7 +46,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from hmrec.config import Config
+from hmrec.config import AUTO, Config
 from hmrec.errors import HmrecError
 from hmrec.etl import segments
 from hmrec.etl.popularity import GLOBAL
@@ -315,9 +324,9 @@ def candidate_recall(cands: DataFrame, labels: DataFrame) -> dict[str, float]:
     return {f"recall_{k}": round(float(row[k] or 0.0), 5) for k in flags} | {"buyers": int(row["buyers"])}
 
 
-def served_ranker(cfg: Config, version: str) -> tuple[object | None, str | None]:
-    """The ranker of model version ``version`` for the workers (a ShippedBooster) and its booster's
-    SHA-256; (None, None), with a line saying so, when the version has none yet."""
+def served_ranker(cfg: Config, version: str) -> tuple[object | None, str | None, dict | None]:
+    """The ranker of model version ``version`` for the workers (a ShippedBooster), its booster's
+    SHA-256 and its ``ranker.json``; (None, None, None), with a line saying so, when the version has none yet."""
     from hmrec.rank import ranker
     from hmrec.rank.serve import ShippedBooster
 
@@ -325,9 +334,17 @@ def served_ranker(cfg: Config, version: str) -> tuple[object | None, str | None]
     if digest is None:
         log(STAGE, f"model version {version} has no ranker yet: the candidates are written unranked and "
                    f"`hmrec score` ranks them all (run `hmrec rank` before this stage to rank them here)")
-        return None, None
-    booster, _ = ranker.load_ranker(cfg, version)
-    return ShippedBooster(booster.model_to_string(), f"ranker:{version}:{digest}", cfg.rank.compile), digest
+        return None, None, None
+    booster, meta = ranker.load_ranker(cfg, version)
+    return ShippedBooster(booster.model_to_string(), f"ranker:{version}:{digest}", cfg.rank.compile), digest, meta
+
+
+def active_users(users: DataFrame, days: int) -> DataFrame:
+    """The rows of ``users`` (``tables.USER_FEATURES``) whose last purchase was at most ``days`` days
+    before their cutoff (0: every row), as :func:`hmrec.etl.segments.days_since_last` counts them."""
+    if days <= 0:
+        return users
+    return users.where(F.rint(F.expm1(F.col("days_since_last_log"))) <= days)
 
 
 def candidates(cfg: Config, spark: SparkSession, as_of: dt.date, role: str = "serve") -> dict:
@@ -348,15 +365,28 @@ def candidates(cfg: Config, spark: SparkSession, as_of: dt.date, role: str = "se
         index, _ = load_index(cfg, str(loaded.version), cutoff)
         summary["model_version"] = str(loaded.version)
         ctx = build_context(cfg, spark, cutoff, embedder, index, role)
-        digest = None
-        if role == "serve":
-            ctx.ranker, digest = served_ranker(cfg, str(loaded.version))
-        summary["ranked"] = digest is not None
+        digest, active = None, 0
         users = (
             storage.read_as_of(spark, cfg, tables.USER_FEATURES, cutoff)
             .where(F.col("n_purchases") >= 1)
             .withColumn("segment", segments.age_segment(F.col("age_bucket"), cfg.features.age_buckets))
         )
+        if role == "serve":
+            from hmrec.rank.ranker import active_days_of  # that module imports this one
+
+            ctx.ranker, digest, meta = served_ranker(cfg, str(loaded.version))
+            active = active_days_of(cfg, meta)
+            if active:
+                buyers = users.count()
+                users = active_users(users, active)
+                lapsed = buyers - users.count()
+                summary["customers_lapsed"] = lapsed
+                how = "candidates.active_days" if cfg.candidates.active_days != AUTO else \
+                    "chosen on the validation week by `hmrec rank`"
+                log(STAGE, f"candidates for the customers who bought within {active} days before {cutoff} ({how}); "
+                           f"the {lapsed:,} of {buyers:,} who did not get the popularity list from `hmrec score`")
+        summary["ranked"] = digest is not None
+        summary["active_days"] = active
         labels = None
         if role == "fit":
             labels = label_sets(spark, cfg, as_of)

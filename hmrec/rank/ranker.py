@@ -22,8 +22,19 @@ held-out buyers' candidates, about 3 GB; ``spark.driver.maxResultSize`` in
 the configuration allows 4 GB), which LightGBM fits in a few GB; past that,
 lower ``rank.negative_share``.
 
+The same held-out buyers choose which customers get served candidates
+(``candidates.active_days``, :func:`choose_active_days`): a customer whose
+last purchase is long past gets mostly popular articles from the ranker, so
+scoring can give it the popularity list instead, and the candidates stage
+need not make, rank and store its rows. Each window of
+:data:`ACTIVE_CHOICES` is measured by serving the popularity list to the
+held-out buyers outside it; ``auto`` keeps the shortest within
+``candidates.active_max_loss`` of every customer's MAP@12. The validation
+figures are those of the lists served with the chosen window.
+
 The booster (``booster.txt``) and ``ranker.json`` (features, their gain
-importance, training cutoff and rows, the validation figures) are attached to
+importance, training cutoff and rows, the validation figures, the window
+chosen and each window's MAP@12) are attached to
 the served model version of D under ``ranker/``, with their SHA-256 as tags
 of the version (``sha256.ranker/booster.txt``), so the version can be
 re-scored from the registry alone (:func:`load_ranker`), with
@@ -45,7 +56,7 @@ from pyspark.sql import Column, SparkSession, Window
 from pyspark.sql import functions as F
 
 from hmrec import artifacts
-from hmrec.config import Config
+from hmrec.config import AUTO, Config
 from hmrec.errors import HmrecError
 from hmrec.etl import segments
 from hmrec.etl.split import fit_cutoff
@@ -448,6 +459,7 @@ def rank(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
         actual = actual[held_out(actual["customer_idx"].to_numpy(), rc.valid_share, rc.seed)]
         actual = actual.sort_values("customer_idx").reset_index(drop=True)
         figures: dict = {"users": int(len(actual))}
+        active: dict = {"chosen": active_days_of(cfg, None), "why": "no held-out buyer to choose on"}
         if len(actual):
             ids = F.broadcast(spark.createDataFrame(actual[["customer_idx"]]))
             users = (storage.read_as_of(spark, cfg, tables.USER_FEATURES, cutoff).join(ids, "customer_idx")
@@ -457,16 +469,25 @@ def rank(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
             blend, ctx, plans = blend_on(cfg, spark, as_of, users)
             truth = pad_lists(actual["actual"].tolist())
             ranked = ranked_for(users, valid, trained.booster, ctx, plans["cold"].fallback, k)
+            days = segments.days_since_last(users["days_since_last_log"].to_numpy(dtype=np.float64, na_value=np.nan))
+            days = np.where(users["n_purchases"].to_numpy(dtype=np.float64, na_value=0) > 0, days, np.nan)
+            fallback = popular_lists(users, ctx, plans["cold"].fallback, k)
+            chosen, maps, why = choose_active_days(ranked, fallback, days, truth, k, cfg.candidates.active_days,
+                                                   cfg.candidates.active_max_loss)
+            active = {"chosen": chosen, "why": why, f"map@{k}": {str(w): round(m, 6) for w, m in maps.items()},
+                      "share_of_buyers": round(float(np.mean(days <= chosen)) if chosen else 1.0, 6)}
+            ranked = active_lists(ranked, fallback, days, chosen)  # the figures are those of the served lists
+            who = f"customers who bought within {chosen} days" if chosen else "every customer with a purchase"
+            log(STAGE, f"served candidates for {who} ({why}); held-out MAP@{k} with candidates for buyers within "
+                       + ", ".join(f"{w} days {m:.4f}" for w, m in maps.items() if w) + f", for all {maps[0]:.4f}")
             figures["ranker"] = _means(ranked, truth, k)
             figures["blend"] = _means(blend, truth, k)
             # the global popularity list at the fit cutoff (the scoring context's row 0), so the gate can
             # judge the ranker's lift over popularity on the same buyers
             popular = np.tile(ctx.fill_idx[0, :k], (len(actual), 1))
             figures["popularity"] = _means(popular, truth, k)
-            group = segments.history_groups(
-                users["n_purchases"].to_numpy(dtype=np.float64, na_value=0),
-                segments.days_since_last(users["days_since_last_log"].to_numpy(dtype=np.float64, na_value=np.nan)),
-                cfg.evaluate.lapsed_days)
+            group = segments.history_groups(users["n_purchases"].to_numpy(dtype=np.float64, na_value=0), days,
+                                            cfg.evaluate.lapsed_days)
             figures.update(list_figures({"ranker": ranked, "blend": blend, "popularity": popular}, truth, group, k))
             log(STAGE, f"held-out buyers of the validation week ({len(actual):,}): ranker map@{k} "
                        f"{figures['ranker'][f'map@{k}']:.4f} recall@{k} {figures['ranker'][f'recall@{k}']:.4f}; "
@@ -475,7 +496,7 @@ def rank(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
                 "fit_cutoff": cutoff.isoformat(), "as_of": as_of.isoformat(), "label_week": [cutoff.isoformat(),
                 (as_of - dt.timedelta(days=1)).isoformat()], "train_rows": trained.train_rows,
                 "train_groups": trained.train_groups, "best_iteration": trained.best_iteration,
-                "importance_gain": trained.importance, "validation": figures,
+                "importance_gain": trained.importance, "validation": figures, "active_days": active,
                 "settings": {f"rank.{key}": getattr(rc, key) for key in rc.__dataclass_fields__}}
         save_ranker(cfg, version, trained, meta)
         mv = registry.client(cfg).get_model_version(cfg.paths.registered_model, version)
@@ -483,8 +504,9 @@ def rank(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
             **{f"validation.{m}.{name}": v for m in ("ranker", "blend", "popularity")
                for name, v in figures.get(m, {}).items()},
             "ranker.train_rows": trained.train_rows, "ranker.best_iteration": trained.best_iteration,
-            "ranker.train_s": trained.seconds})
+            "ranker.train_s": trained.seconds, "ranker.active_days": active["chosen"]})
         summary["model_version"] = version
+        summary["active_days"] = active["chosen"]
         for m in ("ranker", "blend"):
             if m in figures:
                 summary[f"{m}_map@{k}"] = figures[m][f"map@{k}"]
@@ -508,6 +530,59 @@ def ranked_for(users: pd.DataFrame, cands: pd.DataFrame, booster: object, ctx, f
     rows = fallback_rows(ctx, users["segment"].fillna(segments.UNKNOWN_SEGMENT), fallback)
     out, _, _ = filled_lists(full, full_score, full_src, ctx.fill_idx[rows], ctx.fill_score[rows], k)
     return out
+
+
+def popular_lists(users: pd.DataFrame, ctx, fallback: str, k: int) -> np.ndarray:
+    """(B, k) article_idx: the popularity list scoring gives each row of ``users`` without candidates."""
+    rows = fallback_rows(ctx, users["segment"].fillna(segments.UNKNOWN_SEGMENT), fallback)
+    b = len(users)
+    out, _, _ = filled_lists(np.full((b, k), -1, np.int64), np.zeros((b, k)), np.full((b, k), "", dtype=object),
+                             ctx.fill_idx[rows], ctx.fill_score[rows], k)
+    return out
+
+
+# ---- which customers get served candidates -------------------------------------------------
+
+# The windows candidates.active_days: auto chooses from, shortest first; 0 (every customer with a
+# purchase) is always measured and always allowed.
+ACTIVE_CHOICES = (28, 56, 91, 182, 365, 0)
+
+
+def active_lists(ranked: np.ndarray, fallback: np.ndarray, days: np.ndarray, window: int) -> np.ndarray:
+    """The (B, k) lists served when only customers whose last purchase was at most ``window`` days
+    before the cutoff get candidates (0: every customer): ``ranked`` for them, ``fallback`` (the
+    popularity list scoring gives a customer without candidates) for the others. ``days`` (B,) counts
+    days since each customer's last purchase (NaN: none, so no candidates either way)."""
+    if window == 0:
+        return ranked
+    lapsed = ~(np.asarray(days, dtype=np.float64) <= window)
+    return np.where(lapsed[:, None], fallback, ranked)
+
+
+def choose_active_days(ranked: np.ndarray, fallback: np.ndarray, days: np.ndarray, truth: np.ndarray, k: int,
+                       setting: int | str, max_loss: float) -> tuple[int, dict[int, float], str]:
+    """``candidates.active_days`` for the served candidates, with the held-out MAP@K of each window
+    measured (window -> MAP@K) and why it was chosen. ``auto``: the shortest of :data:`ACTIVE_CHOICES`
+    whose MAP@K is at least (1 - ``max_loss``) times the MAP@K with candidates for every customer
+    (fewer customers' candidates to make, rank and store, for at most that share of the held-out MAP@K);
+    a number is kept as it is, and measured."""
+    windows = ACTIVE_CHOICES if setting == AUTO else tuple(dict.fromkeys((int(setting), 0)))
+    maps = {w: float(row_metrics(active_lists(ranked, fallback, days, w), truth, k)[f"map@{k}"].mean())
+            if len(ranked) else 0.0 for w in windows}
+    if setting != AUTO:
+        return int(setting), maps, "set"
+    floor = maps[0] * (1.0 - max_loss)
+    chosen = next(w for w in ACTIVE_CHOICES if maps[w] >= floor)
+    return chosen, maps, f"the shortest window within {max_loss:g} of every customer's MAP@{k} {maps[0]:.4f}"
+
+
+def active_days_of(cfg: Config, meta: dict | None) -> int:
+    """The window the served candidates use: ``candidates.active_days`` when it is a number, else the
+    rank stage's choice in the ranker's ``meta``; 0 (every customer) when there is neither."""
+    setting = cfg.candidates.active_days
+    if setting != AUTO:
+        return int(setting)
+    return int((meta or {}).get("active_days", {}).get("chosen", 0))
 
 
 def validation_maps(cfg: Config, version: str) -> dict[str, float] | None:
