@@ -43,7 +43,7 @@ from typing import Iterable, Iterator
 import faiss
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from hmrec.config import AUTO, Config
@@ -339,12 +339,17 @@ def served_ranker(cfg: Config, version: str) -> tuple[object | None, str | None,
     return ShippedBooster(booster.model_to_string(), f"ranker:{version}:{digest}", cfg.rank.compile), digest, meta
 
 
-def active_users(users: DataFrame, days: int) -> DataFrame:
-    """The rows of ``users`` (``tables.USER_FEATURES``) whose last purchase was at most ``days`` days
-    before their cutoff (0: every row), as :func:`hmrec.etl.segments.days_since_last` counts them."""
+def within(days: int) -> Column:
+    """Whether a ``tables.USER_FEATURES`` row's last purchase was at most ``days`` days before its cutoff
+    (0: always), as :func:`hmrec.etl.segments.days_since_last` counts them."""
     if days <= 0:
-        return users
-    return users.where(F.rint(F.expm1(F.col("days_since_last_log"))) <= days)
+        return F.lit(True)
+    return F.rint(F.expm1(F.col("days_since_last_log"))) <= days
+
+
+def active_users(users: DataFrame, days: int) -> DataFrame:
+    """The rows of ``users`` (``tables.USER_FEATURES``) :func:`within` ``days`` (0: every row)."""
+    return users if days <= 0 else users.where(within(days))
 
 
 def candidates(cfg: Config, spark: SparkSession, as_of: dt.date, role: str = "serve") -> dict:
@@ -377,9 +382,10 @@ def candidates(cfg: Config, spark: SparkSession, as_of: dt.date, role: str = "se
             ctx.ranker, digest, meta = served_ranker(cfg, str(loaded.version))
             active = active_days_of(cfg, meta)
             if active:
-                buyers = users.count()
+                # one pass over the features for both counts
+                row = users.agg(F.count(F.lit(1)).alias("buyers"), F.sum(within(active).cast("long")).alias("inside")).first()
+                buyers, lapsed = int(row["buyers"]), int(row["buyers"]) - int(row["inside"] or 0)
                 users = active_users(users, active)
-                lapsed = buyers - users.count()
                 summary["customers_lapsed"] = lapsed
                 how = "candidates.active_days" if cfg.candidates.active_days != AUTO else \
                     "chosen on the validation week by `hmrec rank`"

@@ -471,7 +471,7 @@ def rank(cfg: Config, spark: SparkSession, as_of: dt.date) -> dict:
             ranked = ranked_for(users, valid, trained.booster, ctx, plans["cold"].fallback, k)
             days = segments.days_since_last(users["days_since_last_log"].to_numpy(dtype=np.float64, na_value=np.nan))
             days = np.where(users["n_purchases"].to_numpy(dtype=np.float64, na_value=0) > 0, days, np.nan)
-            fallback = popular_lists(users, ctx, plans["cold"].fallback, k)
+            fallback, _ = popular_lists(ctx, users["segment"], plans["cold"].fallback, k)
             chosen, maps, why = choose_active_days(ranked, fallback, days, truth, k, cfg.candidates.active_days,
                                                    cfg.candidates.active_max_loss)
             active = {"chosen": chosen, "why": why, f"map@{k}": {str(w): round(m, 6) for w, m in maps.items()},
@@ -532,13 +532,14 @@ def ranked_for(users: pd.DataFrame, cands: pd.DataFrame, booster: object, ctx, f
     return out
 
 
-def popular_lists(users: pd.DataFrame, ctx, fallback: str, k: int) -> np.ndarray:
-    """(B, k) article_idx: the popularity list scoring gives each row of ``users`` without candidates."""
-    rows = fallback_rows(ctx, users["segment"].fillna(segments.UNKNOWN_SEGMENT), fallback)
-    b = len(users)
-    out, _, _ = filled_lists(np.full((b, k), -1, np.int64), np.zeros((b, k)), np.full((b, k), "", dtype=object),
-                             ctx.fill_idx[rows], ctx.fill_score[rows], k)
-    return out
+def popular_lists(ctx, segment: pd.Series, fallback: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(B, k) article_idx and scores: the popularity list scoring gives a customer without candidates,
+    for customers of age ``segment`` (B,), from ``ctx`` (a scoring context)."""
+    rows = fallback_rows(ctx, segment.fillna(segments.UNKNOWN_SEGMENT), fallback)
+    b = len(segment)
+    idx, score, _ = filled_lists(np.full((b, 0), -1, np.int64), np.zeros((b, 0)), np.zeros((b, 0), dtype=object),
+                                 ctx.fill_idx[rows], ctx.fill_score[rows], k)
+    return idx, score
 
 
 # ---- which customers get served candidates -------------------------------------------------

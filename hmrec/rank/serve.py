@@ -38,7 +38,8 @@ from hmrec.progress import log, stage
 from hmrec.rank import sources as S
 from hmrec.rank.candidates import candidate_rows, check_features, has_candidates, ranked_by, rerun_command
 from hmrec.rank.compiled import compile_booster
-from hmrec.rank.ranker import booster_features, fallback_rows, filled_lists, predict, ranker_sha256, top_lists
+from hmrec.rank.ranker import (booster_features, fallback_rows, filled_lists, popular_lists, predict, ranker_sha256,
+                               top_lists)
 from hmrec.serve.blend import fill_lists
 from hmrec.serve.embedders import worker_cached
 from hmrec.serve.score import check_coverage, check_lists, publish
@@ -173,11 +174,7 @@ def fallback_batches(batches: Iterable[pd.DataFrame], ctx: RankContext) -> Itera
     for pdf in batches:
         if pdf.empty:
             continue
-        rows = fallback_rows(ctx, pdf["segment"].fillna(segments.UNKNOWN_SEGMENT), ctx.fallback)
-        b = len(pdf)
-        empty = np.full((b, 0), -1, dtype=np.int64)
-        idx, score, _ = filled_lists(empty, np.zeros((b, 0)), np.zeros((b, 0), dtype=object),
-                                     ctx.fill_idx[rows], ctx.fill_score[rows], ctx.k)
+        idx, score = popular_lists(ctx, pdf["segment"], ctx.fallback, ctx.k)
         frame = _frame(ctx, pdf["customer_id"].to_numpy(dtype=object), idx, score, np.full(idx.shape, "popular", dtype=object))
         if ctx.verify:
             check_lists(frame, pdf["customer_id"].to_numpy(dtype=object), ctx.k, "a popular batch")
