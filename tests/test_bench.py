@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from hmrec.bench.rankers import held_out_figures
+from hmrec.bench.warm import week_rows
 from hmrec.bench.weekly import cut_transactions
 from hmrec.rank import sources as S
 from hmrec.rank.ranker import WeekFrames, held_out
@@ -53,3 +54,19 @@ def test_the_matrix_row_of_a_profile_whose_refresh_failed_the_gate_says_why():
     assert "gate failed" not in rows[0]
     assert rows[1] == {"stage": "trend", "gate failed": "version 2 failed the gate: x", "best baseline": None,
                        "plans": ""}
+
+
+def test_the_warm_bench_compares_each_week_both_backtests_judged_and_flags_a_loss_past_the_goal():
+    d1, d2, d3 = dt.date(2020, 9, 2), dt.date(2020, 9, 9), dt.date(2020, 9, 16)
+
+    def fig(m, start="cold", users=100):
+        return {"k": 12, "map": m, "recall": None if m is None else m * 2, "users": users, "start": start,
+                "seconds": 10.0}
+
+    warm = {d1: fig(0.1), d2: fig(0.094, "warm from v1"), d3: fig(0.2, "warm from v2")}
+    cold = {d1: fig(0.1), d2: fig(0.1), d3: fig(None)}  # the cold backtest had no figures for d3
+    rows = week_rows(warm, cold)
+    assert [r["stage"] for r in rows] == [f"week from {d1}", f"week from {d2}"]
+    assert rows[0]["warm - cold"] == 0.0 and rows[0]["within 0.005"] == "yes"
+    assert rows[1]["warm - cold"] == -0.006 and rows[1]["within 0.005"] == "no"
+    assert rows[1]["warm start"] == "warm from v1" and rows[1]["cold map@12"] == 0.1

@@ -617,6 +617,34 @@ def test_the_two_stage_list_is_built_trained_on_the_validation_week_and_evaluate
     assert doc["methods"]["two_stage"]["recall@12"] <= doc["candidates"]["recall"]["union"] + 1e-9
 
 
+def test_the_evaluations_blend_is_the_list_the_scoring_job_serves_with_score_method_blend(spark, ran, tmp_path):
+    from hmrec.evaluation.evaluate import BLEND, blend_lists
+    from hmrec.model import registry
+    from hmrec.serve.embedders import ModelEmbedder
+    from hmrec.serve.index import load_index
+    from hmrec.serve.score import score_customers, served_plans
+
+    cfg0, _ = ran
+    doc = json.loads((Path(cfg0.lakehouse) / "reports" / TINY_AS_OF.isoformat() / "metrics.json").read_text())
+    assert BLEND in doc["methods"] and doc["users"]["all"] > 0
+    # the blend published by the scoring job (Spark's workers) in a copy of the lakehouse ...
+    lake = tmp_path / "lake"
+    shutil.copytree(cfg0.lakehouse, lake)
+    cfg = make_cfg(lake, *TINY_TRAIN, "score.method=blend")
+    loaded = registry.load_model(cfg, as_of=TINY_AS_OF)
+    version = str(loaded.version)
+    index, meta = load_index(cfg, version, TINY_AS_OF)
+    plans, _ = served_plans(spark, cfg, TINY_AS_OF)
+    score_customers(cfg, spark, TINY_AS_OF, ModelEmbedder.from_loaded(loaded), index, index_meta=meta, plans=plans)
+    recs = storage.read(spark, cfg, tables.RECOMMENDATIONS).toPandas().sort_values(["customer_id", "rank"])
+    served = {c: g["article_id"].tolist() for c, g in recs.groupby("customer_id")}
+    # ... is, for every holdout customer, the evaluation's blend list (made on the driver)
+    frame = storage.read_as_of(spark, cfg, tables.HOLDOUT, TINY_AS_OF).select("customer_id").distinct().toPandas()
+    lists = blend_lists(cfg, spark, TINY_AS_OF, version, frame)
+    assert len(lists) == len(frame) > 0
+    assert all(got == served[c] for c, got in zip(frame["customer_id"], lists))
+
+
 def fit_cutoff_of(cfg):
     from hmrec.etl.split import fit_cutoff
 

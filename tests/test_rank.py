@@ -9,7 +9,8 @@ import pytest
 
 from hmrec.errors import HmrecError
 from hmrec.rank import sources as S
-from hmrec.rank.ranker import filled_lists, held_out, list_figures, predict, sample_negatives, top_lists, train_ranker
+from hmrec.rank.ranker import (feature_matrix, filled_lists, held_out, list_figures, predict, sample_negatives, top_lists,
+                               train_ranker)
 from tests.conftest import make_cfg
 
 A, A2, B, C = 10, 11, 20, 30  # article_idx; A and A2 share product_code 100
@@ -597,3 +598,11 @@ def test_active_users_keeps_the_buyers_within_the_window_as_the_rank_stage_count
     assert kept(28) == [0, 1, 2, 3]
     assert kept(365) == [0, 1, 2, 3, 4, 5, 6]
     assert kept(0) == list(range(len(days)))
+
+
+def test_the_feature_matrix_holds_the_named_columns_in_their_order_row_major_with_nulls_as_nan():
+    frame = pd.DataFrame({"a": [1, 2, 3], "b": [0.5, np.nan, 2.5], "c": pd.Series([None, 4.0, None], dtype=object),
+                          "ignored": ["x", "y", "z"]})
+    x = feature_matrix(frame, ["c", "a", "b"])
+    assert x.dtype == np.float64 and x.flags["C_CONTIGUOUS"] and x.shape == (3, 3)
+    np.testing.assert_array_equal(x, np.array([[np.nan, 1, 0.5], [4.0, 2, np.nan], [np.nan, 3, 2.5]]))

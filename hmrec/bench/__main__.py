@@ -1,4 +1,4 @@
-"""Benchmarks that print figures: ``python -m hmrec.bench {etl,train,score,all,csv,matrix,shapes,sweep,serving,rankers,weekly} --scale S``.
+"""Benchmarks that print figures: ``python -m hmrec.bench {etl,train,score,all,csv,matrix,shapes,sweep,serving,rankers,weekly,warm} --scale S``.
 
 - ``etl``: generate, ingest, features, split, popularity (:mod:`hmrec.bench.etl`);
 - ``train``: the loader alone, the trainer from memory, one epoch (:mod:`hmrec.bench.train`);
@@ -12,7 +12,8 @@
   requests per second and p50/p99 latency for one customer and one basket per request, in process and
   through ``mlflow models serve`` (:mod:`hmrec.bench.serving`);
 - ``rankers``: LightGBM and XGBoost trained on the same validation week's candidates (:mod:`hmrec.bench.rankers`);
-- ``weekly``: the refresh after one appended week, warm-started, beside the full refresh (:mod:`hmrec.bench.weekly`).
+- ``weekly``: the refresh after one appended week, warm-started, beside the full refresh (:mod:`hmrec.bench.weekly`);
+- ``warm``: a backtest with warm starts beside one that retrains cold, week by week (:mod:`hmrec.bench.warm`).
 
 Results are printed and written to ``bench/results/``.
 """
@@ -31,6 +32,7 @@ from hmrec.bench.serving import bench_serving
 from hmrec.bench.shapes import bench_shapes
 from hmrec.bench.sweep import bench_sweep
 from hmrec.bench.train import bench_train
+from hmrec.bench.warm import bench_warm
 from hmrec.bench.weekly import bench_weekly
 from hmrec.synth.params import PROFILES
 
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     """Parse the benchmark's arguments and run it."""
     p = argparse.ArgumentParser(prog="python -m hmrec.bench", description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["etl", "train", "score", "all", "csv", "matrix", "shapes", "sweep", "serving",
-                                    "rankers", "weekly"])
+                                    "rankers", "weekly", "warm"])
     p.add_argument("--scale", type=float, default=None, help="1.0 is the H&M data's size (default 0.1; matrix, shapes: 0.05)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -54,7 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--as-of", default=None,
                    help="sweep: the cutoff, its following week judges every value (default 2020-09-09); rankers: the "
                         "as-of whose validation week trains and judges them (default 2020-09-16); weekly: the "
-                        "first refresh's as-of D, the weekly one is at D+7 (default 2020-09-09)")
+                        "first refresh's as-of D, the weekly one is at D+7 (default 2020-09-09); warm: the backtests' last "
+                        "cutoff (default 2020-09-16)")
+    p.add_argument("--weeks", type=int, default=4, help="warm: the backtests' cutoffs, a week apart")
     p.add_argument("--requests", type=int, default=500, help="serving: requests of each kind, one row each")
     p.add_argument("--no-rest", dest="rest", action="store_false",
                    help="serving: in process only, without starting `mlflow models serve`")
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> None:
         bench_rankers(scale, args.overrides, dt.date.fromisoformat(args.as_of or "2020-09-16"), args.libraries.split(","))
     elif args.what == "weekly":
         bench_weekly(scale, args.seed, args.overrides, dt.date.fromisoformat(args.as_of or "2020-09-09"))
+    elif args.what == "warm":
+        bench_warm(scale, args.seed, args.overrides, dt.date.fromisoformat(args.as_of or "2020-09-16"), args.weeks)
     elif args.what == "matrix":
         bench_matrix(scale, args.seed, args.overrides, args.profiles.split(","))
     else:

@@ -11,6 +11,11 @@ Methods, each a ranked list per holdout customer:
   scoring job gives to the model (``score.min_history``), the age segment's
   popularity list for the others (as served). Present when that version is
   registered;
+- ``blend``: the list ``score.method: blend`` serves with the served version
+  (its index, the list plans chosen for the as-of), made for the holdout
+  customers by the scoring code itself: the two-stage list's comparison on
+  the same week (when the blend is served it is ``model``). Present when that
+  version and its index are registered;
 - ``two_stage``: the ranker of the served version over its candidates
   (``tables.CANDIDATES``), filled from the age segment's popularity list, as
   ``score.method: ranker`` serves it; present when the version has a ranker.
@@ -65,6 +70,7 @@ from hmrec.serve.plans import ListPlan
 
 METHODS = ["model", *BASELINES]
 RETRIEVAL = "model_retrieval"
+BLEND = "blend"
 TWO_STAGE = "two_stage"
 
 # ---- metrics of every method ------------------------------------------------------------
@@ -274,6 +280,39 @@ def model_retrieval_lists(cfg: Config, spark: SparkSession, as_of: dt.date, vers
     return [ranked.get(c, fallback) for c, fallback in zip(frame["customer_id"], frame["popularity_segment"])]
 
 
+# ---- blend: the list score.method blend serves ------------------------------------------------------
+
+
+def blend_lists(cfg: Config, spark: SparkSession, as_of: dt.date, version: str,
+                frame: pd.DataFrame) -> list[list[str]] | None:
+    """The ``blend`` list of every row of ``frame`` (see the module notes): the scoring job's own batch
+    code (:func:`hmrec.serve.score.score_frame`) over the holdout customers' ``tables.USER_FEATURES`` rows,
+    the global popularity list for a customer without them (as scoring gives it); None when the version
+    or its index is not there."""
+    from hmrec.serve.index import load_index
+    from hmrec.serve.score import build_context, score_frame, scoring_users, served_plans
+
+    try:
+        loaded = registry.load_model(cfg, version)
+        index, _ = load_index(cfg, version, as_of)
+    except HmrecError as exc:
+        log("evaluate", f"no {BLEND} list: {exc}")
+        return None
+    plans, _ = served_plans(spark, cfg, as_of)
+    _, users, rep_col = scoring_users(cfg, spark, as_of, plans)
+    ids = F.broadcast(spark.createDataFrame(frame[["customer_id"]]))
+    users = users.join(ids, "customer_id").toPandas()
+    ctx = build_context(cfg, spark, as_of, ModelEmbedder.from_loaded(loaded), index, rep_col, plans)
+    ranked: dict[str, list[str]] = {}
+    for start in range(0, len(users), ctx.batch_size):
+        rows = score_frame(users.iloc[start : start + ctx.batch_size], ctx)
+        for customer, group in rows.groupby("customer_id", sort=False):
+            ranked[customer] = group.sort_values("rank")["article_id"].tolist()
+    top = ctx.article_ids[ctx.fill_idx[0, : ctx.k]].tolist()
+    log("evaluate", f"{BLEND}: the score.method blend list of {len(users):,} holdout customers")
+    return [ranked.get(c, top) for c in frame["customer_id"]]
+
+
 # ---- two_stage: the ranker over the candidates ---------------------------------------------------
 
 
@@ -357,6 +396,10 @@ def run_evaluation(
         if retrieval is not None:
             frame[RETRIEVAL] = retrieval
             methods.append(RETRIEVAL)
+        blend = blend_lists(cfg, spark, as_of, version, frame) if "," not in version else None
+        if blend is not None:
+            frame[BLEND] = blend
+            methods.append(BLEND)
         staged = two_stage_lists(cfg, spark, as_of, version, frame, k) if "," not in version else None
         if staged is not None:
             frame[TWO_STAGE] = staged[0]

@@ -180,20 +180,26 @@ def batch_candidates(users: pd.DataFrame, ctx: CandidateContext) -> pd.DataFrame
     frames["popular"] = S.list_source(users, ctx.popular, "segment", ctx.popular_n, GLOBAL)
     frames["trending"] = S.list_source(users, {GLOBAL: ctx.trending}, None, ctx.trending_n, GLOBAL)
     cands = S.add_features(S.union_sources(frames), hist, users, ctx.items)
+    customer = cands["customer_idx"].to_numpy(np.int64)
+    # each row's customer_id and segment, looked up by customer_idx (every candidate's customer is in the batch)
     info = users[["customer_idx", "customer_id", "segment"]].drop_duplicates("customer_idx")
-    out = cands.merge(info, on="customer_idx", how="left")
-    out["as_of"] = ctx.as_of
-    out["role"] = ctx.role
-    if ctx.ranker is not None and len(out):
+    by_idx = np.argsort(info["customer_idx"].to_numpy(np.int64), kind="stable")
+    at = by_idx[np.searchsorted(info["customer_idx"].to_numpy(np.int64)[by_idx], customer)] if len(cands) else by_idx[:0]
+    columns = {"as_of": np.full(len(cands), ctx.as_of, dtype=object), "role": np.full(len(cands), ctx.role, dtype=object),
+               "customer_id": info["customer_id"].to_numpy(dtype=object)[at],
+               "segment": info["segment"].to_numpy(dtype=object)[at]}
+    if ctx.ranker is not None and len(cands):
         from hmrec.rank.ranker import predict  # that module imports this one
 
-        out["ranker_score"] = predict(ctx.ranker.booster(), out)
-        out["ranker_rank"] = list_places(out["customer_idx"].to_numpy(np.int64), out["article_idx"].to_numpy(np.int64),
-                                         out["ranker_score"].to_numpy())
+        score = predict(ctx.ranker.booster(), cands)
+        columns["ranker_score"] = score
+        columns["ranker_rank"] = list_places(customer, cands["article_idx"].to_numpy(np.int64), score)
     else:
-        out["ranker_score"] = np.nan
-        out["ranker_rank"] = pd.array([pd.NA] * len(out), dtype="Int32")
-    return out[[f.name for f in schemas.CANDIDATES.fields]]
+        columns["ranker_score"] = np.full(len(cands), np.nan)
+        columns["ranker_rank"] = pd.array([pd.NA] * len(cands), dtype="Int32")
+    # the table's columns in its order, not copied (a merge and a column selection would each copy them all)
+    return pd.DataFrame({f.name: columns[f.name] if f.name in columns else cands[f.name].to_numpy()
+                         for f in schemas.CANDIDATES.fields}, copy=False)
 
 
 def candidate_batches(batches: Iterable[pd.DataFrame], ctx: CandidateContext) -> Iterator[pd.DataFrame]:

@@ -184,7 +184,17 @@ def predict(booster: object, frame: pd.DataFrame) -> np.ndarray:
         raise HmrecError(f"candidate rows{where} lack the feature columns {missing[:5]} that the ranker reads: "
                          f"they were written before these features existed; rerun `hmrec candidates --as-of D` "
                          f"for their as-of D (`--role fit` and the as-of they fit for fit rows)")
-    return np.asarray(booster.predict(frame[features].to_numpy(np.float64), num_threads=1), dtype=np.float64)
+    return np.asarray(booster.predict(feature_matrix(frame, features), num_threads=1), dtype=np.float64)
+
+
+def feature_matrix(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
+    """The columns ``features`` of ``frame`` as one row-major float64 array (rows, features), the layout
+    LightGBM and the compiled trees read. Filled a column at a time: ``frame[features].to_numpy()`` copies
+    twice (the columns gathered into one block, then that block transposed into rows)."""
+    out = np.empty((len(frame), len(features)), dtype=np.float64)
+    for j, name in enumerate(features):
+        out[:, j] = frame[name].to_numpy(np.float64)
+    return out
 
 
 def top_lists(frame: pd.DataFrame, pred: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

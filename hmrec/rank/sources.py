@@ -361,10 +361,11 @@ def add_features(cands: pd.DataFrame, hist: pd.DataFrame, users: pd.DataFrame, i
     # NaN when the customer's age or every buyer's age is unknown
     f["age_vs_item_buyers"] = f["user_age"] - f["item_buyer_age_mean"]
     f["n_sources"] = np.sum([out[f"{s}_rank"].notna().to_numpy() for s in SOURCES], axis=0).astype(np.float64)
-    # the frame built at once, not a column at a time (which splits it into a block per column)
-    columns = {col: out[col].astype(np.float64, copy=False) if col in SOURCE_COLUMNS else out[col]
+    # the frame built at once from its columns, without gathering them into one block (a copy of them all:
+    # its rows go to Arrow a column at a time)
+    columns = {col: out[col].to_numpy(np.float64) if col in SOURCE_COLUMNS else out[col].to_numpy()
                for col in out.columns}
-    return pd.DataFrame({**columns, **f})
+    return pd.DataFrame({**columns, **f}, copy=False)
 
 
 def missing_features(frame: pd.DataFrame, features: Sequence[str]) -> list[str]:
