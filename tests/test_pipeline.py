@@ -645,6 +645,41 @@ def test_the_evaluations_blend_is_the_list_the_scoring_job_serves_with_score_met
     assert all(got == served[c] for c, got in zip(frame["customer_id"], lists))
 
 
+def test_the_rank_stages_validation_blend_reads_the_purchases_scoring_reads(spark, ran):
+    # with score.repurchase_days > 0 scoring's recent purchases are those of that window, not last_articles
+    from hmrec.etl import segments
+    from hmrec.model import registry
+    from hmrec.rank.ranker import blend_on
+    from hmrec.serve.embedders import ModelEmbedder
+    from hmrec.serve.index import load_index
+    from hmrec.serve.score import build_context, score_frame, scoring_users
+
+    cfg0, _ = ran
+    cutoff = fit_cutoff_of(cfg0)
+
+    def validation_users(cfg):
+        return (storage.read_as_of(spark, cfg, tables.USER_FEATURES, cutoff).where("n_purchases >= 1")
+                .withColumn("segment", segments.age_segment(F.col("age_bucket"), cfg.features.age_buckets))
+                .orderBy("customer_idx").limit(300).toPandas())
+
+    cfg = make_cfg(cfg0.lakehouse, *TINY_TRAIN, "score.repurchase_days=7")
+    users = validation_users(cfg)
+    lists, ctx, plans = blend_on(cfg, spark, TINY_AS_OF, users)
+    # what the scoring job's batch code makes at the cutoff from scoring's own rows of these customers
+    loaded = registry.load_model(cfg, as_of=cutoff, role="fit")
+    index, _ = load_index(cfg, str(loaded.version), cutoff)
+    _, scoring, rep_col = scoring_users(cfg, spark, cutoff, plans)
+    rows = scoring.join(F.broadcast(spark.createDataFrame(users[["customer_idx"]])), "customer_idx").toPandas()
+    sctx = build_context(cfg, spark, cutoff, ModelEmbedder.from_loaded(loaded), index, rep_col, plans)
+    served = score_frame(rows, sctx).sort_values(["customer_id", "rank"])
+    served = {c: g["article_id"].tolist() for c, g in served.groupby("customer_id")}
+    got = {c: ctx.article_ids[row].tolist() for c, row in zip(users["customer_id"], lists)}
+    assert rep_col == "recent_articles" and len(got) == len(users) > 0 and got == served
+    # and the setting matters: with last_articles (the default) some of these lists differ
+    default, _, _ = blend_on(make_cfg(cfg0.lakehouse, *TINY_TRAIN), spark, TINY_AS_OF, users)
+    assert (default != lists).any()
+
+
 def fit_cutoff_of(cfg):
     from hmrec.etl.split import fit_cutoff
 

@@ -7,8 +7,9 @@ the same generated data, each in a new lakehouse:
 
 - ``warm``: ``train.warm_start: auto`` (the default). The first cutoff has
   no champion and trains cold. Each later cutoff starts from the champion
-  the refresh a week earlier left, if that refresh passed its gate, and
-  trains ``train.warm_epochs`` on the last ``train.warm_train_days``.
+  the refresh a week earlier left (a backtest publishes every week whatever
+  its gate says, so that is the previous week's version) and trains
+  ``train.warm_epochs`` on the last ``train.warm_train_days``.
 - ``cold``: ``train.warm_start=off``, every cutoff retrained from nothing.
 
 For each week it prints both served lists' MAP@12 and Recall@12 on the

@@ -372,13 +372,19 @@ def blend_on(cfg: Config, spark: SparkSession, as_of: dt.date, users: pd.DataFra
     from hmrec.model import registry
     from hmrec.serve.embedders import ModelEmbedder
     from hmrec.serve.index import load_index
-    from hmrec.serve.score import assemble, batch_inputs, build_context, served_plans
+    from hmrec.serve.score import assemble, batch_inputs, build_context, scoring_users, served_plans
 
     cutoff = fit_cutoff(cfg, as_of)
     loaded = registry.load_model(cfg, as_of=cutoff, role="fit")
     index, _ = load_index(cfg, str(loaded.version), cutoff)
     plans, _ = served_plans(spark, cfg, as_of)
-    ctx = build_context(cfg, spark, cutoff, ModelEmbedder.from_loaded(loaded), index, "last_articles", plans)
+    _, scoring, rep_col = scoring_users(cfg, spark, cutoff, plans)
+    if rep_col != "last_articles" and len(users):
+        # score.repurchase_days > 0: scoring reads the recent purchases of that window, so the blend does too
+        ids = F.broadcast(spark.createDataFrame(users[["customer_idx"]].astype({"customer_idx": "int64"})))
+        recent = scoring.join(ids, "customer_idx").select("customer_idx", rep_col).toPandas()
+        users = users.merge(recent, on="customer_idx", how="left")
+    ctx = build_context(cfg, spark, cutoff, ModelEmbedder.from_loaded(loaded), index, rep_col, plans)
     out = []
     for start in range(0, len(users), 8192):
         batch = users.iloc[start : start + 8192]
