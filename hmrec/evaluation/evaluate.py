@@ -286,28 +286,21 @@ def model_retrieval_lists(cfg: Config, spark: SparkSession, as_of: dt.date, vers
 def blend_lists(cfg: Config, spark: SparkSession, as_of: dt.date, version: str,
                 frame: pd.DataFrame) -> list[list[str]] | None:
     """The ``blend`` list of every row of ``frame`` (see the module notes): the scoring job's own batch
-    code (:func:`hmrec.serve.score.score_frame`) over the holdout customers' ``tables.USER_FEATURES`` rows,
+    code (:func:`hmrec.serve.score.blend_for`) over the holdout customers' ``tables.USER_FEATURES`` rows,
     the global popularity list for a customer without them (as scoring gives it); None when the version
     or its index is not there."""
-    from hmrec.serve.index import load_index
-    from hmrec.serve.score import build_context, score_frame, scoring_users, served_plans
+    from hmrec.serve.score import blend_for, served_plans
 
+    plans, _ = served_plans(spark, cfg, as_of)
+    ids = F.broadcast(spark.createDataFrame(frame[["customer_id"]]))
+    users = (storage.read_as_of(spark, cfg, tables.USER_FEATURES, as_of).join(ids, "customer_id")
+             .withColumn("segment", segments.age_segment(F.col("age_bucket"), cfg.features.age_buckets)).toPandas())
     try:
-        loaded = registry.load_model(cfg, version)
-        index, _ = load_index(cfg, version, as_of)
+        lists, ctx = blend_for(cfg, spark, as_of, registry.load_model(cfg, version), plans, users)
     except HmrecError as exc:
         log("evaluate", f"no {BLEND} list: {exc}")
         return None
-    plans, _ = served_plans(spark, cfg, as_of)
-    _, users, rep_col = scoring_users(cfg, spark, as_of, plans)
-    ids = F.broadcast(spark.createDataFrame(frame[["customer_id"]]))
-    users = users.join(ids, "customer_id").toPandas()
-    ctx = build_context(cfg, spark, as_of, ModelEmbedder.from_loaded(loaded), index, rep_col, plans)
-    ranked: dict[str, list[str]] = {}
-    for start in range(0, len(users), ctx.batch_size):
-        rows = score_frame(users.iloc[start : start + ctx.batch_size], ctx)
-        for customer, group in rows.groupby("customer_id", sort=False):
-            ranked[customer] = group.sort_values("rank")["article_id"].tolist()
+    ranked = {c: ctx.article_ids[row[row >= 0]].tolist() for c, row in zip(users["customer_id"], lists)}
     top = ctx.article_ids[ctx.fill_idx[0, : ctx.k]].tolist()
     log("evaluate", f"{BLEND}: the score.method blend list of {len(users):,} holdout customers")
     return [ranked.get(c, top) for c in frame["customer_id"]]

@@ -370,27 +370,11 @@ def blend_on(cfg: Config, spark: SparkSession, as_of: dt.date, users: pd.DataFra
     """The blend's lists at the fit cutoff of ``as_of`` for ``users`` (``tables.USER_FEATURES`` rows at it
     with ``segment``), exactly as scoring would make them with the plans of ``as_of``; and the scoring context."""
     from hmrec.model import registry
-    from hmrec.serve.embedders import ModelEmbedder
-    from hmrec.serve.index import load_index
-    from hmrec.serve.score import assemble, batch_inputs, build_context, scoring_users, served_plans
+    from hmrec.serve.score import blend_for, served_plans
 
     cutoff = fit_cutoff(cfg, as_of)
-    loaded = registry.load_model(cfg, as_of=cutoff, role="fit")
-    index, _ = load_index(cfg, str(loaded.version), cutoff)
     plans, _ = served_plans(spark, cfg, as_of)
-    _, scoring, rep_col = scoring_users(cfg, spark, cutoff, plans)
-    if rep_col != "last_articles" and len(users):
-        # score.repurchase_days > 0: scoring reads the recent purchases of that window, so the blend does too
-        ids = F.broadcast(spark.createDataFrame(users[["customer_idx"]].astype({"customer_idx": "int64"})))
-        recent = scoring.join(ids, "customer_idx").select("customer_idx", rep_col).toPandas()
-        users = users.merge(recent, on="customer_idx", how="left")
-    ctx = build_context(cfg, spark, cutoff, ModelEmbedder.from_loaded(loaded), index, rep_col, plans)
-    out = []
-    for start in range(0, len(users), 8192):
-        batch = users.iloc[start : start + 8192]
-        inp = batch_inputs(batch, ctx, model_groups=np.array([p.source != "popular" for p in ctx.plans]))
-        out.append(assemble(inp, ctx, ctx.plans)[0])
-    lists = np.concatenate(out) if out else np.zeros((0, cfg.score.k), np.int64)
+    lists, ctx = blend_for(cfg, spark, cutoff, registry.load_model(cfg, as_of=cutoff, role="fit"), plans, users)
     return lists, ctx, plans
 
 

@@ -460,6 +460,25 @@ def scoring_users(cfg: Config, spark: SparkSession, as_of: dt.date, plans: Plans
     return features_df, users, rep_col
 
 
+def blend_for(cfg: Config, spark: SparkSession, cutoff: dt.date, loaded: Any, plans: Plans,
+              users: pd.DataFrame) -> tuple[np.ndarray, "ScoringContext"]:
+    """(B, ``score.k``) article_idx: the blend scoring makes at ``cutoff`` with the model ``loaded`` (and its
+    index) and ``plans``, for ``users`` (``tables.USER_FEATURES`` rows at the cutoff with ``segment``), made
+    by scoring's batch code on the driver; and the scoring context. With ``score.repurchase_days`` > 0 the
+    recent purchases scoring reads are joined to ``users`` here, as :func:`scoring_users` joins them."""
+    index, _ = load_index(cfg, str(loaded.version), cutoff)
+    _, scoring, rep_col = scoring_users(cfg, spark, cutoff, plans)
+    if rep_col != "last_articles" and len(users):
+        ids = F.broadcast(spark.createDataFrame(users[["customer_idx"]].astype({"customer_idx": "int64"})))
+        recent = scoring.join(ids, "customer_idx").select("customer_idx", rep_col).toPandas()
+        users = users.merge(recent, on="customer_idx", how="left")
+    ctx = build_context(cfg, spark, cutoff, ModelEmbedder.from_loaded(loaded), index, rep_col, plans)
+    groups = np.array([p.source != "popular" for p in ctx.plans])
+    out = [assemble(batch_inputs(users.iloc[start : start + ctx.batch_size], ctx, model_groups=groups), ctx, ctx.plans)[0]
+           for start in range(0, len(users), ctx.batch_size)]
+    return (np.concatenate(out) if out else np.zeros((0, ctx.k), np.int64)), ctx
+
+
 def score_customers(
     cfg: Config,
     spark: SparkSession,
