@@ -156,6 +156,7 @@ class CandidatesConfig:
     batch_size: int
     active_days: AutoInt = AUTO
     active_max_loss: float = 0.005
+    serve_features: bool = False
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("rank", lambda cfg, spark, c, as_of: ranker.rank(cfg, spark, as_of=c), (*RANK, *CANDIDATES, *ACTIVE),
           after=("candidates-fit", "train", "choose")),
     Stage("candidates", lambda cfg, spark, c, as_of: candidates.candidates(cfg, spark, as_of=c),
-          (*CANDIDATES, *ACTIVE), after=("index", "popularity", "rank")),
+          (*CANDIDATES, *ACTIVE, "candidates.serve_features"), after=("index", "popularity", "rank")),
     # Judges the serve version before anything is published (hmrec.governance.gate); a failure stops the
     # refresh here, unrecorded, so the next run judges again.
     Stage("gate", lambda cfg, spark, c, as_of: gate.gate(cfg, spark, as_of=c), GATE,

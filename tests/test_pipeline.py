@@ -711,16 +711,43 @@ def test_the_ranker_serves_exactly_k_distinct_articles_to_every_customer(spark, 
 
 def test_the_served_candidates_are_ranked_as_they_are_made_and_scoring_reads_only_the_best(spark, ran, tmp_path,
                                                                                              monkeypatch, capsys):
+    from hmrec.errors import HmrecError
+    from hmrec.evaluation import evaluate
     from hmrec.model import registry
-    from hmrec.rank import ranker, serve
-    from hmrec.rank.candidates import candidate_rows, ranked_by
+    from hmrec.rank import candidates as cand_mod
+    from hmrec.rank import ranker, serve, sources
+    from hmrec.rank.candidates import RANKED_COLUMNS, candidate_rows, candidates, ranked_by, written_features
 
     cfg0, results = ran
     version = registry.latest_version(cfg0, TINY_AS_OF)
-    assert results["candidates"]["ranked"]
+    assert results["candidates"]["ranked"] and not results["candidates"]["features_kept"]
     assert ranked_by(spark, cfg0, TINY_AS_OF, "serve") == ranker.ranker_sha256(cfg0, version) is not None
     assert ranked_by(spark, cfg0, fit_cutoff_of(cfg0), "fit") is None  # the fit rows train the ranker
-    rows = candidate_rows(spark, cfg0, TINY_AS_OF, "serve").toPandas()
+    # placed as they were made: only the places and the sources are kept, the other features are null
+    slim = candidate_rows(spark, cfg0, TINY_AS_OF, "serve").toPandas()
+    dropped = [c for c in sources.FEATURES if c not in RANKED_COLUMNS]
+    assert "times_bought" in dropped and slim[dropped].isna().all().all()
+    assert slim["ranker_rank"].notna().all() and slim["n_sources"].ge(1).all()
+    assert written_features(spark, cfg0, TINY_AS_OF, "serve") == [c for c in sources.FEATURES if c in RANKED_COLUMNS]
+    assert written_features(spark, cfg0, fit_cutoff_of(cfg0), "fit") == list(sources.FEATURES)
+    lake = tmp_path / "lake"
+    shutil.copytree(cfg0.lakehouse, lake)
+    cfg = make_cfg(lake, *TINY_TRAIN, "score.method=ranker")
+    # another booster cannot rank rows without features: scoring says what to rerun
+    monkeypatch.setattr(serve, "ranked_by", lambda *a: None)
+    with pytest.raises(HmrecError, match=r"written without the feature columns .*times_bought.* unless "
+                                         r"candidates.serve_features is true: rerun `hmrec candidates --as-of 2020-09-16`"):
+        serve.score_ranked(cfg, spark, TINY_AS_OF, version)
+    monkeypatch.undo()
+    # with candidates.serve_features the same rows, places and scores, and every feature
+    cfg = make_cfg(lake, *TINY_TRAIN, "score.method=ranker", "candidates.serve_features=true")
+    assert candidates(cfg, spark, TINY_AS_OF)["features_kept"]
+    rows = candidate_rows(spark, cfg, TINY_AS_OF, "serve").toPandas()
+    key = ["customer_idx", "article_idx"]
+    kept = [c for c in RANKED_COLUMNS if c != "as_of"]
+    pd.testing.assert_frame_equal(rows[kept].sort_values(key).reset_index(drop=True),
+                                  slim[kept].sort_values(key).reset_index(drop=True))
+    assert rows["times_bought"].notna().all()
     booster, _ = ranker.load_ranker(cfg0, version)
     # scored by the compiled trees (rank.compile), LightGBM's own predict to within rounding
     np.testing.assert_allclose(rows["ranker_score"].to_numpy(), ranker.predict(booster, rows), rtol=0, atol=1e-12)
@@ -728,10 +755,16 @@ def test_the_served_candidates_are_ranked_as_they_are_made_and_scoring_reads_onl
     for _, g in rows.groupby("customer_idx"):
         g = g.sort_values(["ranker_score", "article_idx"], ascending=[False, True])
         assert g["ranker_rank"].tolist() == list(range(1, len(g) + 1))
+    # the evaluation's two_stage list from the stored places is the one the booster ranks from the features
+    buyers = rows.drop_duplicates("customer_id")["customer_id"].head(300).tolist()
+    frame = pd.DataFrame({"customer_id": buyers + ["nobody"], "popularity_segment": [["p1", "p2"]] * (len(buyers) + 1),
+                          "actual": [[]] * (len(buyers) + 1)})
+    placed, _ = evaluate.two_stage_lists(cfg, spark, TINY_AS_OF, str(version), frame, 12)
+    monkeypatch.setattr(cand_mod, "ranked_by", lambda *a: None)
+    assert evaluate.two_stage_lists(cfg, spark, TINY_AS_OF, str(version), frame, 12)[0] == placed
+    monkeypatch.undo()
+    assert placed[-1] == ["p1", "p2"] and any(len(x) == 12 for x in placed[:-1])  # "nobody": the fallback alone
     # scoring from the stored places gives the lists that scoring every candidate gives
-    lake = tmp_path / "lake"
-    shutil.copytree(cfg0.lakehouse, lake)
-    cfg = make_cfg(lake, *TINY_TRAIN, "score.method=ranker")
     stored = serve.score_ranked(cfg, spark, TINY_AS_OF, version)
     assert stored["ranked_in_candidates"]
     fast = storage.read(spark, cfg, tables.RECOMMENDATIONS).toPandas()

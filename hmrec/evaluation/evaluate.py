@@ -335,29 +335,40 @@ def two_stage_lists(cfg: Config, spark: SparkSession, as_of: dt.date, version: s
                     frame: pd.DataFrame, k: int) -> tuple[list[list[str]], dict[str, float]] | None:
     """The ``two_stage`` list of every row of ``frame`` (the ranker's K best of ``tables.CANDIDATES``, filled
     from the age segment's popularity list) and each candidate source's recall on the holdout week; None
-    when the version has no ranker or the as-of no candidates."""
+    when the version has no ranker or the as-of no candidates.
+
+    The K best are the places the candidates stage gave when the version's own booster placed them (as
+    scoring reads them), else the booster ranks every candidate here, from its features."""
     from hmrec.rank import ranker
-    from hmrec.rank.candidates import candidate_rows, check_features, has_candidates
+    from hmrec.rank.candidates import candidate_rows, check_features, has_candidates, ranked_by
     from hmrec.rank.serve import ranked_top
 
     if not ranker.has_ranker(cfg, version) or not has_candidates(spark, cfg, as_of, "serve"):
         log("evaluate", f"no two_stage list: model version {version} has no ranker or {tables.CANDIDATES} "
                         f"no rows for {as_of}")
         return None
-    booster, _ = ranker.load_ranker(cfg, version)
-    check_features(spark, cfg, as_of, "serve", ranker.booster_features(booster))
     ids = F.broadcast(spark.createDataFrame(frame[["customer_id"]]))
     # Ranked and counted in Spark: the holdout buyers' candidates (about 20M rows at full H&M size) stay
     # there, and only each customer's K best and the per-source hit counts reach the driver.
     cands = candidate_rows(spark, cfg, as_of, "serve").join(ids, "customer_id")
     index = storage.read(spark, cfg, tables.ARTICLE_INDEX).select("article_idx", "article_id")
     names = index.toPandas().set_index("article_idx")["article_id"]
-    top = ranked_top(spark, cands, booster, k, cfg.rank.compile).sort_values(["customer_id", "rank"])
+    if ranked_by(spark, cfg, as_of, "serve") == ranker.ranker_sha256(cfg, version):
+        top = cands.where(F.col("ranker_rank") <= k).select(
+            "customer_id", "article_idx", F.col("ranker_rank").alias("rank")).toPandas()
+        row = cands.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("customer_id").alias("customers")).first()
+        per_customer = int(row["rows"]) / max(int(row["customers"]), 1)
+    else:
+        booster, _ = ranker.load_ranker(cfg, version)
+        check_features(spark, cfg, as_of, "serve", ranker.booster_features(booster))
+        top = ranked_top(spark, cands, booster, k, cfg.rank.compile)
+        per = top.drop_duplicates("customer_id")["candidates"]
+        per_customer = float(per.sum()) / max(len(per), 1)
+    top = top.sort_values(["customer_id", "rank"])
     ranked = {c: names.reindex(g["article_idx"]).tolist() for c, g in top.groupby("customer_id", sort=False)}
     lists = [fill_list(ranked.get(c, []), fallback, k) for c, fallback in zip(frame["customer_id"], frame["popularity_segment"])]
     recall = source_recall(spark, cands, frame, index)
-    per = top.drop_duplicates("customer_id")["candidates"]
-    recall["per_customer"] = round(float(per.sum()) / max(len(per), 1), 1)
+    recall["per_customer"] = round(per_customer, 1)
     return lists, recall
 
 

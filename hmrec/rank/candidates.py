@@ -25,6 +25,14 @@ customer's ``score.k`` best rows instead of every candidate
 (:mod:`hmrec.rank.serve`). Without a ranker the two columns are null and
 scoring ranks the candidates itself.
 
+Rows ranked as they are made keep only :data:`RANKED_COLUMNS` (the keys,
+each source's score and rank, ``n_sources``, the ranker's score and place)
+unless ``candidates.serve_features`` is true: nothing reads their other
+features once they are placed, and leaving them out halves the columns
+handed from Python to the JVM and written. They are written null, and the
+commit records which features were written, so scoring them with another
+ranker asks for them to be made again (:func:`check_features`).
+
 Also with ``role serve``, only the customers whose last purchase was at
 most ``candidates.active_days`` days before c get candidates (0: every
 customer with a purchase; ``auto``, the default: the window the rank stage
@@ -45,6 +53,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from hmrec.config import AUTO, Config
 from hmrec.errors import HmrecError
@@ -58,6 +67,11 @@ from hmrec.serve.embedders import Embedder, check_embeddings
 from hmrec.serve.index import ShippedIndex, index_dim, search
 
 STAGE = "candidates"
+# The columns a served row ranked as it is made keeps without candidates.serve_features: what scoring, the
+# evaluation and each source's recall read. The other features are written null.
+RANKED_COLUMNS = ("as_of", "role", "customer_id", "customer_idx", "segment", "article_idx", *S.SOURCE_COLUMNS,
+                  "n_sources", "ranker_score", "ranker_rank")
+RANKED_SCHEMA = StructType([f for f in schemas.CANDIDATES.fields if f.name in RANKED_COLUMNS])
 
 
 # ---- the lookups, as Spark transforms --------------------------------------------------
@@ -152,6 +166,7 @@ class CandidateContext:
     role: str = "serve"
     threads: int = 1
     ranker: object | None = None  # a hmrec.rank.serve.ShippedBooster: score and place every candidate
+    schema: StructType = schemas.CANDIDATES  # the columns a batch's frame has: RANKED_SCHEMA or every one
 
 
 def list_places(customer_idx: np.ndarray, article_idx: np.ndarray, score: np.ndarray) -> np.ndarray:
@@ -197,9 +212,9 @@ def batch_candidates(users: pd.DataFrame, ctx: CandidateContext) -> pd.DataFrame
     else:
         columns["ranker_score"] = np.full(len(cands), np.nan)
         columns["ranker_rank"] = pd.array([pd.NA] * len(cands), dtype="Int32")
-    # the table's columns in its order, not copied (a merge and a column selection would each copy them all)
+    # the columns in the table's order, not copied (a merge and a column selection would each copy them all)
     return pd.DataFrame({f.name: columns[f.name] if f.name in columns else cands[f.name].to_numpy()
-                         for f in schemas.CANDIDATES.fields}, copy=False)
+                         for f in ctx.schema.fields}, copy=False)
 
 
 def candidate_batches(batches: Iterable[pd.DataFrame], ctx: CandidateContext) -> Iterator[pd.DataFrame]:
@@ -228,12 +243,19 @@ def write_candidates(rows: DataFrame, cfg: Config, cutoff: dt.date, role: str, m
     records the feature columns written (:func:`written_features`) and the SHA-256 of the booster that
     filled ``ranker_score`` and ``ranker_rank`` (None: nothing ranked them); returns the rows written.
 
+    ``rows`` with only some of the feature columns (:data:`RANKED_SCHEMA`) get the others as null, and
+    the commit records the features they had.
+
     A table written before the latest features were added takes the new columns (Delta's schema
     evolution) and keeps its other rows, which read them as null: :func:`check_features` tells a booster
     that needs them to rewrite those rows."""
+    features = [c for c in S.FEATURES if c in rows.columns]
+    # every column of the table, in its order; the features rows lack are nulls made on the JVM side
+    rows = rows.select(*[F.col(f.name) if f.name in rows.columns else F.lit(None).cast(f.dataType).alias(f.name)
+                         for f in schemas.CANDIDATES.fields])
     return storage.write_partition(rows, cfg, tables.CANDIDATES, cutoff,
                                    metadata={"as_of": cutoff.isoformat(), "role": role, "model_version": model_version,
-                                             "features": list(S.FEATURES), "ranker_sha256": ranker_sha256},
+                                             "features": features, "ranker_sha256": ranker_sha256},
                                    merge_schema=True, role=role)
 
 
@@ -272,8 +294,10 @@ def check_features(spark: SparkSession, cfg: Config, cutoff: dt.date, role: str,
     written = set(rows.columns) & set(written_features(spark, cfg, cutoff, role))
     missing = [c for c in features if c not in written]
     if missing:
+        placed = ("; rows the ranker placed as they were made keep only their places unless "
+                  "candidates.serve_features is true" if role == "serve" and ranked_by(spark, cfg, cutoff, role) else "")
         raise HmrecError(f"{tables.CANDIDATES} rows at {cutoff} (role {role}) were written without the feature "
-                         f"columns {missing} that the ranker reads: rerun `{rerun_command(cfg, cutoff, role)}`")
+                         f"columns {missing} that the ranker reads{placed}: rerun `{rerun_command(cfg, cutoff, role)}`")
 
 
 def has_candidates(spark: SparkSession, cfg: Config, cutoff: dt.date, role: str) -> bool:
@@ -399,6 +423,9 @@ def candidates(cfg: Config, spark: SparkSession, as_of: dt.date, role: str = "se
                            f"the {lapsed:,} of {buyers:,} who did not get the popularity list from `hmrec score`")
         summary["ranked"] = digest is not None
         summary["active_days"] = active
+        if digest is not None and not cfg.candidates.serve_features:
+            ctx.schema = RANKED_SCHEMA
+        summary["features_kept"] = ctx.schema is schemas.CANDIDATES
         labels = None
         if role == "fit":
             labels = label_sets(spark, cfg, as_of)
@@ -409,7 +436,7 @@ def candidates(cfg: Config, spark: SparkSession, as_of: dt.date, role: str = "se
         users = users.repartition(max(parallelism, 1))
         shipped = spark.sparkContext.broadcast(ctx)
         try:
-            out = users.mapInPandas(lambda it: candidate_batches(it, shipped.value), schema=schemas.CANDIDATES)
+            out = users.mapInPandas(lambda it: candidate_batches(it, shipped.value), schema=ctx.schema)
             rows = write_candidates(out, cfg, cutoff, role, str(loaded.version), digest)
         finally:
             shipped.unpersist()
