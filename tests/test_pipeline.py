@@ -604,7 +604,7 @@ def test_the_two_stage_list_is_built_trained_on_the_validation_week_and_evaluate
     version = registry.latest_version(cfg, TINY_AS_OF)
     b1, meta = ranker.load_ranker(cfg, version)
     b2, _ = ranker.load_ranker(cfg, version)
-    sample = cands.limit(500).toPandas()
+    sample = at_fit.limit(500).toPandas()  # rows with every feature (the served ones placed as made keep few)
     np.testing.assert_array_equal(ranker.predict(b1, sample), ranker.predict(b2, sample))
     assert meta["features"] == list(sources.FEATURES) and meta["fit_cutoff"] == "2020-09-09"
     c = registry.client(cfg)
