@@ -714,7 +714,6 @@ def test_the_served_candidates_are_ranked_as_they_are_made_and_scoring_reads_onl
     from hmrec.errors import HmrecError
     from hmrec.evaluation import evaluate
     from hmrec.model import registry
-    from hmrec.rank import candidates as cand_mod
     from hmrec.rank import ranker, serve, sources
     from hmrec.rank.candidates import RANKED_COLUMNS, candidate_rows, candidates, ranked_by, written_features
 
@@ -760,7 +759,7 @@ def test_the_served_candidates_are_ranked_as_they_are_made_and_scoring_reads_onl
     frame = pd.DataFrame({"customer_id": buyers + ["nobody"], "popularity_segment": [["p1", "p2"]] * (len(buyers) + 1),
                           "actual": [[]] * (len(buyers) + 1)})
     placed, _ = evaluate.two_stage_lists(cfg, spark, TINY_AS_OF, str(version), frame, 12)
-    monkeypatch.setattr(cand_mod, "ranked_by", lambda *a: None)
+    monkeypatch.setattr(serve, "ranked_by", lambda *a: None)
     assert evaluate.two_stage_lists(cfg, spark, TINY_AS_OF, str(version), frame, 12)[0] == placed
     monkeypatch.undo()
     assert placed[-1] == ["p1", "p2"] and any(len(x) == 12 for x in placed[:-1])  # "nobody": the fallback alone

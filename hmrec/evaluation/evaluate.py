@@ -340,8 +340,8 @@ def two_stage_lists(cfg: Config, spark: SparkSession, as_of: dt.date, version: s
     The K best are the places the candidates stage gave when the version's own booster placed them (as
     scoring reads them), else the booster ranks every candidate here, from its features."""
     from hmrec.rank import ranker
-    from hmrec.rank.candidates import candidate_rows, check_features, has_candidates, ranked_by
-    from hmrec.rank.serve import ranked_top
+    from hmrec.rank.candidates import candidate_rows, check_features, has_candidates
+    from hmrec.rank.serve import ranked_top, stored_ranks
 
     if not ranker.has_ranker(cfg, version) or not has_candidates(spark, cfg, as_of, "serve"):
         log("evaluate", f"no two_stage list: model version {version} has no ranker or {tables.CANDIDATES} "
@@ -353,7 +353,7 @@ def two_stage_lists(cfg: Config, spark: SparkSession, as_of: dt.date, version: s
     cands = candidate_rows(spark, cfg, as_of, "serve").join(ids, "customer_id")
     index = storage.read(spark, cfg, tables.ARTICLE_INDEX).select("article_idx", "article_id")
     names = index.toPandas().set_index("article_idx")["article_id"]
-    if ranked_by(spark, cfg, as_of, "serve") == ranker.ranker_sha256(cfg, version):
+    if stored_ranks(spark, cfg, as_of, version, stage="evaluate"):
         top = cands.where(F.col("ranker_rank") <= k).select(
             "customer_id", "article_idx", F.col("ranker_rank").alias("rank")).toPandas()
         row = cands.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("customer_id").alias("customers")).first()

@@ -205,15 +205,15 @@ def rank_context(cfg: Config, spark: SparkSession, as_of: dt.date, version: str,
                        fallback, str(version), as_of, compiled=cfg.rank.compile)
 
 
-def stored_ranks(spark: SparkSession, cfg: Config, as_of: dt.date, version: str) -> bool:
+def stored_ranks(spark: SparkSession, cfg: Config, as_of: dt.date, version: str, stage: str = "score") -> bool:
     """Whether the served candidates at ``as_of`` hold the scores of model version ``version``'s booster;
-    when not, a line says why every candidate is scored here instead."""
+    when not, a line of ``stage`` (scoring, the evaluation) says why every candidate is scored there instead."""
     stored, digest = ranked_by(spark, cfg, as_of, "serve"), ranker_sha256(cfg, version)
     if stored is not None and stored == digest:
         return True
     why = ("were written before this version's ranker was trained" if stored is None
            else "hold the scores of another ranker")
-    log("score", f"the candidates at {as_of} {why}: the ranker scores all of them here; "
+    log(stage, f"the candidates at {as_of} {why}: the ranker scores all of them here; "
                  f"`{rerun_command(cfg, as_of, 'serve')}` after `hmrec rank` would score them as they are made")
     return False
 
