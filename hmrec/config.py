@@ -154,6 +154,8 @@ class CandidatesConfig:
     trending_n: int
     history_days: int
     batch_size: int
+    copurchase_n: int = 12
+    copurchase_days: int = 28
     active_days: AutoInt = AUTO
     active_max_loss: float = 0.005
     serve_features: bool = False
@@ -406,6 +408,8 @@ RULES: dict[str, Rule] = {
     "candidates.colour_n": at_least(0),
     "candidates.popular_n": at_least(0),
     "candidates.trending_n": at_least(0),
+    "candidates.copurchase_n": at_least(0),
+    "candidates.copurchase_days": at_least(1),
     "candidates.history_days": at_least(0),
     "candidates.batch_size": at_least(1),
     "candidates.active_days": at_least(0),

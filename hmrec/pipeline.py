@@ -80,7 +80,8 @@ TRAIN = ("train.embedding_dim", "train.id_dim", "train.attr_dim", "train.hidden_
 INDEX = ("index.kind", "index.hnsw_m", "index.hnsw_ef_search", "index.hnsw_ef_construction", "index.ivf_nlist",
          "index.ivf_nprobe")
 CANDIDATES = ("candidates.retrieval_n", "candidates.repurchase_n", "candidates.colour_n", "candidates.popular_n",
-              "candidates.trending_n", "candidates.history_days", "features.age_buckets")
+              "candidates.trending_n", "candidates.copurchase_n", "candidates.copurchase_days",
+              "candidates.history_days", "features.age_buckets")
 # Which customers get served candidates: chosen by the rank stage, applied by the candidates stage
 # (the fit cutoff's candidates are every validation-week buyer's, whatever they say).
 ACTIVE = ("candidates.active_days", "candidates.active_max_loss")

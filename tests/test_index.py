@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import pickle
 
@@ -187,15 +188,29 @@ def test_model_embedder_rebuilds_the_model_from_its_pickled_weights():
     from hmrec.serve.embedders import ModelEmbedder
 
     threads = torch.get_num_threads()
-    shipped = pickle.dumps(ModelEmbedder.from_loaded(SimpleNamespace(model=model, version="t1")))
-    del embedders._WORKER_CACHE["model:t1"]  # as in a fresh Spark worker
+    sent = ModelEmbedder.from_loaded(SimpleNamespace(model=model, version="t1"))
+    key = sent._cache_key()
+    shipped = pickle.dumps(sent)
+    del embedders._WORKER_CACHE[key]  # as in a fresh Spark worker
     embedder = pickle.loads(shipped)
     got_users = embedder.embed_users(users)
     assert got_users.dtype == np.float32 and got_users.shape == (6, 8)
     np.testing.assert_allclose(got_users, want_users, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(embedder.embed_items(items), want_items, rtol=1e-5, atol=1e-6)
-    assert embedders._WORKER_CACHE["model:t1"] is not model  # rebuilt from the bytes, then cached
-    embedders._WORKER_CACHE.pop("model:t1")
+    assert embedders._WORKER_CACHE[key] is not model  # rebuilt from the bytes, then cached
+    # another lakehouse's version t1 (other weights), shipped to the same worker: its own model answers
+    other = two_tower.build_model(args, seed=1).eval()
+    with torch.no_grad():
+        want_other = other.user_tower(two_tower.user_inputs(users)).numpy()
+    weights = io.BytesIO()
+    torch.save(other.state_dict(), weights)
+    sent_other = ModelEmbedder("t1", other.model_args, weights.getvalue())  # as a driver ships it
+    got_other = pickle.loads(pickle.dumps(sent_other)).embed_users(users)
+    np.testing.assert_allclose(got_other, want_other, rtol=1e-5, atol=1e-6)
+    assert np.abs(got_other - got_users).max() > 1e-3
+    np.testing.assert_allclose(embedder.embed_users(users), want_users, rtol=1e-5, atol=1e-6)  # still the first
+    embedders._WORKER_CACHE.pop(key)
+    embedders._WORKER_CACHE.pop(sent_other._cache_key())
     torch.set_num_threads(threads)  # the rebuild capped torch's threads as a Spark worker would
 
 

@@ -91,7 +91,7 @@ def test_every_customer_gets_exactly_k_distinct_articles(spark, ran):
     assert recs.where(~F.col("article_id").rlike("^[0-9]{10}$")).count() == 0
     assert recs.where(~F.col("customer_id").rlike("^[0-9a-f]{64}$")).count() == 0
     assert {r[0] for r in recs.select("source").distinct().collect()} <= {"model", "repurchase", "colour", "popular",
-                                                                           "trending"}
+                                                                           "trending", "copurchase"}
     assert recs.select("as_of").distinct().collect()[0][0] == TINY_AS_OF
 
 
@@ -702,7 +702,7 @@ def test_the_ranker_serves_exactly_k_distinct_articles_to_every_customer(spark, 
     assert per.count() == storage.read(spark, cfg, tables.CUSTOMERS).select("customer_id").distinct().count()
     assert per.where((F.col("n") != k) | (F.col("d") != k) | (F.col("lo") != 1) | (F.col("hi") != k)).count() == 0
     sources = {r[0] for r in recs.select("source").distinct().collect()}
-    assert "model" in sources and sources <= {"model", "repurchase", "colour", "popular", "trending"}
+    assert "model" in sources and sources <= {"model", "repurchase", "colour", "popular", "trending", "copurchase"}
     # customers without a purchase before the as-of have no candidates: their segment's popular list
     never = storage.read_as_of(spark, cfg, tables.USER_FEATURES, TINY_AS_OF).where("n_purchases = 0").select("customer_id")
     assert recs.join(never, "customer_id").where(F.col("source") != "popular").count() == 0

@@ -222,6 +222,29 @@ def test_colour_source_keeps_a_variants_best_score_and_breaks_ties_by_article():
     assert list(zip(one["customer_idx"], one["article_idx"])) == [(1, A3), (2, A2)]
 
 
+def test_copurchase_source_proposes_what_a_purchases_buyers_also_bought_never_bought_by_the_customer():
+    # A's buyers also bought B (half of them) and C (a quarter); A2's bought C (all of them)
+    pairs = S.Related.of([A, A, A2, B], [B, C, C, A], [0.5, 0.25, 1.0, 0.7])
+    # customer 1 bought A (1 day ago) and B, customer 2 A2 (15 days ago), customer 3 C (no pairs)
+    hist = S.history_frame(_hist_users({1: [(A, 1, 0.01), (B, 30, 0.01)], 2: [(A2, 15, 0.01)], 3: [(C, 2, 0.01)]}))
+    rep = S.repurchase_source(hist, 10)
+    got = S.copurchase_source(rep, hist, pairs, 5)
+    s_a, s_a2 = 0.5 ** (1 / 14), 0.5 ** (15 / 14)
+    # customer 1: B and A were bought, so only C, from A (0.25 x A's score); customer 2: C from A2
+    assert list(zip(got["customer_idx"], got["article_idx"])) == [(1, C), (2, C)]
+    assert got["score"].tolist() == pytest.approx([0.25 * s_a, 1.0 * s_a2], rel=1e-12)
+    assert got["rank"].tolist() == [1, 1] and list(got.dtypes) == [np.int64, np.int64, np.float64, np.int64]
+    # reached from two purchases, an article keeps its best score; n caps each customer's list
+    hist = S.history_frame(_hist_users({1: [(A, 1, 0.01), (A2, 2, 0.01)]}))
+    rep = S.repurchase_source(hist, 10)
+    got = S.copurchase_source(rep, hist, pairs, 5)
+    assert got["article_idx"].tolist() == [C, B]
+    assert got["score"].tolist() == pytest.approx([0.5 ** (2 / 14), 0.5 * 0.5 ** (1 / 14)], rel=1e-12)
+    assert S.copurchase_source(rep, hist, pairs, 1)["article_idx"].tolist() == [C]
+    assert S.copurchase_source(rep, hist, S.Related.empty(), 5).empty
+    assert S.copurchase_source(rep, hist, pairs, 0).empty
+
+
 def test_duplicated_purchases_count_each_time():
     # the same article twice on the same day (two rows of one receipt), then B
     users = _hist_users({1: [(A, 2, 0.02), (A, 2, 0.02), (B, 5, 0.04)]}, ages={1: 40.0})
@@ -331,6 +354,41 @@ def test_item_stats_and_histories_read_only_rows_before_the_cutoff(spark):
     assert list(h.loc[2, "hist_items"]) == [B, A]
     assert 5 not in h.index  # bought only on the cutoff day
     assert user_histories(both, cutoff, 3).toPandas().set_index("customer_idx").loc[2, "hist_items"].tolist() == [B]
+
+
+def test_copurchase_pairs_count_the_customers_of_the_window_before_the_cutoff(spark):
+    from hmrec.rank.candidates import copurchase_pairs
+
+    cutoff = dt.date(2020, 9, 9)
+    day = lambda n: cutoff - dt.timedelta(days=n)  # noqa: E731
+    D = 40
+    # A bought by customers 1-4; B by 1, 2 and 3 (with A); C by 1 and 2, D by 4 only (with A); customer 1
+    # bought A twice (counts once); customer 5 bought B and C 40 days ago, outside a 28-day window
+    rows = [(day(1), 1, A), (day(9), 1, A), (day(2), 1, B), (day(3), 1, C), (day(5), 2, A), (day(5), 2, B),
+            (day(6), 2, C), (day(7), 3, A), (day(20), 3, B), (day(4), 4, A), (day(4), 4, D),
+            (day(40), 5, B), (day(40), 5, C)]
+    # on and after the cutoff: none of it may change a pair
+    later = [(cutoff, 4, B), (cutoff, 4, C), (day(-2), 3, C), (day(-1), 6, A), (day(-1), 6, D)]
+    schema = "t_dat date, customer_idx int, article_idx int"
+    before = spark.createDataFrame(rows, schema)
+    both = spark.createDataFrame(rows + later, schema)
+
+    def pairs(frame, **kw):
+        got = copurchase_pairs(frame, cutoff, 28, **kw).toPandas()
+        return {(int(r.article_idx), int(r.other_idx)): r.weight for r in got.itertuples()}
+
+    got = pairs(both)
+    assert got == pairs(before)
+    # (A, D) and (D, A) have one customer: below the two a pair needs; C's two buyers both bought A and B
+    assert got == pytest.approx({(A, B): 3 / 4, (A, C): 2 / 4, (B, A): 1.0, (B, C): 2 / 3, (C, A): 1.0,
+                                 (C, B): 1.0})
+    assert pairs(both, min_buyers=1)[(A, D)] == pytest.approx(1 / 4)
+    assert pairs(both, neighbours=1) == pytest.approx({(A, B): 3 / 4, (B, A): 1.0, (C, A): 1.0})  # ties: lower idx
+    # one latest article per customer: nothing pairs up
+    assert pairs(both, per_customer=1) == {}
+    # within 60 days customer 5's B and C count too
+    assert copurchase_pairs(both, cutoff, 60).where(f"article_idx = {B} AND other_idx = {C}").first().weight == \
+        pytest.approx(3 / 4)
 
 
 def _toy(n_customers: int, seed: int) -> pd.DataFrame:
@@ -473,7 +531,8 @@ def test_a_booster_of_the_first_feature_list_scores_new_candidate_rows_as_it_sco
     booster = lgb.Booster(model_str=old.booster.model_to_string())
     assert booster_features(booster) == list(S.FIRST_FEATURES)
     test = _toy(30, 3)
-    old_rows = test[["customer_idx", "article_idx", *S.FIRST_FEATURES]]
+    # the co-purchase columns too (as an evolved table reads them): the lists name every source
+    old_rows = test[["customer_idx", "article_idx", *S.FIRST_FEATURES, *S.LATER_SOURCE_COLUMNS]]
     rng = np.random.default_rng(4)
     new_rows = test.assign(**{c: rng.normal(size=len(test)) for c in S.ADDED_FEATURES})
     new_rows = new_rows[list(rng.permutation(new_rows.columns))]  # the columns in another order
@@ -514,7 +573,8 @@ def test_new_candidates_go_into_a_table_of_the_first_column_set_which_keeps_its_
 
     cfg = make_cfg(tmp_path / "lake")
     ranked = ("ranker_score", "ranker_rank")  # added with the ranking of served candidates as they are made
-    first = StructType([f for f in schemas.CANDIDATES.fields if f.name not in (*S.ADDED_FEATURES, *ranked)])
+    later = (*S.ADDED_FEATURES, *S.LATER_SOURCE_COLUMNS, *ranked)
+    first = StructType([f for f in schemas.CANDIDATES.fields if f.name not in later])
     old_cut, new_cut = dt.date(2020, 9, 9), dt.date(2020, 9, 16)
 
     def rows(cutoff: dt.date, n: int, schema: StructType):
@@ -532,7 +592,7 @@ def test_new_candidates_go_into_a_table_of_the_first_column_set_which_keeps_its_
     assert write_candidates(rows(new_cut, 2, schemas.CANDIDATES), cfg, new_cut, "serve", "2") == 2
     old = candidate_rows(spark, cfg, old_cut, "fit").toPandas().sort_values("customer_idx")
     assert old["customer_idx"].tolist() == [0, 1, 2] and old["item_price_mean"].tolist() == [0.0, 1.0, 2.0]
-    assert old[[*S.ADDED_FEATURES, *ranked]].isna().all().all()  # the new columns read as null
+    assert old[list(later)].isna().all().all()  # the new columns read as null
     new = candidate_rows(spark, cfg, new_cut, "serve").toPandas().sort_values("customer_idx")
     assert new["item_price_std"].tolist() == [0.0, 1.0] and new["age_vs_item_buyers"].tolist() == [0.0, 1.0]
     assert written_features(spark, cfg, old_cut, "fit") == list(S.FIRST_FEATURES)
@@ -546,6 +606,13 @@ def test_new_candidates_go_into_a_table_of_the_first_column_set_which_keeps_its_
     check_features(spark, cfg, old_cut, "fit", S.FEATURES)
     assert candidate_rows(spark, cfg, old_cut, "fit").where("item_price_std IS NULL").count() == 0
     assert candidate_rows(spark, cfg, new_cut, "serve").count() == 2
+    # rows of the release before the co-purchase source: its commit's feature list lacks the source's columns
+    before = StructType([f for f in schemas.CANDIDATES.fields if f.name not in S.LATER_SOURCE_COLUMNS])
+    write_candidates(rows(old_cut, 3, before), cfg, old_cut, "fit", "1")
+    assert written_features(spark, cfg, old_cut, "fit") == [c for c in S.FEATURES if c not in S.LATER_SOURCE_COLUMNS]
+    check_features(spark, cfg, old_cut, "fit", S.FIRST_FEATURES)
+    with pytest.raises(HmrecError, match=r"\['copurchase_score', 'copurchase_rank'\].*--role fit"):
+        check_features(spark, cfg, old_cut, "fit", S.FEATURES)
 
 
 def test_list_places_orders_each_customer_by_score_then_article():

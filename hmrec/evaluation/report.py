@@ -48,7 +48,7 @@ def metric_rows(as_of: dt.date, model_version: str, results: dict) -> list[tuple
 
 METHOD_NAMES = {
     "model": "served lists (score.method: the blend or the ranker)",
-    "two_stage": "ranker over the candidates of five sources (score.method: ranker)",
+    "two_stage": "ranker over the candidates of six sources (score.method: ranker)",
     "model_retrieval": "two-tower model alone (before the blend)",
     "popularity": "popularity (the same list for everyone)",
     "popularity_segment": "popularity by age segment",

@@ -194,7 +194,7 @@ ITEM_EMBEDDINGS = _struct(
 # One row per customer and candidate article at a cutoff (hmrec.rank): each source's score and
 # rank (null where the source did not propose the article) and the ranker's features.
 # The column list is hmrec.rank.sources.FEATURES, written out here so the schema stays explicit.
-CANDIDATE_SOURCES = ["retrieval", "repurchase", "colour", "popular", "trending"]
+CANDIDATE_SOURCES = ["retrieval", "repurchase", "colour", "popular", "trending", "copurchase"]
 CANDIDATE_FEATURES = (
     [f"{s}_{c}" for s in CANDIDATE_SOURCES for c in ("score", "rank")]
     + ["times_bought", "days_since_bought", "same_product_bought", "share_product_type", "share_colour",

@@ -9,7 +9,8 @@ fit model's index; these rows and that week's purchases train the ranker),
 the sources of :mod:`hmrec.rank.sources` are unioned and their features
 added, one batch of ``candidates.batch_size`` customers at a time in Spark's
 Python workers (``mapInPandas``); the lookups (item statistics, popularity
-and trending lists, the index) travel in one broadcast. Everything is
+and trending lists, the co-purchase pairs of :func:`copurchase_pairs`, the
+index) travel in one broadcast. Everything is
 computed from ``tables.TRAIN`` at c, so from rows before c only.
 
 With ``role fit`` the stage also reports, on the validation week, each
@@ -54,6 +55,7 @@ import pandas as pd
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
+from pyspark.sql.window import Window
 
 from hmrec.config import AUTO, Config
 from hmrec.errors import HmrecError
@@ -72,6 +74,11 @@ STAGE = "candidates"
 RANKED_COLUMNS = ("as_of", "role", "customer_id", "customer_idx", "segment", "article_idx", *S.SOURCE_COLUMNS,
                   "n_sources", "ranker_score", "ranker_rank")
 RANKED_SCHEMA = StructType([f for f in schemas.CANDIDATES.fields if f.name in RANKED_COLUMNS])
+# The co-purchase pairs (copurchase_pairs): the articles kept per article, the fewest customers who bought
+# both, and the latest distinct articles per customer that pair up (bounds the pairs of heavy buyers).
+COPURCHASE_NEIGHBOURS = 24
+COPURCHASE_MIN_BUYERS = 2
+COPURCHASE_PER_CUSTOMER = 30
 
 
 # ---- the lookups, as Spark transforms --------------------------------------------------
@@ -130,6 +137,35 @@ def item_attributes(item_features: DataFrame, articles: DataFrame, article_index
     )
 
 
+def copurchase_pairs(train: DataFrame, cutoff: dt.date, days: int, neighbours: int = COPURCHASE_NEIGHBOURS,
+                     min_buyers: int = COPURCHASE_MIN_BUYERS, per_customer: int = COPURCHASE_PER_CUSTOMER) -> DataFrame:
+    """(article_idx, other_idx, weight): for each article sold in the ``days`` days before ``cutoff``, the
+    ``neighbours`` articles its buyers there bought most often in those days, weight = the share of its
+    buyers who bought the other too (at least ``min_buyers`` customers bought both), best first, ties to the
+    lower other_idx.
+
+    A customer counts once per article, with its ``per_customer`` latest distinct articles of the window
+    (ties to the lower article_idx), so that a few heavy buyers' pairs (their count squared) neither
+    dominate nor blow up the join.
+    """
+    rows = window(train, cutoff, days).groupBy("customer_idx", "article_idx").agg(F.max("t_dat").alias("_last"))
+    latest = Window.partitionBy("customer_idx").orderBy(F.col("_last").desc(), F.col("article_idx"))
+    rows = rows.withColumn("_n", F.row_number().over(latest)).where(F.col("_n") <= per_customer)
+    rows = rows.select("customer_idx", "article_idx")
+    buyers = rows.groupBy("article_idx").agg(F.count(F.lit(1)).alias("_buyers"))
+    pairs = (
+        rows.join(rows.withColumnRenamed("article_idx", "other_idx"), "customer_idx")
+        .where(F.col("article_idx") != F.col("other_idx"))
+        .groupBy("article_idx", "other_idx").agg(F.count(F.lit(1)).alias("_both"))
+        .where(F.col("_both") >= min_buyers)
+        .join(buyers, "article_idx")
+        .withColumn("weight", F.col("_both").cast("double") / F.col("_buyers"))
+    )
+    best = Window.partitionBy("article_idx").orderBy(F.col("weight").desc(), F.col("other_idx"))
+    return pairs.withColumn("_r", F.row_number().over(best)).where(F.col("_r") <= neighbours).select(
+        "article_idx", "other_idx", "weight")
+
+
 def user_histories(train: DataFrame, cutoff: dt.date, days: int) -> DataFrame:
     """(customer_idx, hist_items, hist_days, hist_price): each customer's purchases before ``cutoff`` (the
     last ``days`` days of them when > 0), latest first; ``hist_days`` counts days before the cutoff."""
@@ -156,11 +192,13 @@ class CandidateContext:
     items: S.ItemTable
     popular: dict[str, tuple[np.ndarray, np.ndarray]]  # segment -> (article_idx, score), best first
     trending: tuple[np.ndarray, np.ndarray]
+    copurchase: S.Related  # article_idx -> the articles its buyers also bought (copurchase_pairs)
     retrieval_n: int
     repurchase_n: int
     colour_n: int
     popular_n: int
     trending_n: int
+    copurchase_n: int
     batch_size: int
     as_of: dt.date
     role: str = "serve"
@@ -194,6 +232,7 @@ def batch_candidates(users: pd.DataFrame, ctx: CandidateContext) -> pd.DataFrame
     frames["colour"] = S.colour_source(frames["repurchase"], hist, ctx.items, ctx.colour_n)
     frames["popular"] = S.list_source(users, ctx.popular, "segment", ctx.popular_n, GLOBAL)
     frames["trending"] = S.list_source(users, {GLOBAL: ctx.trending}, None, ctx.trending_n, GLOBAL)
+    frames["copurchase"] = S.copurchase_source(frames["repurchase"], hist, ctx.copurchase, ctx.copurchase_n)
     cands = S.add_features(S.union_sources(frames), hist, users, ctx.items)
     customer = cands["customer_idx"].to_numpy(np.int64)
     # each row's customer_id and segment, looked up by customer_idx (every candidate's customer is in the batch)
@@ -317,6 +356,14 @@ def build_context(cfg: Config, spark: SparkSession, cutoff: dt.date, embedder: E
     pop = storage.read_as_of(spark, cfg, tables.POPULARITY, cutoff).select("segment", "rank", "article_idx", "score")
     trend = stats[stats["trending_score"] > 0].sort_values(["trending_score", "article_idx"], ascending=[False, True])
     trend = trend.head(max(cfg.candidates.trending_n, 1))
+    c = cfg.candidates
+    if c.copurchase_n > 0:
+        pairs = copurchase_pairs(train, cutoff, c.copurchase_days).toPandas()
+        copurchase = S.Related.of(pairs["article_idx"], pairs["other_idx"], pairs["weight"])
+        log(STAGE, f"co-purchase pairs of the {c.copurchase_days} days before {cutoff}: {len(pairs):,} "
+                   f"of {pairs['article_idx'].nunique():,} articles")
+    else:
+        copurchase = S.Related.empty()
     return CandidateContext(
         embedder=embedder,
         index=ShippedIndex.of(index, str(getattr(embedder, "version", "index"))) if index is not None else None,
@@ -324,11 +371,13 @@ def build_context(cfg: Config, spark: SparkSession, cutoff: dt.date, embedder: E
         items=items,
         popular=_lists(pop.toPandas()),
         trending=(trend["article_idx"].to_numpy(np.int64), trend["trending_score"].to_numpy(np.float64)),
+        copurchase=copurchase,
         retrieval_n=min(cfg.candidates.retrieval_n, index.ntotal) if index is not None else 0,
         repurchase_n=cfg.candidates.repurchase_n,
         colour_n=cfg.candidates.colour_n,
         popular_n=cfg.candidates.popular_n,
         trending_n=cfg.candidates.trending_n,
+        copurchase_n=c.copurchase_n,
         batch_size=cfg.candidates.batch_size,
         as_of=cutoff,
         role=role,

@@ -18,7 +18,10 @@ source's best:
   variant's recent sales;
 - ``popular``: the customer's age segment's popularity list (then the global one);
 - ``trending``: the articles whose last week sold most above the three weeks
-  before it, with time decay (one list for everyone).
+  before it, with time decay (one list for everyone);
+- ``copurchase``: the articles bought by the same customers as a purchase, in
+  the weeks before the cutoff (item-to-item), by the purchase's score times the
+  share of its buyers who bought them.
 
 :func:`union_sources` joins them into one row per candidate with every
 source's ``<source>_score`` and ``<source>_rank`` (NaN where the source did
@@ -38,7 +41,7 @@ from hmrec.lake import schemas
 SOURCES = tuple(schemas.CANDIDATE_SOURCES)
 # The name each source goes by in the served table's ``source`` column.
 SERVED_NAME = {"retrieval": "model", "repurchase": "repurchase", "colour": "colour", "popular": "popular",
-               "trending": "trending"}
+               "trending": "trending", "copurchase": "copurchase"}
 HALF_LIFE_DAYS = 14.0  # of the repurchase score's decayed count
 
 ITEM_COLUMNS = ("product_code", "product_type", "colour", "index_group", "sales_1d", "sales_7d", "sales_28d",
@@ -57,7 +60,10 @@ assert list(FEATURES) == schemas.CANDIDATE_FEATURES, "hmrec.lake.schemas.CANDIDA
 # booster trained before them reads only FIRST_FEATURES. A row written since has item_price_std wherever
 # it has item_price_mean (both come from the article's sales before the cutoff), which tells the two apart.
 ADDED_FEATURES = ("item_price_std", "item_buyer_age_mean", "age_vs_item_buyers")
-FIRST_FEATURES = tuple(c for c in FEATURES if c not in ADDED_FEATURES)
+# The co-purchase source came later still: the commits that wrote rows before it record their features
+# (hmrec.rank.candidates.written_features), which lack its columns.
+LATER_SOURCE_COLUMNS = ("copurchase_score", "copurchase_rank")
+FIRST_FEATURES = tuple(c for c in FEATURES if c not in ADDED_FEATURES and c not in LATER_SOURCE_COLUMNS)
 
 
 @dataclass
@@ -188,10 +194,75 @@ def _run_positions(sorted_keys: np.ndarray) -> np.ndarray:
 def repurchase_source(hist: pd.DataFrame, n: int) -> pd.DataFrame:
     """The customer's own purchases: score = sum over purchases of 0.5 ** (days / 14), best ``n``."""
     if hist.empty or n <= 0:
-        return _source(pd.DataFrame(columns=["customer_idx", "article_idx", "score", "rank"]))
+        return _empty_source()
     w = hist.assign(score=np.power(0.5, hist["days"].to_numpy(np.float64) / HALF_LIFE_DAYS))
     per = w.groupby(["customer_idx", "article_idx"], as_index=False)["score"].sum()
     return _source(_ranked(per, ["score"], [False], n))
+
+
+@dataclass
+class Related:
+    """Articles related to a key (a ``product_code``, an ``article_idx``), with a weight each, as runs of
+    equal keys: ``keys`` sorted, ``article_idx`` and ``weight`` in the same order."""
+
+    keys: np.ndarray
+    article_idx: np.ndarray
+    weight: np.ndarray
+
+    @classmethod
+    def of(cls, keys, article_idx, weight) -> "Related":
+        keys = np.asarray(keys, dtype=np.int64)
+        order = np.argsort(keys, kind="stable")
+        return cls(keys[order], np.asarray(article_idx, dtype=np.int64)[order],
+                   np.asarray(weight, dtype=np.float64)[order])
+
+    @classmethod
+    def empty(cls) -> "Related":
+        return cls.of(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def _empty_source() -> pd.DataFrame:
+    return _source(pd.DataFrame(columns=["customer_idx", "article_idx", "score", "rank"]))
+
+
+def _expand(seeds: pd.DataFrame, seed_keys: np.ndarray, related: Related, hist: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The articles ``related`` to each seed (a row of ``seeds``: customer_idx, score) through its key in
+    ``seed_keys`` (-1: none), never bought by the customer (in ``hist``), as a source frame.
+
+    score = the seed's score x the related article's weight; an article reached from several seeds keeps
+    its best; each customer's best ``n``, ties to the lower article_idx.
+    """
+    known = np.asarray(seed_keys, dtype=np.int64) >= 0
+    seed_customer = seeds["customer_idx"].to_numpy(np.int64)[known]
+    seed_score = seeds["score"].to_numpy(np.float64)[known]
+    seed_keys = np.asarray(seed_keys, dtype=np.int64)[known]
+    # each seed's related articles: the run of its key
+    first = np.searchsorted(related.keys, seed_keys, side="left")
+    count = np.searchsorted(related.keys, seed_keys, side="right") - first
+    seed = np.repeat(np.arange(len(seed_keys)), count)
+    at = np.repeat(first, count) + _run_positions(seed)
+    customer = seed_customer[seed]
+    article = related.article_idx[at]
+    score = seed_score[seed] * related.weight[at]
+    bought = np.unique(_pair_keys(hist["customer_idx"].to_numpy(), hist["article_idx"].to_numpy()))
+    key = _pair_keys(customer, article)
+    fresh = ~np.isin(key, bought)
+    key, score = key[fresh], score[fresh]
+    # an article reached from several seeds keeps its best score: the first of its rows by score
+    order = np.lexsort((-score, key))
+    best = order[_run_positions(key[order]) == 0]
+    customer, article = _split_keys(key[best])
+    score = score[best]
+    # each customer's articles by score, best first (ties: lower article_idx), as _ranked orders them
+    order = np.lexsort((article, -score, customer))
+    customer, article, score = customer[order], article[order], score[order]
+    rank = _run_positions(customer) + 1
+    keep = rank <= n
+    return pd.DataFrame({"customer_idx": customer[keep], "article_idx": article[keep], "score": score[keep],
+                         "rank": rank[keep]})
 
 
 def colour_source(repurchase: pd.DataFrame, hist: pd.DataFrame, items: ItemTable, n: int) -> pd.DataFrame:
@@ -201,38 +272,23 @@ def colour_source(repurchase: pd.DataFrame, hist: pd.DataFrame, items: ItemTable
     last 28 days); a variant reached from several purchases keeps its best.
     """
     if repurchase.empty or n <= 0:
-        return _source(pd.DataFrame(columns=["customer_idx", "article_idx", "score", "rank"]))
-    seed_code = items.get("product_code", repurchase["article_idx"].to_numpy())
-    known = seed_code >= 0
-    seed_customer = repurchase["customer_idx"].to_numpy(np.int64)[known]
-    seed_score = repurchase["score"].to_numpy(np.float64)[known]
-    seed_code = seed_code[known]
-    # each seed's variants: the run of its product_code among the variants sorted by product_code
-    by_code = np.argsort(items.variants["product_code"].to_numpy(np.int64), kind="stable")
-    codes = items.variants["product_code"].to_numpy(np.int64)[by_code]
-    first = np.searchsorted(codes, seed_code, side="left")
-    count = np.searchsorted(codes, seed_code, side="right") - first
-    seed = np.repeat(np.arange(len(seed_code)), count)
-    variant = by_code[np.repeat(first, count) + _run_positions(seed)]
-    customer = seed_customer[seed]
-    article = items.variants["article_idx"].to_numpy(np.int64)[variant]
-    score = seed_score[seed] * (1.0 + items.variants["variant_sales"].to_numpy(np.float64)[variant])
-    bought = np.unique(_pair_keys(hist["customer_idx"].to_numpy(), hist["article_idx"].to_numpy()))
-    key = _pair_keys(customer, article)
-    fresh = ~np.isin(key, bought)
-    key, score = key[fresh], score[fresh]
-    # a variant reached from several purchases keeps its best score: the first of its rows by score
-    order = np.lexsort((-score, key))
-    best = order[_run_positions(key[order]) == 0]
-    customer, article = _split_keys(key[best])
-    score = score[best]
-    # each customer's variants by score, best first (ties: lower article_idx), as _ranked orders them
-    order = np.lexsort((article, -score, customer))
-    customer, article, score = customer[order], article[order], score[order]
-    rank = _run_positions(customer) + 1
-    keep = rank <= n
-    return pd.DataFrame({"customer_idx": customer[keep], "article_idx": article[keep], "score": score[keep],
-                         "rank": rank[keep]})
+        return _empty_source()
+    variants = Related.of(items.variants["product_code"], items.variants["article_idx"],
+                          1.0 + items.variants["variant_sales"].to_numpy(np.float64))
+    return _expand(repurchase, items.get("product_code", repurchase["article_idx"].to_numpy()), variants, hist, n)
+
+
+def copurchase_source(repurchase: pd.DataFrame, hist: pd.DataFrame, pairs: Related, n: int) -> pd.DataFrame:
+    """The articles bought with a repurchase candidate by the same customers (``pairs``, from
+    :func:`hmrec.rank.candidates.copurchase_pairs`: article_idx -> the articles its buyers also bought,
+    weight = the share of its buyers who did), never bought by the customer.
+
+    score = the purchase's repurchase score × that share; an article reached from several purchases keeps
+    its best.
+    """
+    if repurchase.empty or n <= 0 or not len(pairs):
+        return _empty_source()
+    return _expand(repurchase, repurchase["article_idx"].to_numpy(np.int64), pairs, hist, n)
 
 
 def list_source(customers: pd.DataFrame, lists: dict[str, tuple[np.ndarray, np.ndarray]], key: str | None,
@@ -240,7 +296,7 @@ def list_source(customers: pd.DataFrame, lists: dict[str, tuple[np.ndarray, np.n
     """A ranked list given to each customer: the one of its ``key`` column's value (``default``'s when it
     has none, or when ``key`` is None), its first ``n`` items with their scores."""
     if n <= 0 or customers.empty:
-        return _source(pd.DataFrame(columns=["customer_idx", "article_idx", "score", "rank"]))
+        return _empty_source()
     if default not in lists:
         raise HmrecError(f"no {default!r} list among {sorted(lists)}: rerun `hmrec popularity`")
     labels = customers[key].to_numpy(dtype=object) if key else np.full(len(customers), default, dtype=object)

@@ -8,6 +8,7 @@ so a Spark Python worker builds each once rather than once per task.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
 
@@ -95,7 +96,10 @@ class ModelEmbedder:
 
     Pickles as the state_dict bytes plus the model's arguments; a Spark worker
     rebuilds the model on first use and keeps it in the per-process cache
-    keyed by version. ``threads`` caps torch's intra-op threads in that worker
+    keyed by version and a digest of the weights: one process can serve two
+    lakehouses (a benchmark's arms, a test session), each with its own version
+    1, and a worker that outlives a job must not answer with the other's
+    model. ``threads`` caps torch's intra-op threads in that worker
     so a task uses the cores Spark gave it and no more.
 
     torch and the two-tower code are imported inside the methods: Spark
@@ -108,6 +112,7 @@ class ModelEmbedder:
         self.model_args = dict(model_args)
         self.state = state
         self.threads = threads
+        self.digest = hashlib.blake2b(state, digest_size=8).hexdigest()
 
     @classmethod
     def from_loaded(cls, loaded: Any, threads: int = 1) -> "ModelEmbedder":
@@ -121,7 +126,7 @@ class ModelEmbedder:
         return emb
 
     def _cache_key(self) -> str:
-        return f"model:{self.version}"
+        return f"model:{self.version}:{self.digest}"
 
     def _build(self) -> Any:
         import torch  # kept out of module import: see the class notes
