@@ -356,11 +356,11 @@ def build_context(cfg: Config, spark: SparkSession, cutoff: dt.date, embedder: E
     pop = storage.read_as_of(spark, cfg, tables.POPULARITY, cutoff).select("segment", "rank", "article_idx", "score")
     trend = stats[stats["trending_score"] > 0].sort_values(["trending_score", "article_idx"], ascending=[False, True])
     trend = trend.head(max(cfg.candidates.trending_n, 1))
-    c = cfg.candidates
-    if c.copurchase_n > 0:
-        pairs = copurchase_pairs(train, cutoff, c.copurchase_days).toPandas()
+    if cfg.candidates.copurchase_n > 0:
+        days = cfg.candidates.copurchase_days
+        pairs = copurchase_pairs(train, cutoff, days).toPandas()
         copurchase = S.Related.of(pairs["article_idx"], pairs["other_idx"], pairs["weight"])
-        log(STAGE, f"co-purchase pairs of the {c.copurchase_days} days before {cutoff}: {len(pairs):,} "
+        log(STAGE, f"co-purchase pairs of the {days} days before {cutoff}: {len(pairs):,} "
                    f"of {pairs['article_idx'].nunique():,} articles")
     else:
         copurchase = S.Related.empty()
@@ -377,7 +377,7 @@ def build_context(cfg: Config, spark: SparkSession, cutoff: dt.date, embedder: E
         colour_n=cfg.candidates.colour_n,
         popular_n=cfg.candidates.popular_n,
         trending_n=cfg.candidates.trending_n,
-        copurchase_n=c.copurchase_n,
+        copurchase_n=cfg.candidates.copurchase_n,
         batch_size=cfg.candidates.batch_size,
         as_of=cutoff,
         role=role,

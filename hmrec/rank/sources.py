@@ -71,7 +71,7 @@ class ItemTable:
     """Per-article lookups at a cutoff, each array indexed by article_idx (NaN / -1 for unknown articles)."""
 
     columns: dict[str, np.ndarray]  # ITEM_COLUMNS -> (max article_idx + 1,)
-    variants: pd.DataFrame  # (product_code, article_idx, variant_sales): the articles of each product_code
+    variants: "Related"  # product_code -> its articles, weight 1 + the article's sales in the last 28 days
 
     def get(self, name: str, idx: np.ndarray) -> np.ndarray:
         arr = self.columns[name]
@@ -97,9 +97,9 @@ def item_table(stats: pd.DataFrame) -> ItemTable:
         arr = np.full(size, -1 if integer else np.nan, dtype=np.int64 if integer else np.float64)
         arr[idx] = stats[c].fillna(-1 if integer else np.nan).to_numpy(np.int64 if integer else np.float64)
         cols[c] = arr
-    variants = pd.DataFrame({"product_code": cols["product_code"][idx], "article_idx": idx,
-                             "variant_sales": np.nan_to_num(cols["sales_28d"][idx])})
-    variants = variants[variants["product_code"] >= 0]
+    code = cols["product_code"][idx]
+    known = code >= 0
+    variants = Related.of(code[known], idx[known], 1.0 + np.nan_to_num(cols["sales_28d"][idx][known]))
     return ItemTable(cols, variants)
 
 
@@ -273,9 +273,8 @@ def colour_source(repurchase: pd.DataFrame, hist: pd.DataFrame, items: ItemTable
     """
     if repurchase.empty or n <= 0:
         return _empty_source()
-    variants = Related.of(items.variants["product_code"], items.variants["article_idx"],
-                          1.0 + items.variants["variant_sales"].to_numpy(np.float64))
-    return _expand(repurchase, items.get("product_code", repurchase["article_idx"].to_numpy()), variants, hist, n)
+    return _expand(repurchase, items.get("product_code", repurchase["article_idx"].to_numpy()), items.variants,
+                   hist, n)
 
 
 def copurchase_source(repurchase: pd.DataFrame, hist: pd.DataFrame, pairs: Related, n: int) -> pd.DataFrame:
