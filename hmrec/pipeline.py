@@ -14,7 +14,10 @@ scoring (``score.method``: the ranker or the blend), evaluation and the
 model card (:mod:`hmrec.governance.card`).
 
 A stage is skipped when it already finished for this as-of on the same bronze
-data (the same ingest manifest, :mod:`hmrec.lake.manifest`) and with the same
+data (the same ingest manifest, :mod:`hmrec.lake.manifest`; for the features,
+split and popularity of the fit cutoff, the same catalogues and transactions of
+the dates they read, so that after a weekly append those of the previous
+refresh's as-of, the new fit cutoff, are still done) and with the same
 settings (both recorded in ``tables.STAGE_RUNS``) and
 its outputs are still there, unless ``force``. The settings are the config
 keys the stage reads (:data:`STAGES`), so a changed setting reruns what it
@@ -41,7 +44,7 @@ from hmrec.etl import features, ingest, popularity, split
 from hmrec.etl.split import fit_cutoff
 from hmrec.evaluation import choose, evaluate
 from hmrec.governance import card, gate
-from hmrec.lake import lease, storage, tables
+from hmrec.lake import lease, manifest, storage, tables
 from hmrec.model import registry
 from hmrec.progress import log, stage
 from hmrec.rank import candidates, ranker
@@ -63,6 +66,11 @@ class Stage:
     # fit: runs at the refresh's fit cutoff (as_of - split.validation_days), and only when some
     # setting is chosen there (auto)
     at_fit: bool = False
+    # fit stages only: the days past its cutoff up to which its output reads the transactions (it reads
+    # the catalogues whole). When the bronze data changed since it ran only on later dates (an append,
+    # hmrec.lake.manifest.unchanged_before), it is still done. Serve stages run again on any new data:
+    # the features stage at the as-of also refreshes the interactions and id maps every later stage reads.
+    reach: Callable[[Config], int] | None = None
 
     @property
     def name(self) -> str:
@@ -112,9 +120,11 @@ STAGES: tuple[Stage, ...] = (
     Stage("popularity", _popularity, POPULARITY, after=("features",)),
     # The fit cutoff's own features, split and popularity are the same stages at that cutoff:
     # a backtest's earlier cutoff and this refresh's fit share them.
-    Stage("features@fit", _features, FEATURES, at_fit=True),
-    Stage("split@fit", _split, ("split",), after=("features@fit",), at_fit=True),
-    Stage("popularity@fit", _popularity, POPULARITY, after=("features@fit",), at_fit=True),
+    # After an append they are still done: a weekly refresh's fit cutoff is the previous refresh's as-of.
+    Stage("features@fit", _features, FEATURES, at_fit=True, reach=lambda cfg: 0),
+    Stage("split@fit", _split, ("split",), after=("features@fit",), at_fit=True,
+          reach=lambda cfg: cfg.split.holdout_days),
+    Stage("popularity@fit", _popularity, POPULARITY, after=("features@fit",), at_fit=True, reach=lambda cfg: 0),
     Stage("train-fit", lambda cfg, spark, c, as_of: train_job.train(cfg, spark, as_of=c, role="fit", fitted_for=as_of),
           TRAIN, after=("features@fit", "split@fit", "split"), at_fit=True),
     Stage("index-fit", lambda cfg, spark, c, as_of: index.build_index(cfg, spark, as_of=c, role="fit"), INDEX,
@@ -225,6 +235,16 @@ def _changed(old: str | None, new: dict[str, Any]) -> str:
     return ", ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else "")
 
 
+def _unread_change(cfg: Config, spark: SparkSession, st: Stage, cutoff: dt.date, last: dict,
+                   manifest_id: str | None) -> str | None:
+    """Why the bronze data changed since ``st`` last ran at ``cutoff`` only where it does not read (its reach),
+    or None when it must run again."""
+    if st.reach is None:
+        return None
+    before = cutoff + dt.timedelta(days=st.reach(cfg))
+    return manifest.unchanged_before(manifest.history(cfg, spark), last["manifest_id"], manifest_id, before)
+
+
 def _record(spark: SparkSession, cfg: Config, name: str, as_of: dt.date, bronze_version: int | None,
             summary: object, settings: dict[str, Any], manifest_id: str | None) -> None:
     row = (as_of, name, bronze_version, dt.datetime.now(dt.timezone.utc).replace(tzinfo=None),
@@ -291,17 +311,21 @@ def _stages(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, for
         if why is None and upstream:
             why = f"{', '.join(upstream)} ran"
         last = None if why else _last_run(spark, cfg, st.name, cutoff)
+        # bronze data changed since the stage ran, but only where it does not read: why it is still done
+        kept = None if last is None or last["manifest_id"] == manifest_id else _unread_change(
+            cfg, spark, st, cutoff, last, manifest_id)
         if why is None:
             if last is None:
                 why = "not run yet"
-            elif last["manifest_id"] != manifest_id:
+            elif last["manifest_id"] != manifest_id and kept is None:
                 why = f"bronze data changed (ingest manifest {last['manifest_id']} -> {manifest_id})"
             elif last["fingerprint"] != fingerprint(settings):
                 why = f"settings changed ({_changed(last['settings'], settings)})"
             elif not _outputs_exist(spark, cfg, st.name, cutoff):
                 why = "its output is missing"
         if why is None:
-            log("run", f"{st.key}: already done for {cutoff} with these settings, skipped (--force reruns it)")
+            since = f"; {kept}" if kept else ""
+            log("run", f"{st.key}: already done for {cutoff} with these settings{since}, skipped (--force reruns it)")
             skipped.append(st.key)
             continue
         if last is not None or upstream:

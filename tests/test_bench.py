@@ -70,3 +70,23 @@ def test_the_warm_bench_compares_each_week_both_backtests_judged_and_flags_a_los
     assert rows[0]["warm - cold"] == 0.0 and rows[0]["within 0.005"] == "yes"
     assert rows[1]["warm - cold"] == -0.006 and rows[1]["within 0.005"] == "no"
     assert rows[1]["warm start"] == "warm from v1" and rows[1]["cold map@12"] == 0.1
+
+
+def test_the_warm_bench_puts_the_served_list_beside_the_blend_week_by_week_and_on_the_mean():
+    from hmrec.bench.warm import blend_rows
+
+    d1, d2, d3 = dt.date(2020, 9, 2), dt.date(2020, 9, 9), dt.date(2020, 9, 16)
+
+    def fig(m, blend):
+        return {"k": 12, "map": m, "recall": None if m is None else 2 * m, "blend map": blend,
+                "blend recall": None if blend is None else 2 * blend}
+
+    rows = blend_rows("cold", {d2: fig(0.15, 0.10), d1: fig(0.12, 0.12), d3: fig(0.2, None)})  # d3: no blend
+    assert [r["stage"] for r in rows] == [f"cold: served against blend, week from {d1}",
+                                          f"cold: served against blend, week from {d2}",
+                                          "cold: served against blend, mean"]
+    assert rows[0]["map ratio"] == 1.0 and rows[1]["map ratio"] == 1.5 and rows[1]["recall ratio"] == 1.5
+    # the mean's ratio is the ratio of the means (0.135 / 0.11), not the mean of the ratios
+    assert rows[2]["served map@12"] == 0.135 and rows[2]["blend map@12"] == 0.11 and rows[2]["map ratio"] == 1.227
+    assert rows[2]["blend recall@12"] == 0.22
+    assert blend_rows("warm", {d1: fig(None, 0.1)}) == []

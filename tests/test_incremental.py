@@ -327,3 +327,51 @@ def test_an_append_of_dates_already_ingested_says_no_new_dates(spark, base_lake,
     again = ingest.ingest(cfg, spark, data_dir=str(week), append=True)
     assert again["skipped"] is True and manifest.latest(cfg).seq == m1.seq
     assert "input files unchanged since the last ingest" in capsys.readouterr().err
+
+
+# ---- what a stage at a cutoff reads: manifest.unchanged_before --------------------------------------
+
+def _manifest(mid: str, seq: int, days: dict[str, tuple[int, int]], tx: int, mode: str,
+              articles: int = 0, customers: int = 0) -> manifest.Manifest:
+    versions = {tables.ARTICLES.name: articles, tables.CUSTOMERS.name: customers, tables.TRANSACTIONS.name: tx}
+    return manifest.Manifest(mid, seq, None, versions=versions, days=days, batch={"mode": mode})
+
+
+BEFORE = {day(0): (4, 11), day(1): (4, 12), day(2): (4, 13)}
+
+
+def test_unchanged_before_holds_when_only_later_dates_were_appended():
+    first = _manifest("m1", 1, BEFORE, tx=0, mode="whole")
+    week = _manifest("m2", 2, {**BEFORE, day(3): (4, 14), day(4): (2, 15)}, tx=1, mode="append")
+    history = [first, week]
+    why = manifest.unchanged_before(history, "m1", "m2", START + dt.timedelta(days=3))
+    assert why == f"bronze data changed (m1 -> m2) only on {day(3)} .. {day(4)}, on or after {day(3)}, which it " \
+                  "does not read"
+    # a stage that reads the new dates (a split whose holdout week reaches them) is not the same
+    assert manifest.unchanged_before(history, "m1", "m2", START + dt.timedelta(days=4)) is None
+    # two appends in a row, the first a repeat of its manifest id (its files' fingerprint recorded again)
+    third = _manifest("m3", 4, {**week.days, day(5): (1, 16)}, tx=2, mode="grown")
+    repeat = _manifest("m2", 3, week.days, tx=1, mode="append")
+    assert manifest.unchanged_before([first, week, repeat, third], "m1", "m3", START + dt.timedelta(days=3))
+    # and the other way round (the stage ran on the later manifest) is never the same
+    assert manifest.unchanged_before(history, "m2", "m1", START + dt.timedelta(days=3)) is None
+
+
+@pytest.mark.parametrize("later", [
+    # an earlier date's rows changed (a count, then a checksum)
+    _manifest("m2", 2, {**BEFORE, day(1): (5, 12), day(3): (4, 14)}, tx=1, mode="grown"),
+    _manifest("m2", 2, {**BEFORE, day(1): (4, 99), day(3): (4, 14)}, tx=1, mode="grown"),
+    # a whole ingest in between, although every date compares equal
+    _manifest("m2", 2, {**BEFORE, day(3): (4, 14)}, tx=1, mode="whole"),
+    # a customer or an article upserted
+    _manifest("m2", 2, {**BEFORE, day(3): (4, 14)}, tx=1, mode="append", customers=1),
+    _manifest("m2", 2, {**BEFORE, day(3): (4, 14)}, tx=1, mode="append", articles=1),
+    # no per-date checksums to compare
+    _manifest("m2", 2, {}, tx=1, mode="append"),
+], ids=["count", "checksum", "whole", "customers", "articles", "no-checksums"])
+def test_unchanged_before_is_none_when_what_the_stage_reads_may_differ(later):
+    first = _manifest("m1", 1, BEFORE, tx=0, mode="whole")
+    assert manifest.unchanged_before([first, later], "m1", "m2", START + dt.timedelta(days=3)) is None
+    # an id the history does not hold, or none recorded (a lakehouse older than manifests)
+    assert manifest.unchanged_before([first, later], "m0", "m2", START + dt.timedelta(days=3)) is None
+    assert manifest.unchanged_before([first, later], None, "m2", START + dt.timedelta(days=3)) is None

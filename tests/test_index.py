@@ -228,3 +228,25 @@ def test_has_index_finds_the_file_its_meta_names(cfg):
     assert not has_index(cfg, "v4", AS_OF)
     named.unlink()
     assert not has_index(cfg, "v3", AS_OF)
+
+
+def test_the_process_cache_keeps_the_most_recently_used_and_builds_a_dropped_one_again(monkeypatch):
+    from hmrec.serve import embedders
+
+    monkeypatch.setattr(embedders, "_WORKER_CACHE", embedders.OrderedDict())
+    monkeypatch.setattr(embedders, "WORKER_CACHE_SIZE", 3)
+    built: list[str] = []
+
+    def get(key: str) -> str:
+        return embedders.worker_cached(key, lambda: built.append(key) or f"object {key}")
+
+    assert [get(k) for k in ("a", "b", "c")] == ["object a", "object b", "object c"]
+    assert get("a") == "object a" and built == ["a", "b", "c"]  # a hit builds nothing, and makes a the latest
+    get("d")  # past the size: b, the least recently used, is dropped
+    assert list(embedders._WORKER_CACHE) == ["c", "a", "d"]
+    assert get("c") == "object c" and built == ["a", "b", "c", "d"]
+    assert get("b") == "object b" and built == ["a", "b", "c", "d", "b"]  # built again
+    assert list(embedders._WORKER_CACHE) == ["d", "c", "b"]  # a went, the least recently used then
+    # what the driver caches itself (the model it loaded) counts alike
+    embedders.remember("e", "the loaded model")
+    assert len(embedders._WORKER_CACHE) == 3 and next(reversed(embedders._WORKER_CACHE)) == "e"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from hmrec import cli
+from hmrec import cli, pipeline
 from hmrec.etl import ingest
 from hmrec.lake import manifest, storage, tables
 from tests.conftest import TEST_SPARK, TINY_AS_OF, TINY_TRAIN, make_cfg
@@ -37,10 +37,10 @@ CHEAP = ["score.method=blend", "score.repurchase_slots=4", "score.repurchase_ord
          "score.fallback=segment", "train.epochs=1"]
 
 
-def write_week(tiny_data: Path, out: Path) -> tuple[int, dict[str, int]]:
-    """The new week's directory: the rows of 2020-09-16 .. 2020-09-22 dated seven days later, one purchase of
-    ``NEW_CUSTOMER`` on the week's last day, and a customers.csv holding only that customer.
-    Returns (rows written, rows per date)."""
+def write_week(tiny_data: Path, out: Path, new_customer: bool = True) -> tuple[int, dict[str, int]]:
+    """The new week's directory: the rows of 2020-09-16 .. 2020-09-22 dated seven days later and, when
+    ``new_customer``, one purchase of ``NEW_CUSTOMER`` on the week's last day and a customers.csv holding only
+    that customer. Returns (rows written, rows per date)."""
     first = (WEEK_START - WEEK).isoformat()
     rows: list[str] = []
     with open(tiny_data / "transactions_train.csv", encoding="utf-8") as f:
@@ -49,10 +49,11 @@ def write_week(tiny_data: Path, out: Path) -> tuple[int, dict[str, int]]:
             if text[:10] >= first:
                 day = dt.date.fromisoformat(text[:10]) + WEEK
                 rows.append(day.isoformat() + text.rstrip("\n")[10:])
-    some_article = rows[0].split(",")[2]
-    rows.append(line((NEXT_AS_OF - dt.timedelta(days=1)).isoformat(), NEW_CUSTOMER, some_article, "0.02", "1"))
+    if new_customer:
+        some_article = rows[0].split(",")[2]
+        rows.append(line((NEXT_AS_OF - dt.timedelta(days=1)).isoformat(), NEW_CUSTOMER, some_article, "0.02", "1"))
+        write_csv(out, "customers.csv", CUSTOMER_NAMES, [line(*customer(NEW_CUSTOMER, age="30"))])
     write_csv(out, "transactions_train.csv", TRANSACTION_NAMES, rows)
-    write_csv(out, "customers.csv", CUSTOMER_NAMES, [line(*customer(NEW_CUSTOMER, age="30"))])
     per_day: dict[str, int] = {}
     for r in rows:
         per_day[r[:10]] = per_day.get(r[:10], 0) + 1
@@ -120,3 +121,45 @@ def test_run_append_refreshes_on_the_new_week_and_a_second_append_writes_nothing
     # evaluate too: with no holdout week yet and every setting pinned its report is its only output
     assert ("ran none; skipped (already done) features, split, popularity, train, index, gate, score, evaluate, "
             "card") in err
+
+
+def test_a_refresh_after_an_append_keeps_the_fit_stages_of_the_previous_as_of(spark, pipeline_run, tiny_data,
+                                                                              tmp_path, capsys):
+    """The weekly refresh at WEEK_START (the session's as-of + 7) after the week before it was appended: its fit
+    cutoff is the session's as-of, whose features, split and popularity were made by the session's refresh on
+    the same rows before it, so they are still done; a batch that adds a customer changes what they read."""
+    cfg0 = pipeline_run[0]
+    lake = tmp_path / "lake"
+    shutil.copytree(cfg0.lakehouse, lake)
+    cfg = make_cfg(lake, *TINY_TRAIN)
+    fit_at = TINY_AS_OF
+    assert pipeline.fit_cutoff(cfg, WEEK_START) == fit_at
+    write_week(tiny_data, tmp_path / "week", new_customer=False)
+    runs_before = storage.read(spark, cfg, tables.STAGE_RUNS).where(F.col("as_of") == F.lit(fit_at)).count()
+
+    capsys.readouterr()
+    results = pipeline.run(cfg, spark, data_dir=str(tmp_path / "week"), as_of=WEEK_START, append=True,
+                           until="popularity@fit")
+    err = capsys.readouterr().err
+    assert {"ingest", "features", "split", "popularity"} <= set(results)
+    assert not {"features@fit", "split@fit", "popularity@fit"} & set(results), err[-3000:]
+    added = f"only on {WEEK_START} .. 2020-09-29, on or after"
+    for key, limit in (("features@fit", fit_at), ("split@fit", WEEK_START), ("popularity@fit", fit_at)):
+        assert re.search(rf"{re.escape(key)}: already done for {fit_at} with these settings; bronze data changed "
+                         rf"\(\w+ -> \w+\) {added} {limit}, which it does not read, skipped", err), (key, err[-3000:])
+    # nothing was written at the fit cutoff
+    assert storage.read(spark, cfg, tables.STAGE_RUNS).where(F.col("as_of") == F.lit(fit_at)).count() == runs_before
+
+    # a second batch holds a new customer: every customer's features at the fit cutoff may change
+    write_week(tiny_data, tmp_path / "customer")
+    day_after = (NEXT_AS_OF - dt.timedelta(days=1)).isoformat()
+    rows = [r for r in (tmp_path / "customer" / "transactions_train.csv").read_text().splitlines()[1:]
+            if NEW_CUSTOMER in r]
+    write_csv(tmp_path / "customer", "transactions_train.csv", TRANSACTION_NAMES,
+              [r.replace(day_after, NEXT_AS_OF.isoformat(), 1) for r in rows])
+    capsys.readouterr()
+    results = pipeline.run(cfg, spark, data_dir=str(tmp_path / "customer"), as_of=WEEK_START, append=True,
+                           until="popularity@fit")
+    err = capsys.readouterr().err
+    assert {"features@fit", "split@fit", "popularity@fit"} <= set(results)
+    assert re.search(rf"features@fit at {fit_at}: runs again, bronze data changed \(ingest manifest", err), err[-3000:]

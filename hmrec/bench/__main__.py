@@ -1,4 +1,4 @@
-"""Benchmarks that print figures: ``python -m hmrec.bench {etl,train,score,all,csv,matrix,shapes,sweep,serving,rankers,weekly,warm} --scale S``.
+"""Benchmarks that print figures: ``python -m hmrec.bench {etl,train,score,all,csv,matrix,shapes,sweep,serving,rankers,weekly,warm,pairs} --scale S``.
 
 - ``etl``: generate, ingest, features, split, popularity (:mod:`hmrec.bench.etl`);
 - ``train``: the loader alone, the trainer from memory, one epoch (:mod:`hmrec.bench.train`);
@@ -13,7 +13,8 @@
   through ``mlflow models serve`` (:mod:`hmrec.bench.serving`);
 - ``rankers``: LightGBM and XGBoost trained on the same validation week's candidates (:mod:`hmrec.bench.rankers`);
 - ``weekly``: the refresh after one appended week, warm-started, beside the full refresh (:mod:`hmrec.bench.weekly`);
-- ``warm``: a backtest with warm starts beside one that retrains cold, week by week (:mod:`hmrec.bench.warm`).
+- ``warm``: a backtest with warm starts beside one that retrains cold, week by week (:mod:`hmrec.bench.warm`);
+- ``pairs``: the co-purchase source's article pairs of each window before the as-of (:mod:`hmrec.bench.pairs`).
 
 Results are printed and written to ``bench/results/``.
 """
@@ -25,6 +26,7 @@ import datetime as dt
 from hmrec.bench.csv import bench_csv
 from hmrec.bench.etl import bench_etl
 from hmrec.bench.matrix import bench_matrix
+from hmrec.bench.pairs import bench_pairs
 from hmrec.bench.peers import bench_all
 from hmrec.bench.rankers import bench_rankers
 from hmrec.bench.score import bench_score
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     """Parse the benchmark's arguments and run it."""
     p = argparse.ArgumentParser(prog="python -m hmrec.bench", description=__doc__.splitlines()[0])
     p.add_argument("what", choices=["etl", "train", "score", "all", "csv", "matrix", "shapes", "sweep", "serving",
-                                    "rankers", "weekly", "warm"])
+                                    "rankers", "weekly", "warm", "pairs"])
     p.add_argument("--scale", type=float, default=None, help="1.0 is the H&M data's size (default 0.1; matrix, shapes: 0.05)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -57,7 +59,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="sweep: the cutoff, its following week judges every value (default 2020-09-09); rankers: the "
                         "as-of whose validation week trains and judges them (default 2020-09-16); weekly: the "
                         "first refresh's as-of D, the weekly one is at D+7 (default 2020-09-09); warm: the backtests' last "
-                        "cutoff (default 2020-09-16)")
+                        "cutoff (default 2020-09-16); pairs: the cutoff the windows end at (default 2020-09-16)")
+    p.add_argument("--windows", default=None,
+                   help="pairs: comma-separated window lengths in days (default candidates.copurchase_days)")
+    p.add_argument("--rounds", type=int, default=2, help="pairs: turns of each window")
     p.add_argument("--weeks", type=int, default=4, help="warm: the backtests' cutoffs, a week apart")
     p.add_argument("--requests", type=int, default=500, help="serving: requests of each kind, one row each")
     p.add_argument("--no-rest", dest="rest", action="store_false",
@@ -90,6 +95,10 @@ def main(argv: list[str] | None = None) -> None:
         bench_weekly(scale, args.seed, args.overrides, dt.date.fromisoformat(args.as_of or "2020-09-09"))
     elif args.what == "warm":
         bench_warm(scale, args.seed, args.overrides, dt.date.fromisoformat(args.as_of or "2020-09-16"), args.weeks)
+    elif args.what == "pairs":
+        windows = [int(w) for w in args.windows.split(",")] if args.windows else None
+        bench_pairs(scale, args.seed, args.overrides, dt.date.fromisoformat(args.as_of or "2020-09-16"), windows,
+                    args.rounds)
     elif args.what == "matrix":
         bench_matrix(scale, args.seed, args.overrides, args.profiles.split(","))
     else:

@@ -169,3 +169,45 @@ def pinned_version(cfg: Config, table: Table, spark: object | None = None) -> in
 def fingerprint_json(fp: dict) -> str:
     """The one text form of an ingest fingerprint, as stored in a manifest."""
     return json.dumps(fp, sort_keys=True, default=str)
+
+
+def unchanged_before(history: list[Manifest], old_id: str | None, new_id: str | None,
+                     before: dt.date) -> str | None:
+    """Why the bronze rows a stage reads are the same under two manifests, or None when that is not known.
+
+    The rows read are the catalogues (articles and customers, whole) and the
+    transactions dated before ``before``. They are the same when the
+    catalogues' versions are equal, every ingest between the two only
+    appended transactions (batch mode ``append`` or ``grown``: earlier rows
+    left as they were, :mod:`hmrec.etl.ingest`), and every date before
+    ``before`` has the same row count and checksum in both. A manifest
+    without per-date checksums, or one not in ``history``, is never the same.
+    Returns a reason naming the dates that changed, for the refresh's log.
+    """
+    if old_id is None or new_id is None:
+        return None
+    if old_id == new_id:
+        return f"the same bronze data ({old_id})"
+    seqs = {m.manifest_id: i for i, m in enumerate(history)}  # the last row of each id (a repeat keeps its id)
+    if old_id not in seqs or new_id not in seqs or seqs[old_id] > seqs[new_id]:
+        return None
+    old, new = history[seqs[old_id]], history[seqs[new_id]]
+    if not old.days or not new.days:
+        return None
+    for table in (tables.ARTICLES, tables.CUSTOMERS):
+        if old.versions.get(table.name) != new.versions.get(table.name):
+            return None
+    tx = tables.TRANSACTIONS.name
+    prev = old
+    for later in history[seqs[old_id] + 1: seqs[new_id] + 1]:
+        if later.versions.get(tx) != prev.versions.get(tx) and later.batch.get("mode") not in ("append", "grown"):
+            return None
+        prev = later
+    limit = before.isoformat()
+    changed = sorted(d for d in set(old.days) | set(new.days) if d[:1].isdigit() and old.days.get(d) != new.days.get(d))
+    if any(d < limit for d in changed):
+        return None
+    if not changed:
+        return f"no dated transaction changed ({old_id} -> {new_id})"
+    span = changed[0] if len(changed) == 1 else f"{changed[0]} .. {changed[-1]}"
+    return f"bronze data changed ({old_id} -> {new_id}) only on {span}, on or after {limit}, which it does not read"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
+from collections import OrderedDict
 from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
@@ -20,17 +22,36 @@ from hmrec.lake import tables
 
 T = TypeVar("T")
 
-# Rebuilt models and deserialised indexes, per Python process. Spark reuses its
-# Python workers, so each is built once per worker rather than once per task.
-_WORKER_CACHE: dict[str, Any] = {}
+# Rebuilt models, deserialised indexes and boosters, per Python process. Spark reuses its
+# Python workers, so each is built once per worker rather than once per task. The least
+# recently used go past WORKER_CACHE_SIZE: a process that refreshes many versions (a
+# backtest, a benchmark's arms, the driver of a test session) keeps the few its job is
+# using, not every model it ever loaded. A job uses a few at a time: a model, its index
+# and a booster (compiled or not), of one version or two (a champion and a challenger).
+WORKER_CACHE_SIZE = 8
+_WORKER_CACHE: OrderedDict[str, Any] = OrderedDict()
+_LOCK = threading.Lock()
+
+
+def remember(key: str, value: Any) -> None:
+    """Cache ``value`` under ``key`` in this process, dropping the least recently used past the size."""
+    with _LOCK:
+        _WORKER_CACHE[key] = value
+        _WORKER_CACHE.move_to_end(key)
+        while len(_WORKER_CACHE) > WORKER_CACHE_SIZE:
+            _WORKER_CACHE.popitem(last=False)
 
 
 def worker_cached(key: str, build: Callable[[], T]) -> T:
-    """The object cached in this process under ``key``, built with ``build()`` on first use."""
-    value = _WORKER_CACHE.get(key)
-    if value is None:
-        value = build()
-        _WORKER_CACHE[key] = value
+    """The object cached in this process under ``key``, built with ``build()`` on first use (or after it was
+    dropped as the least recently used)."""
+    with _LOCK:
+        value = _WORKER_CACHE.get(key)
+        if value is not None:
+            _WORKER_CACHE.move_to_end(key)
+            return value
+    value = build()
+    remember(key, value)
     return value
 
 
@@ -122,7 +143,7 @@ class ModelEmbedder:
         buf = io.BytesIO()
         torch.save(loaded.model.state_dict(), buf)
         emb = cls(str(loaded.version), loaded.model.model_args, buf.getvalue(), threads)
-        _WORKER_CACHE[emb._cache_key()] = loaded.model
+        remember(emb._cache_key(), loaded.model)
         return emb
 
     def _cache_key(self) -> str:
