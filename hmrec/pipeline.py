@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -235,14 +236,14 @@ def _changed(old: str | None, new: dict[str, Any]) -> str:
     return ", ".join(diffs[:3]) + (" ..." if len(diffs) > 3 else "")
 
 
-def _unread_change(cfg: Config, spark: SparkSession, st: Stage, cutoff: dt.date, last: dict,
-                   manifest_id: str | None) -> str | None:
+def _unread_change(cfg: Config, history: Callable[[], list[manifest.Manifest]], st: Stage, cutoff: dt.date,
+                   last: dict, manifest_id: str | None) -> str | None:
     """Why the bronze data changed since ``st`` last ran at ``cutoff`` only where it does not read (its reach),
-    or None when it must run again."""
+    or None when it must run again. ``history`` gives the ingest manifests (read once per refresh)."""
     if st.reach is None:
         return None
     before = cutoff + dt.timedelta(days=st.reach(cfg))
-    return manifest.unchanged_before(manifest.history(cfg, spark), last["manifest_id"], manifest_id, before)
+    return manifest.unchanged_before(history(), last["manifest_id"], manifest_id, before)
 
 
 def _record(spark: SparkSession, cfg: Config, name: str, as_of: dt.date, bronze_version: int | None,
@@ -296,6 +297,7 @@ def _stages(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, for
     skipped: list[str] = []
     summary["as_of"] = as_of.isoformat()
     fit_at = fit_cutoff(cfg, as_of)
+    history = functools.cache(lambda: manifest.history(cfg, spark))  # the manifests, read when first needed
     for st in STAGES[: PIPELINE.index(until) + 1] if until else STAGES:
         if st.key in ("candidates-fit", "candidates", "rank"):
             if not ranks(cfg):
@@ -313,7 +315,7 @@ def _stages(cfg: Config, spark: SparkSession, data_dir: str, as_of: dt.date, for
         last = None if why else _last_run(spark, cfg, st.name, cutoff)
         # bronze data changed since the stage ran, but only where it does not read: why it is still done
         kept = None if last is None or last["manifest_id"] == manifest_id else _unread_change(
-            cfg, spark, st, cutoff, last, manifest_id)
+            cfg, history, st, cutoff, last, manifest_id)
         if why is None:
             if last is None:
                 why = "not run yet"
