@@ -73,6 +73,10 @@ class Stage:
     # the features stage at the as-of also refreshes the interactions and id maps every later stage reads.
     reach: Callable[[Config], int] | None = None
 
+    def __post_init__(self) -> None:
+        if self.reach is not None and not self.at_fit:
+            raise ValueError(f"stage {self.key}: only a fit stage has a reach; a serve stage runs again on any new data")
+
     @property
     def name(self) -> str:
         return self.key.removesuffix("@fit")

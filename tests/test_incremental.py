@@ -375,3 +375,13 @@ def test_unchanged_before_is_none_when_what_the_stage_reads_may_differ(later):
     # an id the history does not hold, or none recorded (a lakehouse older than manifests)
     assert manifest.unchanged_before([first, later], "m0", "m2", START + dt.timedelta(days=3)) is None
     assert manifest.unchanged_before([first, later], None, "m2", START + dt.timedelta(days=3)) is None
+
+
+def test_only_a_fit_stage_may_have_a_reach():
+    from hmrec import pipeline
+
+    # the refresh's own fit stages that have one are fit stages
+    assert {s.key for s in pipeline.STAGES if s.reach is not None} == {"features@fit", "split@fit", "popularity@fit"}
+    with pytest.raises(ValueError, match="stage features: only a fit stage has a reach"):
+        pipeline.Stage("features", lambda *a: None, (), reach=lambda cfg: 0)
+    pipeline.Stage("features@fit", lambda *a: None, (), at_fit=True, reach=lambda cfg: 0)

@@ -269,7 +269,7 @@ def test_duplicated_purchases_count_each_time():
     assert f["n_sources"].tolist() == [1, 1, 1] and (f["user_age"] == 40).all()
 
 
-def test_articles_unknown_to_the_items_have_no_item_features_and_match_each_other():
+def test_articles_unknown_to_the_items_have_no_item_features_and_match_no_purchase():
     U, U2 = 99, 98  # beyond the item table's arrays (its last article is C = 30)
     users = _hist_users({1: [(A, 1, 0.02), (U, 4, 0.03)]})
     hist = S.history_frame(users)
@@ -285,12 +285,28 @@ def test_articles_unknown_to_the_items_have_no_item_features_and_match_each_othe
     assert f.loc[A2, "item_sales_28d"] == 9 and f.loc[A, "price_vs_user"] == pytest.approx(0.02 / 0.025)
     assert f["times_bought"].tolist() == [1, 0, 0, 1]
     assert np.isnan(f.loc[U2, "days_since_bought"]) and f.loc[U, "days_since_bought"] == 4
-    # the unknown articles count as one product, type, colour and index group: U's
-    assert f["same_product_bought"].tolist() == [1, 1, 1, 1]
+    # an unknown product, type, colour or index group is no match, not even for U itself; A2 is A's product
+    assert f["same_product_bought"].tolist() == [1, 1, 0, 0]
     for c in ("share_product_type", "share_colour", "share_index_group"):
-        assert f.loc[[U2, U], c].tolist() == [0.5, 0.5], c
+        assert f.loc[[U2, U], c].tolist() == [0.0, 0.0], c
     assert f.loc[A, "share_colour"] == 0.5 and f.loc[A2, "share_colour"] == 0.0  # A colour 5, A2 6
     assert f["n_sources"].tolist() == [2, 1, 1, 2]
+
+
+def test_a_null_attribute_in_the_catalogue_matches_no_purchase():
+    # A and B have no colour in the catalogue; the customer bought A and C (colour 7)
+    stats = pd.DataFrame({"article_idx": [A, B, C], "product_code": [100, 200, 300], "product_type": [1, 1, 2],
+                          "colour": [np.nan, np.nan, 7], "index_group": [1, 1, 2]})
+    for col in S.ITEM_COLUMNS:
+        if col not in stats:
+            stats[col] = 0.0
+    items = S.item_table(stats)
+    users = _hist_users({1: [(A, 2, 0.02), (C, 3, 0.02)]})
+    hist = S.history_frame(users)
+    ret = S.retrieval_source(np.array([1]), np.array([[0.9, 0.8]]), np.array([[B, C]]))
+    f = S.add_features(S.union_sources({"retrieval": ret}), hist, users, items).set_index("article_idx")
+    assert f.loc[B, "share_colour"] == 0.0 and f.loc[C, "share_colour"] == 0.5
+    assert f.loc[B, "share_product_type"] == 0.5  # the known attribute still counts: A is of type 1
 
 
 def test_a_batch_without_any_history():

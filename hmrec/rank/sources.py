@@ -386,12 +386,14 @@ def add_features(cands: pd.DataFrame, hist: pd.DataFrame, users: pd.DataFrame, i
     per_user = hist.groupby("customer_idx").agg(n=("days", "size"), least=("days", "min"), price=("price", "mean"))
     user = _find(c, per_user.index.to_numpy(np.int64))
     n_hist = _take(per_user["n"].to_numpy(), user, 0.0)
-    # user x item: the article's product, type, colour and index group among the customer's purchases
-    # (an article unknown to the items has -1 for each, so matches the customer's unknown purchases)
+    # user x item: the article's product, type, colour and index group among the customer's purchases.
+    # An attribute that is unknown (-1: an article missing from the items, or a null code in the
+    # catalogue) matches nothing: two articles of unknown colour are not of one colour.
     for name, feature in (("product_code", "same_product_bought"), ("product_type", "share_product_type"),
                           ("colour", "share_colour"), ("index_group", "share_index_group")):
         known, count = _counts(hc, items.get(name, ha))
-        same = _take(count, _find(_pair_keys(c, items.get(name, a)), known), 0.0)
+        attr = items.get(name, a)
+        same = np.where(attr >= 0, _take(count, _find(_pair_keys(c, attr), known), 0.0), 0.0)
         if name == "product_code":
             f[feature] = same
         else:
