@@ -8,7 +8,8 @@ settings on that week (:mod:`hmrec.evaluation.choose`); then the model served
 at D and its index; then the two-stage list (:mod:`hmrec.rank`): candidates at
 v with the fit model for the validation week's buyers, the ranker trained on
 that week, candidates at D with the served model, scored by the ranker as
-they are made; the gate that judges the
+they are made (none are made when no ranker could be trained: a validation
+week without purchases); the gate that judges the
 version before anything is published (:mod:`hmrec.governance.gate`); then
 scoring (``score.method``: the ranker or the blend), evaluation and the
 model card (:mod:`hmrec.governance.card`).
@@ -119,6 +120,18 @@ def _popularity(cfg: Config, spark: SparkSession, cutoff: dt.date, as_of: dt.dat
     return popularity.popularity(cfg, spark, as_of=cutoff)
 
 
+def _serve_candidates(cfg: Config, spark: SparkSession, cutoff: dt.date, as_of: dt.date) -> object:
+    """The served candidates at the as-of, made only when the rank stage before this one trained a ranker
+    to rank them: without one (no purchase in the validation week) scoring serves the blend, which reads
+    none, and the evaluation has no two-stage list to judge."""
+    version = registry.latest_version(cfg, cutoff, role="serve")
+    if version is not None and not ranker.has_ranker(cfg, version):
+        log("candidates", f"model version {version} has no ranker (no week to train one on): no candidates are made "
+                          f"at {cutoff}, the blend is served")
+        return {"skipped": "no ranker", "model_version": version}
+    return candidates.candidates(cfg, spark, as_of=cutoff)
+
+
 STAGES: tuple[Stage, ...] = (
     Stage("features", _features, FEATURES),
     Stage("split", _split, ("split",), after=("features",)),
@@ -146,8 +159,8 @@ STAGES: tuple[Stage, ...] = (
           CANDIDATES, after=("index-fit", "popularity@fit", "split"), at_fit=True),
     Stage("rank", lambda cfg, spark, c, as_of: ranker.rank(cfg, spark, as_of=c), (*RANK, *CANDIDATES, *ACTIVE),
           after=("candidates-fit", "train", "choose")),
-    Stage("candidates", lambda cfg, spark, c, as_of: candidates.candidates(cfg, spark, as_of=c),
-          (*CANDIDATES, *ACTIVE, "candidates.serve_features"), after=("index", "popularity", "rank")),
+    Stage("candidates", _serve_candidates, (*CANDIDATES, *ACTIVE, "candidates.serve_features"),
+          after=("index", "popularity", "rank")),
     # Judges the serve version before anything is published (hmrec.governance.gate); a failure stops the
     # refresh here, unrecorded, so the next run judges again.
     Stage("gate", lambda cfg, spark, c, as_of: gate.gate(cfg, spark, as_of=c), GATE,
@@ -197,8 +210,12 @@ def _outputs_exist(spark: SparkSession, cfg: Config, name: str, as_of: dt.date) 
         return registry.latest_version(cfg, as_of, role=role) is not None
     if name == "rank":
         return ranker.has_ranker(cfg, registry.latest_version(cfg, as_of, role="serve"))
-    if name in ("candidates", "candidates-fit"):
-        return candidates.has_candidates(spark, cfg, as_of, "fit" if name.endswith("-fit") else "serve")
+    if name == "candidates-fit":
+        return candidates.has_candidates(spark, cfg, as_of, "fit")
+    if name == "candidates":  # none are made for a version without a ranker (_serve_candidates)
+        version = registry.latest_version(cfg, as_of, role="serve")
+        return candidates.has_candidates(spark, cfg, as_of, "serve") or (
+            version is not None and not ranker.has_ranker(cfg, version))
     if name in ("index", "index-fit"):
         version = registry.latest_version(cfg, as_of, role=role)
         return version is not None and index.has_index(cfg, version, as_of)

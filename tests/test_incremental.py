@@ -385,3 +385,19 @@ def test_only_a_fit_stage_may_have_a_reach():
     with pytest.raises(ValueError, match="stage features: only a fit stage has a reach"):
         pipeline.Stage("features", lambda *a: None, (), reach=lambda cfg: 0)
     pipeline.Stage("features@fit", lambda *a: None, (), at_fit=True, reach=lambda cfg: 0)
+
+
+def test_a_refresh_makes_no_served_candidates_for_a_version_without_a_ranker(monkeypatch, capsys):
+    # a validation week without purchases trains no ranker: the blend is served, which reads no candidates
+    from hmrec import pipeline
+
+    made: list[dt.date] = []
+    monkeypatch.setattr(pipeline.registry, "latest_version", lambda cfg, as_of, role="serve": "7")
+    monkeypatch.setattr(pipeline.candidates, "candidates", lambda cfg, spark, as_of: made.append(as_of) or {"rows": 1})
+    stage = next(s for s in pipeline.STAGES if s.key == "candidates")
+    as_of = dt.date(2020, 9, 16)
+    monkeypatch.setattr(pipeline.ranker, "has_ranker", lambda cfg, version: False)
+    assert stage.run(None, None, as_of, as_of) == {"skipped": "no ranker", "model_version": "7"}
+    assert made == [] and "model version 7 has no ranker" in capsys.readouterr().err
+    monkeypatch.setattr(pipeline.ranker, "has_ranker", lambda cfg, version: True)
+    assert stage.run(None, None, as_of, as_of) == {"rows": 1} and made == [as_of]
