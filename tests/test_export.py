@@ -164,3 +164,21 @@ def test_the_command_line_refuses_an_unknown_format_and_a_missing_directory(tmp_
     assert f"the directory {missing} does not exist; create it first" in capsys.readouterr().err
     with pytest.raises(HmrecError, match="is a directory"):
         export_mod.check_destination("kaggle", str(tmp_path))
+
+
+def test_a_catalogue_of_a_list_and_one_more_article_fills_every_list(spark, tmp_path):
+    # 13 articles in all: 12 popular ones fill any list to 12 distinct, its own articles first
+    cfg = make_cfg(tmp_path / "lake")
+    small = POPULAR[:13]
+    storage.write(spark.createDataFrame(popularity_rows(AS_OF, "global", small), schemas.POPULARITY), cfg,
+                  tables.POPULARITY)
+    popular = export_mod.popular_articles(spark, cfg, AS_OF, 12)
+    assert [a for a, _ in popular] == small[:12]
+    served = [small[12], small[0], small[5], small[1], small[7]]  # 5 served, all of them popular
+    recs = spark.createDataFrame(recommendation_rows({"c1": served}, AS_OF, "3"), schemas.RECOMMENDATIONS)
+    customers = spark.createDataFrame([("c1",), ("c2",)], "customer_id string")
+    rows = {r["customer_id"]: r for r in export_mod.kaggle_rows(customers, recs, [a for a, _ in popular], 12).collect()}
+    assert rows["c1"]["prediction"].split() == served + [small[i] for i in (2, 3, 4, 6, 8, 9, 10)]
+    assert rows["c2"]["prediction"].split() == small[:12] and rows["c1"]["served"] == 5
+    with pytest.raises(HmrecError, match="holds 13 distinct global articles for as-of 2020-09-16, fewer than the 14"):
+        export_mod.popular_articles(spark, cfg, AS_OF, 14)

@@ -93,7 +93,10 @@ def served_lists(spark: SparkSession, cfg: Config, as_of: dt.date) -> DataFrame:
 
 
 def popular_articles(spark: SparkSession, cfg: Config, as_of: dt.date, n: int) -> list[tuple[str, float]]:
-    """The first ``n`` distinct articles of the global popularity list of ``as_of``: (article_id, score) by rank."""
+    """The first ``n`` distinct articles of the global popularity list of ``as_of``: (article_id, score) by rank.
+
+    ``n`` of them fill any list to ``n`` without a repeat (its own articles, then the popular ones it
+    lacks), so a catalogue of ``n`` articles is enough; fewer is an error."""
     rows = (storage.read_as_of(spark, cfg, tables.POPULARITY, as_of)
             .where(F.col("segment") == "global")
             .select("rank", "article_id", "score")
@@ -106,7 +109,8 @@ def popular_articles(spark: SparkSession, cfg: Config, as_of: dt.date, n: int) -
     if len(seen) < n:
         raise HmrecError(
             f"{tables.POPULARITY} at {storage.path(cfg, tables.POPULARITY)} holds {len(seen)} distinct global articles "
-            f"for as-of {as_of}, fewer than the {n} an export needs to fill lists; run `hmrec popularity --as-of {as_of}`"
+            f"for as-of {as_of}, fewer than the {n} of one list, so lists cannot be filled to {n} distinct articles; "
+            f"run `hmrec popularity --as-of {as_of}`"
         )
     return list(seen.items())[:n]
 
@@ -179,7 +183,7 @@ def export(cfg: Config, spark: SparkSession, as_of: dt.date, fmt: str, out: str)
         summary["as_of"], summary["format"], summary["out"] = as_of.isoformat(), fmt, str(path)
         recs = served_lists(spark, cfg, as_of)
         k = KAGGLE_K if fmt == "kaggle" else cfg.score.k
-        popular = popular_articles(spark, cfg, as_of, 2 * max(k, KAGGLE_K))
+        popular = popular_articles(spark, cfg, as_of, k)
         customers = customer_ids(spark, cfg)
         if fmt == "kaggle":
             rows = kaggle_rows(customers, recs, [a for a, _ in popular], k)
