@@ -203,15 +203,22 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _no_labels(spark: SparkSession, cfg: Config, as_of: dt.date) -> bool:
+    """Whether the validation week of the refresh at ``as_of`` has no purchase."""
+    return storage.read_as_of(spark, cfg, tables.VALIDATION, as_of).limit(1).count() == 0
+
+
 def _outputs_exist(spark: SparkSession, cfg: Config, name: str, as_of: dt.date) -> bool:
     """Whether the stage's output for ``as_of`` is still in the lakehouse (by the table catalogue)."""
     role = "fit" if name.endswith("-fit") else "serve"
     if name in ("train", "train-fit"):
         return registry.latest_version(cfg, as_of, role=role) is not None
+    # a validation week without purchases gives no fit candidates and no ranker: nothing was to be made
     if name == "rank":
-        return ranker.has_ranker(cfg, registry.latest_version(cfg, as_of, role="serve"))
+        return ranker.has_ranker(cfg, registry.latest_version(cfg, as_of, role="serve")) or _no_labels(spark, cfg, as_of)
     if name == "candidates-fit":
-        return candidates.has_candidates(spark, cfg, as_of, "fit")
+        return candidates.has_candidates(spark, cfg, as_of, "fit") or _no_labels(
+            spark, cfg, as_of + dt.timedelta(days=cfg.split.validation_days))
     if name == "candidates":  # none are made for a version without a ranker (_serve_candidates)
         version = registry.latest_version(cfg, as_of, role="serve")
         return candidates.has_candidates(spark, cfg, as_of, "serve") or (

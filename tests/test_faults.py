@@ -1007,3 +1007,24 @@ def test_an_as_of_after_the_last_purchase_publishes_whole_lists(spark, served_la
     assert recs.count() == N_CUSTOMERS * 12
     per = recs.groupBy("customer_id").agg(F.countDistinct("article_id").alias("n"))
     assert per.count() == N_CUSTOMERS and per.where(F.col("n") != 12).count() == 0
+
+
+@pytest.mark.faults
+def test_a_validation_week_without_purchases_serves_the_blend_and_a_rerun_makes_nothing_again(spark, tmp_path, capsys):
+    # no purchase from 2020-09-09 to 2020-09-15: nothing to train a ranker on, for the refresh at AS_OF
+    kept = [t for t in tx_lines() if not ("2020-09-09" <= t[:10] < "2020-09-16")]
+    assert 0 < len(kept) < N_TX
+    data = variant(tmp_path, transactions_train_csv=(TRANSACTION_NAMES, kept))
+    cfg = make_cfg(tmp_path / "lake", *FAST)
+    results = pipeline.run(cfg, spark, data_dir=str(data), as_of=AS_OF)
+    assert results["rank"]["skipped"] == "no validation week"
+    assert results["candidates"]["skipped"] == "no ranker"
+    assert storage.read(spark, cfg, tables.CANDIDATES).where(F.col("role") == "serve").count() == 0
+    assert results["score"].get("method") != "ranker" and results["score"]["customers"] == N_CUSTOMERS  # the blend
+    lists = storage.read_as_of(spark, cfg, tables.RECOMMENDATIONS, AS_OF).groupBy("customer_id").agg(
+        F.countDistinct("article_id").alias("n")).collect()
+    assert len(lists) == N_CUSTOMERS and {r["n"] for r in lists} == {cfg.score.k}
+    capsys.readouterr()
+    again = pipeline.run(cfg, spark, data_dir=str(data), as_of=AS_OF)
+    assert set(again) == {"ingest"}, sorted(again)  # the fit candidates, the ranker and the list: all done
+    assert "runs again" not in capsys.readouterr().err
