@@ -204,8 +204,8 @@ def fingerprint(settings: dict[str, Any]) -> str:
 
 
 def _no_labels(spark: SparkSession, cfg: Config, as_of: dt.date) -> bool:
-    """Whether the validation week of the refresh at ``as_of`` has no purchase."""
-    return storage.read_as_of(spark, cfg, tables.VALIDATION, as_of).limit(1).count() == 0
+    """Whether the validation week of the refresh at ``as_of`` has no purchase the ranker could learn from."""
+    return candidates.label_sets(spark, cfg, as_of).limit(1).count() == 0
 
 
 def _outputs_exist(spark: SparkSession, cfg: Config, name: str, as_of: dt.date) -> bool:
