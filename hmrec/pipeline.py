@@ -120,12 +120,19 @@ def _popularity(cfg: Config, spark: SparkSession, cutoff: dt.date, as_of: dt.dat
     return popularity.popularity(cfg, spark, as_of=cutoff)
 
 
+def _unranked_version(cfg: Config, as_of: dt.date) -> str | None:
+    """The serve model version of ``as_of`` when it has no ranker (the rank stage found no week to train
+    one on); None when it has one, or when there is no version."""
+    version = registry.latest_version(cfg, as_of, role="serve")
+    return version if version is not None and not ranker.has_ranker(cfg, version) else None
+
+
 def _serve_candidates(cfg: Config, spark: SparkSession, cutoff: dt.date, as_of: dt.date) -> object:
     """The served candidates at the as-of, made only when the rank stage before this one trained a ranker
     to rank them: without one (no purchase in the validation week) scoring serves the blend, which reads
     none, and the evaluation has no two-stage list to judge."""
-    version = registry.latest_version(cfg, cutoff, role="serve")
-    if version is not None and not ranker.has_ranker(cfg, version):
+    version = _unranked_version(cfg, cutoff)
+    if version is not None:
         log("candidates", f"model version {version} has no ranker (no week to train one on): no candidates are made "
                           f"at {cutoff}, the blend is served")
         return {"skipped": "no ranker", "model_version": version}
@@ -220,9 +227,7 @@ def _outputs_exist(spark: SparkSession, cfg: Config, name: str, as_of: dt.date) 
         return candidates.has_candidates(spark, cfg, as_of, "fit") or _no_labels(
             spark, cfg, as_of + dt.timedelta(days=cfg.split.validation_days))
     if name == "candidates":  # none are made for a version without a ranker (_serve_candidates)
-        version = registry.latest_version(cfg, as_of, role="serve")
-        return candidates.has_candidates(spark, cfg, as_of, "serve") or (
-            version is not None and not ranker.has_ranker(cfg, version))
+        return candidates.has_candidates(spark, cfg, as_of, "serve") or _unranked_version(cfg, as_of) is not None
     if name in ("index", "index-fit"):
         version = registry.latest_version(cfg, as_of, role=role)
         return version is not None and index.has_index(cfg, version, as_of)
